@@ -1,0 +1,39 @@
+# One command per task; CI runs the same ones (.ci/run).
+#   make demo   the whole system on an embedded PostgreSQL (or DATABASE_URL)
+#   make test   the test suite against a real PostgreSQL (embedded, or TEST_DATABASE_URL)
+#   make lint   ruff, mypy and hadolint
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test test-db lint clean
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11 or newer is needed (PYTHON=$(PYTHON))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(INSTALLED)
+	$(BIN)/python -m portal.demo
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The database tests only: .ci/run runs them a second time against another
+# PostgreSQL major version, named by TEST_DATABASE_URL.
+test-db: $(INSTALLED)
+	$(BIN)/python -m pytest -m db $(PYTEST_ARGS)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

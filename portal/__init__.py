@@ -1,0 +1,1 @@
+"""The Nexus portal: the B2B application that the relay makes live."""

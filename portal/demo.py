@@ -1,0 +1,132 @@
+"""``make demo``: the whole system on one machine.
+
+Starts an embedded PostgreSQL under ``.data/`` (or uses ``DATABASE_URL``),
+applies the migrations, loads the demo data, starts the servers, prints how to
+reach them, and stops everything on Ctrl-C.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from portal import demo_data, embedded_postgres, migrations
+from portal.database_url import redacted, with_database
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DATABASE = "nexus"
+
+
+@dataclass
+class Server:
+    name: str
+    argv: Sequence[str]
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+
+def database(data_dir: Path) -> tuple[str, str]:
+    """The demo's database URL, and where it comes from."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url, "DATABASE_URL"
+    server_url = embedded_postgres.start(data_dir / "postgres")
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)
+        ).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+    return with_database(server_url, DEMO_DATABASE), f"embedded, data in {data_dir / 'postgres'}"
+
+
+def servers(url: str) -> list[Server]:
+    """The servers that make up the system, in start order."""
+    del url  # the relay and the portal join here in their own changes
+    return []
+
+
+def print_banner(url: str, source: str, running: list[Server]) -> None:
+    with psycopg.connect(url) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+    lines = [
+        "",
+        "Nexus Relay demo is running.",
+        "",
+        f"  PostgreSQL {version[0] if version else '?'}: {source}",
+        f"    {redacted(url)}",
+        f'    psql "{redacted(url)}"',
+    ]
+    for server in running:
+        lines.append(f"  {server.name}: {server.url}")
+    lines += ["", "  Demo logins (email / password):"]
+    for user in demo_data.USERS:
+        lines.append(
+            f"    {user.email:<18} {user.password:<16} {user.display_name}, {user.tenant_id}"
+        )
+    lines += ["", "Press Ctrl-C to stop.", ""]
+    print("\n".join(lines), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m portal.demo", description=__doc__)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=ROOT / ".data",
+        help="where the embedded PostgreSQL keeps its data (default: .data/)",
+    )
+    args = parser.parse_args(argv)
+    url, source = database(args.data_dir.resolve())
+    print(f"Applying migrations to {redacted(url)} ...", flush=True)
+    migrations.upgrade(url)
+    demo_data.load(url)
+
+    running = servers(url)
+    for server in running:
+        server.process = subprocess.Popen(  # noqa: S603 - our own commands
+            server.argv, env={**os.environ, **server.env}, cwd=ROOT
+        )
+    print_banner(url, source, running)
+
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        while not stop:
+            for server in running:
+                assert server.process is not None
+                if server.process.poll() is not None:
+                    print(f"{server.name} exited with {server.process.returncode}; stopping.")
+                    return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        print("\nStopping ...", flush=True)
+        for server in running:
+            if server.process and server.process.poll() is None:
+                server.process.terminate()
+        for server in running:
+            if server.process:
+                try:
+                    server.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    server.process.kill()
+        # The embedded PostgreSQL stops when this process exits.
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Nexus Relay: PostgreSQL changes to WebSocket subscribers, authorized like RLS."""
