@@ -4,6 +4,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -124,3 +125,110 @@ class Process:
             self.popen.kill()
         self.popen.wait()
         self.pump.join(WAIT)
+
+
+# --- The relay, as a real process ------------------------------------------------
+
+JWT_SECRET = "test-secret-for-the-relay-tests-0123456789"
+POLICY_FILE = str(Path(__file__).resolve().parent.parent / "portal" / "relay-policy.toml")
+
+
+def mint(
+    user_id: str | None,
+    tenant_id: str | None,
+    *,
+    role: str = "authenticated",
+    expires_in: float = 600,
+    secret: str = JWT_SECRET,
+    algorithm: str = "HS256",
+    **extra: Any,
+) -> str:
+    """A token like the portal's: ``sub`` and ``app_metadata`` carry the user."""
+    import time
+
+    import jwt
+
+    payload: dict[str, Any] = {
+        "sub": user_id or "anonymous",
+        "role": role,
+        "iat": int(time.time()),
+        "exp": int(time.time() + expires_in),
+        "app_metadata": {"user_id": user_id, "tenant_id": tenant_id},
+        **extra,
+    }
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RelayProcess:
+    """``nexus-relay serve`` on free ports, against a test database."""
+
+    def __init__(self, database_url: str, **settings: str) -> None:
+        self.database_url = database_url
+        self.port = free_port()
+        self.ops_port = free_port()
+        self.env = {
+            **os.environ,
+            "RELAY_DATABASE_URL": database_url,
+            "RELAY_POLICY_FILE": POLICY_FILE,
+            "RELAY_JWT_SECRET": JWT_SECRET,
+            "RELAY_PORT": str(self.port),
+            "RELAY_OPS_PORT": str(self.ops_port),
+            "RELAY_LOG_FORMAT": "text",
+            **settings,
+        }
+        self.process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port}"
+
+    def start(self) -> "RelayProcess":
+        import sys
+
+        relay = str(Path(sys.executable).parent / "nexus-relay")
+        self.process = Process([relay, "serve"], env=self.env)
+        self.process.wait_for("relay serving", timeout=4 * WAIT)
+        return self
+
+    def stop(self, signal_number: int = 15) -> int:
+        assert self.process is not None
+        code = self.process.stop(signal_number, timeout=4 * WAIT)
+        self.process.kill()
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+    def get(self, path: str) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.ops_url}{path}", timeout=WAIT) as response:  # noqa: S310
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metrics(self) -> dict[str, float]:
+        """The relay's Prometheus samples, by name with labels."""
+        status, text = self.get("/metrics")
+        assert status == 200
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples

@@ -15,7 +15,7 @@
 -- `old_parents` appears only when an UPDATE changed such a foreign key.
 --
 -- Other messages on the channel:
---   {"v":1,"ref":<id>}                 the change is in relay.large_changes
+--   {"v":1,"table":"...","ref":<id>}   the change is in relay.large_changes
 --   {"v":1,"table":"...","op":"TRUNCATE"}
 --   {"v":1,"table":"...","op":"OVERFLOW"} changes of this transaction were not sent
 -- and on `relay_control`: {"op":"publish"|"unpublish","table":"..."}.
@@ -135,7 +135,7 @@ BEGIN
         || '}';
 
     IF pg_catalog.octet_length(payload) >= 8000 THEN
-        payload := '{"v":1,"ref":' || relay.spill(payload)::text || '}';
+        payload := head || ',"ref":' || relay.spill(payload)::text || '}';
     END IF;
     PERFORM pg_catalog.pg_notify('relay_changes', payload);
     RETURN NULL;

@@ -175,7 +175,8 @@ def test_a_row_over_the_notify_limit_is_sent_by_reference(db: Conn, listener: Li
     ).fetchone()[0]  # type: ignore[index]
 
     notice = listener.take_one()
-    assert set(notice) == {"v", "ref"}
+    assert set(notice) == {"v", "table", "ref"}
+    assert notice["table"] == "public.nexus_case_messages"
     stored = db.execute(
         "SELECT payload FROM relay.large_changes WHERE id = %s", (notice["ref"],)
     ).fetchone()

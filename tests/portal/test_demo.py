@@ -10,7 +10,7 @@ import psycopg
 
 from tests.support import WAIT, Process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_demo(env: dict[str, str], *args: str) -> Process:

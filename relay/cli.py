@@ -1,0 +1,79 @@
+"""``nexus-relay``: serve, check a policy file, diagnose a deployment."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from relay import logs, policy
+from relay.errors import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nexus-relay",
+        description="Nexus Relay: PostgreSQL changes over WebSocket, authorized like RLS.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "serve", help="run the relay; settings come from RELAY_* environment variables"
+    )
+    check = commands.add_parser(
+        "check-policy",
+        help="check a policy file, and with --database-url, against what is published",
+    )
+    check.add_argument("file", type=Path)
+    check.add_argument("--database-url")
+    diagnose = commands.add_parser(
+        "diagnose", help="check the database, the trigger layer, the policies and a running relay"
+    )
+    diagnose.add_argument("--database-url", help="default: RELAY_DATABASE_URL or DATABASE_URL")
+    diagnose.add_argument("--policy-file", type=Path, help="default: RELAY_POLICY_FILE")
+    diagnose.add_argument("--ops-url", help="the relay's ops endpoint, e.g. http://127.0.0.1:8766")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "serve":
+            return _serve()
+        if args.command == "check-policy":
+            return _check_policy(args.file, args.database_url)
+        from relay import diagnose as diagnosis
+
+        return diagnosis.run(args.database_url, args.policy_file, args.ops_url)
+    except ConfigError as exc:
+        print(f"nexus-relay: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve() -> int:
+    from relay import app, settings
+
+    config = settings.from_env()
+    logs.configure(config.log_level, config.log_format)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is installed where it builds
+        asyncio.run(app.serve(config))
+    else:
+        uvloop.run(app.serve(config))
+    return 0
+
+
+def _check_policy(path: Path, database_url: str | None) -> int:
+    policies = policy.load(path)
+    print(f"{path}: {len(policies.tables)} tables, claims {', '.join(policies.claims) or 'none'}")
+    for name, table_policy in sorted(policies.tables.items()):
+        print(f"  {name}: visible when {table_policy.source}")
+    if database_url is None:
+        return 0
+    from relay.diagnose import published_tables
+
+    problems = policies.check_against(published_tables(database_url))
+    for problem in problems:
+        print(f"  problem: {problem}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

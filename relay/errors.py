@@ -1,0 +1,88 @@
+"""The relay's errors, and the codes clients see.
+
+Exception tree::
+
+    RelayError
+    ├── ConfigError       settings or a policy file that cannot be used; stops start-up
+    ├── ChangeError       a notification that cannot be read; logged, reported as a gap
+    └── ClientError       a client's request refused; carries a stable ``code``
+        └── AuthError     a token refused; the connection closes with CLOSE_UNAUTHORIZED
+
+Clients see ``code`` and ``message``; never a traceback, a setting or a row they
+may not read. Codes are part of the wire protocol (docs/protocol.md): they only
+ever get added.
+"""
+
+from enum import IntEnum, StrEnum
+
+
+class ErrorCode(StrEnum):
+    # Frames
+    BAD_FRAME = "bad_frame"  # not a JSON object
+    BINARY_NOT_SUPPORTED = "binary_not_supported"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_MESSAGE = "invalid_message"  # a field missing or of the wrong type
+    # Authentication
+    NOT_AUTHENTICATED = "not_authenticated"
+    ALREADY_AUTHENTICATED = "already_authenticated"
+    INVALID_TOKEN = "invalid_token"
+    TOKEN_EXPIRED = "token_expired"
+    USER_MISMATCH = "user_mismatch"
+    AUTH_TIMEOUT = "auth_timeout"
+    # Subscriptions
+    TABLE_UNKNOWN = "table_unknown"  # not published
+    TABLE_NOT_ALLOWED = "table_not_allowed"  # published, but no policy: denied
+    INVALID_EVENTS = "invalid_events"
+    INVALID_SELECT = "invalid_select"
+    INVALID_FILTER = "invalid_filter"
+    INVALID_POSITION = "invalid_position"
+    UNKNOWN_SUBSCRIPTION = "unknown_subscription"
+    # Limits
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    TOO_MANY_USER_CONNECTIONS = "too_many_user_connections"
+    RATE_LIMITED = "rate_limited"
+    SLOW_CONSUMER = "slow_consumer"
+    # Server
+    GOING_AWAY = "going_away"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes (RFC 6455, 7.4): 1000-2999 are the protocol's, 4000-4999 ours."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # the relay is shutting down: reconnect
+    MESSAGE_TOO_BIG = 1009  # a frame over the size limit (sent by the WebSocket layer)
+    PROTOCOL_ERROR = 4000
+    UNAUTHORIZED = 4001
+    AUTH_TIMEOUT = 4002
+    TOKEN_EXPIRED = 4003
+    TOO_MANY_CONNECTIONS = 4004
+    TOO_MANY_USER_CONNECTIONS = 4005
+    SLOW_CONSUMER = 4008
+    RATE_LIMITED = 4029
+
+
+class RelayError(Exception):
+    """Base of the relay's exceptions."""
+
+
+class ConfigError(RelayError):
+    """Settings or a policy file that cannot be used."""
+
+
+class ChangeError(RelayError):
+    """A notification on the changes channel that cannot be read."""
+
+
+class ClientError(RelayError):
+    """A client's request refused, with the code and message the client gets."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class AuthError(ClientError):
+    """A token refused."""

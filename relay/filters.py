@@ -1,0 +1,340 @@
+"""Subscription filters, in Supabase's (and PostgREST's) syntax.
+
+A filter narrows a subscription to the rows that match it; the policy still
+decides what the subscriber may see. Conditions are ``column=op.value``::
+
+    status=eq.pending
+    amount=gte.100
+    status=in.(pending,approved)
+    read_at=is.null
+    title=ilike.*invoice*
+    status=not.eq.paid
+
+Several conditions joined by ``&`` must all hold. What Supabase lacks: groups,
+as in PostgREST, ``or=(cond,cond,...)`` and ``and=(...)``, nestable, where a
+condition is written ``column.op.value``::
+
+    or=(status.eq.pending,and(amount.gt.1000,currency.eq.EUR))
+
+Operators: ``eq neq lt lte gt gte in is like ilike``, each with an optional
+``not.`` prefix. Values containing ``, ( ) &`` or starting with a quote are
+written in double quotes, with ``\\"`` and ``\\\\`` inside. ``like`` and ``ilike``
+take ``%`` (or ``*``) for any run of characters and ``_`` for one.
+
+Values are read as the column's type: numbers for numeric columns, ``true`` and
+``false`` for booleans, ISO 8601 for dates and times (a time without an offset
+is UTC), text otherwise. Text compares by code point, as in PostgreSQL's "C"
+collation. Comparisons follow SQL: a NULL column matches no comparison, only
+``is.null``; ``not.`` of an unknown result is still unknown.
+"""
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from relay.tables import BOOLEAN, DATETIME, NUMERIC, Table
+
+Row = Mapping[str, Any]
+Truth = bool | None
+Match = Callable[[Row], Truth]
+
+OPERATORS = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike")
+TEXT_OPERATORS = frozenset(("like", "ilike"))
+MAX_LENGTH = 4096
+MAX_CONDITIONS = 32
+MAX_IN_VALUES = 100
+
+
+class FilterError(ValueError):
+    """A filter that does not parse or does not fit its table; the message says why."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    source: str
+    match: Match
+    # Top-level ``column=eq.value`` conditions on text columns: every matching
+    # row has that value. The subscription index files the subscription there.
+    keys: list[tuple[tuple[str, ...], str]]
+
+
+def parse(text: str, table: Table) -> Filter:
+    """Parse ``text`` for ``table``; raise ``FilterError`` saying what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise FilterError("the filter is empty")
+    if len(text) > MAX_LENGTH:
+        raise FilterError(f"the filter is longer than {MAX_LENGTH} characters")
+    parser = _Parser(table)
+    matches: list[Match] = []
+    keys: list[tuple[tuple[str, ...], str]] = []
+    for part in _split(text, "&"):
+        name, sep, rest = part.partition("=")
+        if not sep:
+            raise FilterError(f"{part!r}: write column=operator.value")
+        group = name.removeprefix("not.")
+        if group in ("or", "and") and rest.startswith("("):
+            if not rest.endswith(")"):
+                raise FilterError(f"{part!r}: a group ends with ')'")
+            matches.append(parser.group(group, rest[1:-1], negated=name != group))
+        else:
+            condition = parser.condition(name, rest)
+            matches.append(condition.match)
+            if condition.key is not None:
+                keys.append((("row", name), condition.key))
+    return Filter(text, _all(matches), keys)
+
+
+@dataclass(frozen=True)
+class _Condition:
+    match: Match
+    key: str | None  # the value, for a positive eq on a text column
+
+
+class _Parser:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.count = 0
+
+    def group(self, kind: str, body: str, negated: bool) -> Match:
+        items: list[Match] = []
+        for item in _split(body, ","):
+            inner = item.removeprefix("not.")
+            head, paren, _ = inner.partition("(")
+            if paren and head in ("or", "and"):
+                if not inner.endswith(")"):
+                    raise FilterError(f"{item!r}: a group ends with ')'")
+                items.append(self.group(head, inner[len(head) + 1 : -1], negated=item != inner))
+            else:
+                column, dot, rest = item.partition(".")
+                if not dot:
+                    raise FilterError(f"{item!r}: inside a group, write column.operator.value")
+                items.append(self.condition(column, rest).match)
+        if not items:
+            raise FilterError(f"empty {kind}() group")
+        combined = _all(items) if kind == "and" else _any(items)
+        return _not(combined) if negated else combined
+
+    def condition(self, column_name: str, expression: str) -> _Condition:
+        self.count += 1
+        if self.count > MAX_CONDITIONS:
+            raise FilterError(f"more than {MAX_CONDITIONS} conditions")
+        column = self.table.columns.get(column_name)
+        if column is None:
+            raise FilterError(f"{self.table.name} has no column {column_name!r}")
+        negated = expression.startswith("not.")
+        if negated:
+            expression = expression[4:]
+        op, dot, raw = expression.partition(".")
+        if op not in OPERATORS:
+            raise FilterError(f"{op!r} is not an operator; use one of {', '.join(OPERATORS)}")
+        if not dot:
+            raise FilterError(f"{column_name}={expression}: {op} needs a value, as {op}.<value>")
+        category = column.category
+        name = column_name
+
+        match: Match
+        key = None
+        if op == "is":
+            value = {"null": None, "true": True, "false": False, "unknown": None}.get(raw, raw)
+            if value == raw:
+                raise FilterError(f"{name}=is.{raw}: is takes null, true, false or unknown")
+            if value is None:
+                match = lambda row: row.get(name) is None  # noqa: E731
+            else:
+                match = lambda row: row.get(name) is value  # noqa: E731
+        elif op == "in":
+            if not (raw.startswith("(") and raw.endswith(")")):
+                raise FilterError(f"{name}=in.{raw}: write in.(a,b,c)")
+            values = [_unquote(v) for v in _split(raw[1:-1], ",")]
+            if len(values) > MAX_IN_VALUES:
+                raise FilterError(f"{name}=in.(...): at most {MAX_IN_VALUES} values")
+            coerced = [_coerce(v, category, name) for v in values]
+            convert = _converter(category)
+            if category == DATETIME:
+
+                def match(row: Row) -> Truth:
+                    value = convert(row.get(name))
+                    return None if value is None else value in coerced
+
+            else:
+                allowed = frozenset(coerced)
+
+                def match(row: Row) -> Truth:
+                    value = convert(row.get(name))
+                    return None if value is None else value in allowed
+
+        elif op in TEXT_OPERATORS:
+            if category in (NUMERIC, BOOLEAN, DATETIME):
+                raise FilterError(f"{name} is {column.type}: {op} needs a text column")
+            pattern = _like(_unquote(raw), ignore_case=op == "ilike")
+
+            def match(row: Row) -> Truth:
+                value = row.get(name)
+                return None if not isinstance(value, str) else pattern.fullmatch(value) is not None
+
+        else:
+            value = _coerce(_unquote(raw), category, name)
+            compare = _COMPARE[op]
+            convert = _converter(category)
+
+            def match(row: Row) -> Truth:
+                current = convert(row.get(name))
+                if current is None:
+                    return None
+                try:
+                    return compare(current, value)
+                except TypeError:  # e.g. a naive and an aware datetime
+                    return None
+
+            if op == "eq" and not negated and category not in (NUMERIC, BOOLEAN, DATETIME):
+                key = value
+        return _Condition(_not(match) if negated else match, key)
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": lambda a, b: a == b,
+    "neq": lambda a, b: a != b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+}
+
+
+def _converter(category: str) -> Callable[[Any], Any]:
+    """How a row's JSON value becomes comparable with a coerced filter value."""
+    if category == DATETIME:
+
+        def to_datetime(value: Any) -> Any:
+            return None if value is None else _datetime(str(value))
+
+        return to_datetime
+    if category == NUMERIC:
+        return lambda value: (
+            value if value is None or isinstance(value, int | float) else float(value)
+        )
+    return lambda value: value
+
+
+def _coerce(raw: str, category: str, column: str) -> Any:
+    if category == NUMERIC:
+        try:
+            number = float(raw)
+        except ValueError:
+            raise FilterError(f"{column} is a number: {raw!r} is not") from None
+        if not math.isfinite(number):
+            raise FilterError(f"{column}: {raw!r} is not a finite number")
+        return number
+    if category == BOOLEAN:
+        if raw not in ("true", "false"):
+            raise FilterError(f"{column} is a boolean: use true or false, not {raw!r}")
+        return raw == "true"
+    if category == DATETIME:
+        try:
+            return _datetime(raw)
+        except ValueError:
+            raise FilterError(f"{column} is a date or time: {raw!r} is not ISO 8601") from None
+    return raw
+
+
+def _datetime(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _like(pattern: str, ignore_case: bool) -> re.Pattern[str]:
+    out = []
+    escaped = False
+    for char in pattern:
+        if escaped:
+            out.append(re.escape(char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "%*":
+            out.append(".*")
+        elif char == "_":
+            out.append(".")
+        else:
+            out.append(re.escape(char))
+    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """Split at ``separator`` outside parentheses and double quotes."""
+    parts, depth, quoted, escaped, start = [], 0, False, False, 0
+    for i, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise FilterError(f"unbalanced ')' at position {i}")
+        elif char == separator and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if quoted:
+        raise FilterError("unterminated double quote")
+    if depth:
+        raise FilterError("unbalanced '('")
+    parts.append(text[start:])
+    if any(not part for part in parts):
+        raise FilterError(f"empty condition around {separator!r}")
+    return parts
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def _all(matches: list[Match]) -> Match:
+    if len(matches) == 1:
+        return matches[0]
+
+    def all_(row: Row) -> Truth:
+        result: Truth = True
+        for match in matches:
+            value = match(row)
+            if value is False:
+                return False
+            if value is None:
+                result = None
+        return result
+
+    return all_
+
+
+def _any(matches: list[Match]) -> Match:
+    def any_(row: Row) -> Truth:
+        result: Truth = False
+        for match in matches:
+            value = match(row)
+            if value is True:
+                return True
+            if value is None:
+                result = None
+        return result
+
+    return any_
+
+
+def _not(match: Match) -> Match:
+    def not_(row: Row) -> Truth:
+        value = match(row)
+        return None if value is None else not value
+
+    return not_

@@ -1,0 +1,88 @@
+"""Prometheus metrics of a running relay.
+
+Counters of the hot path live as plain integers in ``Fanout.stats`` and the
+listener; this collector reads them at scrape time. Only the commit-to-send
+latency is a Prometheus histogram, observed once per change.
+"""
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from relay.fanout import Fanout
+    from relay.listener import Listener
+
+
+class RelayCollector(Collector):
+    def __init__(self, fanout: "Fanout", listener: "Listener") -> None:
+        self.fanout = fanout
+        self.listener = listener
+
+    def collect(self) -> Iterator[Metric]:
+        fanout, listener, stats = self.fanout, self.listener, self.fanout.stats
+        yield GaugeMetricFamily(
+            "relay_connections", "Open WebSocket connections.", len(fanout.sessions)
+        )
+        yield GaugeMetricFamily("relay_subscriptions", "Live subscriptions.", fanout.index.count)
+        changes = CounterMetricFamily(
+            "relay_changes", "Changes received from PostgreSQL.", labels=["table", "op"]
+        )
+        for (table, op), count in sorted(stats.changes_in.items()):
+            changes.add_metric([table, op], count)
+        yield changes
+        yield CounterMetricFamily(
+            "relay_messages_sent", "Change messages sent to clients.", stats.messages_out
+        )
+        gaps = CounterMetricFamily(
+            "relay_gaps", "Gaps reported to clients, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(stats.gaps.items()):
+            gaps.add_metric([reason], count)
+        yield gaps
+        disconnects = CounterMetricFamily(
+            "relay_disconnects", "Connections ended, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(stats.disconnects.items()):
+            disconnects.add_metric([reason], count)
+        yield disconnects
+        yield GaugeMetricFamily(
+            "relay_listener_connected",
+            "1 while the LISTEN connection is up.",
+            int(listener.connected),
+        )
+        yield CounterMetricFamily(
+            "relay_listener_reconnects",
+            "Times the LISTEN connection was lost.",
+            listener.reconnects,
+        )
+        yield GaugeMetricFamily(
+            "relay_intake_backlog",
+            "Notifications received, not yet fanned out.",
+            len(listener.intake),
+        )
+        if listener.queue_usage is not None:
+            yield GaugeMetricFamily(
+                "relay_notification_queue_usage",
+                "pg_notification_queue_usage(): the fraction of PostgreSQL's NOTIFY queue in use.",
+                listener.queue_usage,
+            )
+        yield GaugeMetricFamily(
+            "relay_stream_offset", "Offset of the latest change or gap.", fanout.offset
+        )
+
+
+def registry(fanout: "Fanout", listener: "Listener") -> tuple[CollectorRegistry, Histogram]:
+    """A registry of its own (several relays may share a process in tests)."""
+    reg = CollectorRegistry(auto_describe=True)
+    reg.register(RelayCollector(fanout, listener))
+    latency = Histogram(
+        "relay_commit_to_send_seconds",
+        "From a change's transaction timestamp to its dispatch to sockets.",
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        registry=reg,
+    )
+    return reg, latency

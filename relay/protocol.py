@@ -1,0 +1,251 @@
+"""The relay's wire protocol, version 1 (docs/protocol.md): frames in and out.
+
+Client frames are JSON objects with a ``type``; ``decode`` turns one into a
+request or raises ``ClientError``. Server frames are built here as bytes
+(UTF-8 JSON), ready to send as text frames. A change frame is a per-recipient
+prefix (the subscription ids) joined to a body encoded once per change.
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.errors import ClientError, CloseCode, ErrorCode
+
+SUBPROTOCOL = "nexus-relay.v1"
+VERSION = 1
+
+Ref = str | int | None
+MAX_REF_LENGTH = 64
+EVENTS = frozenset(("INSERT", "UPDATE", "DELETE"))
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    ref: Ref
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    ref: Ref
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    ref: Ref
+    table: str
+    events: frozenset[str]
+    select: tuple[str, ...] | None
+    filter: str | None
+    since: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    ref: Ref
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: Ref
+
+
+Request = Auth | Refresh | Subscribe | Unsubscribe | Ping
+
+
+class FrameError(ClientError):
+    """A client frame that is not a valid request; ``ref`` is echoed when it could be read."""
+
+    def __init__(self, code: ErrorCode, message: str, ref: Ref = None) -> None:
+        super().__init__(code, message)
+        self.ref = ref
+
+
+def decode(text: str) -> Request:
+    """The request in a text frame; ``FrameError`` if it is not one."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise FrameError(ErrorCode.BAD_FRAME, "a frame must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise FrameError(ErrorCode.BAD_FRAME, "a frame must be a JSON object")
+    ref = data.get("ref")
+    if ref is not None and not (
+        (isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH)
+        or (isinstance(ref, int) and not isinstance(ref, bool))
+    ):
+        raise FrameError(
+            ErrorCode.INVALID_MESSAGE,
+            f"ref must be a string of at most {MAX_REF_LENGTH} characters or an integer",
+        )
+    kind = data.get("type")
+    reader = _READERS.get(kind) if isinstance(kind, str) else None
+    if reader is None:
+        raise FrameError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind!r}", ref)
+    try:
+        return reader(data, ref)
+    except _Invalid as exc:
+        raise FrameError(ErrorCode.INVALID_MESSAGE, str(exc), ref) from None
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _string(data: Mapping[str, Any], key: str, *, required: bool = True, limit: int = 16384) -> Any:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"{key!r} must be a non-empty string")
+    if len(value) > limit:
+        raise _Invalid(f"{key!r} is longer than {limit} characters")
+    return value
+
+
+def _auth(data: Mapping[str, Any], ref: Ref) -> Request:
+    return Auth(ref, _string(data, "token"))
+
+
+def _refresh(data: Mapping[str, Any], ref: Ref) -> Request:
+    return Refresh(ref, _string(data, "token"))
+
+
+def _subscribe(data: Mapping[str, Any], ref: Ref) -> Request:
+    table = _string(data, "table", limit=127)
+    events_value = data.get("events", "*")
+    if events_value == "*" or events_value == ["*"]:
+        events = EVENTS
+    elif (
+        isinstance(events_value, list)
+        and events_value
+        and all(isinstance(e, str) and e.upper() in EVENTS for e in events_value)
+    ):
+        events = frozenset(e.upper() for e in events_value)
+    else:
+        raise _Invalid('"events" must be "*" or a list of "INSERT", "UPDATE", "DELETE"')
+    select_value = data.get("select")
+    select = None
+    if select_value is not None:
+        if (
+            not isinstance(select_value, list)
+            or not select_value
+            or len(select_value) > 256
+            or not all(isinstance(c, str) and c for c in select_value)
+        ):
+            raise _Invalid('"select" must be a non-empty list of column names')
+        select = tuple(dict.fromkeys(select_value))
+    return Subscribe(
+        ref,
+        table,
+        events,
+        select,
+        _string(data, "filter", required=False, limit=8192),
+        _string(data, "since", required=False, limit=128),
+    )
+
+
+def _unsubscribe(data: Mapping[str, Any], ref: Ref) -> Request:
+    return Unsubscribe(ref, _string(data, "id", limit=64))
+
+
+def _ping(data: Mapping[str, Any], ref: Ref) -> Request:
+    return Ping(ref)
+
+
+_READERS = {
+    "auth": _auth,
+    "refresh": _refresh,
+    "subscribe": _subscribe,
+    "unsubscribe": _unsubscribe,
+    "ping": _ping,
+}
+
+
+# --- Server frames -------------------------------------------------------------
+
+
+def encode(frame: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(frame)
+
+
+def _with_ref(frame: dict[str, Any], ref: Ref) -> dict[str, Any]:
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def ready(ref: Ref, **fields: Any) -> bytes:
+    return encode(_with_ref({"type": "ready", "version": VERSION, **fields}, ref))
+
+
+def subscribed(ref: Ref, **fields: Any) -> bytes:
+    return encode(_with_ref({"type": "subscribed", **fields}, ref))
+
+
+def unsubscribed(ref: Ref, id: str, reason: str | None = None) -> bytes:
+    frame = _with_ref({"type": "unsubscribed", "id": id}, ref)
+    if reason is not None:
+        frame["reason"] = reason
+    return encode(frame)
+
+
+def refreshed(ref: Ref, expires_at: float) -> bytes:
+    return encode(_with_ref({"type": "refreshed", "expires_at": int(expires_at)}, ref))
+
+
+def pong(ref: Ref) -> bytes:
+    return encode(_with_ref({"type": "pong"}, ref))
+
+
+def error(ref: Ref, code: ErrorCode, message: str) -> bytes:
+    return encode(_with_ref({"type": "error", "code": code.value, "message": message}, ref))
+
+
+def gap(subscriptions: Iterable[str], reason: str) -> bytes:
+    return encode({"type": "gap", "subscriptions": list(subscriptions), "reason": reason})
+
+
+def token_expiring(expires_at: float, seconds_left: float) -> bytes:
+    return encode(
+        {"type": "token_expiring", "expires_at": int(expires_at), "seconds_left": int(seconds_left)}
+    )
+
+
+def closing(code: CloseCode, reason: ErrorCode, message: str) -> bytes:
+    return encode(
+        {"type": "closing", "code": int(code), "reason": reason.value, "message": message}
+    )
+
+
+def change_body(
+    table: str,
+    op: str,
+    timestamp: str,
+    position: str,
+    new: Mapping[str, Any] | None,
+    old: Mapping[str, Any] | None,
+) -> bytes:
+    """Everything of a change frame after its subscription ids, encoded once per variant."""
+    body: dict[str, Any] = {
+        "table": table,
+        "op": op,
+        "commit_timestamp": timestamp,
+        "position": position,
+    }
+    if new is not None:
+        body["new"] = new
+    if old is not None:
+        body["old"] = old
+    # {"table":...} without its opening brace: the prefix supplies it.
+    return orjson.dumps(body)[1:]
+
+
+def change_prefix(subscription_ids: Iterable[bytes]) -> bytes:
+    """``{"type":"change","subscriptions":[...],`` for one recipient: ids pre-encoded as JSON."""
+    return b'{"type":"change","subscriptions":[' + b",".join(subscription_ids) + b"],"

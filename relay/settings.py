@@ -1,0 +1,152 @@
+"""The relay's settings: read once from the environment at start-up.
+
+Every setting has a default and a line in the README's table. Reading fails
+with ``ConfigError`` naming the variable, never later on first use.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.errors import ConfigError
+from relay.fanout import Limits
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    policy_file: Path
+    # Listening
+    host: str = "127.0.0.1"
+    port: int = 8765
+    path: str = "/"
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 8766
+    allowed_origins: tuple[str, ...] = ()
+    # Tokens
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwks_refresh: float = 300.0
+    jwt_algorithms: tuple[str, ...] | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 30.0
+    # Limits
+    limits: Limits = field(default_factory=Limits)
+    max_send_buffer_bytes: int = 1024 * 1024
+    # Timeouts
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    # The stream
+    history_size: int = 10_000
+    intake_limit: int = 100_000
+    large_change_retention: float = 3600.0
+    # Logging
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+
+    def text(name: str, default: str | None = None) -> str | None:
+        value = env.get(name, "").strip()
+        return value or default
+
+    def number(name: str, default: float, minimum: float = 0) -> float:
+        raw = text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+        return value
+
+    def integer(name: str, default: int, minimum: int = 0) -> int:
+        value = number(name, default, minimum)
+        if value != int(value):
+            raise ConfigError(f"{name} must be a whole number")
+        return int(value)
+
+    def listing(name: str) -> tuple[str, ...]:
+        raw = text(name) or ""
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+    database_url = text("RELAY_DATABASE_URL") or text("DATABASE_URL")
+    if database_url is None:
+        raise ConfigError(
+            "RELAY_DATABASE_URL (or DATABASE_URL) is not set: which PostgreSQL to listen to?"
+        )
+    policy_file = text("RELAY_POLICY_FILE")
+    if policy_file is None:
+        raise ConfigError(
+            "RELAY_POLICY_FILE is not set: without policies nobody may subscribe to anything"
+        )
+
+    secret = text("RELAY_JWT_SECRET")
+    secret_file = text("RELAY_JWT_SECRET_FILE")
+    if secret_file is not None:
+        try:
+            secret = Path(secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"RELAY_JWT_SECRET_FILE: cannot read {secret_file}: {exc.strerror}"
+            ) from exc
+    jwks_file = text("RELAY_JWKS_FILE")
+    algorithms = listing("RELAY_JWT_ALGORITHMS")
+    log_format = (text("RELAY_LOG_FORMAT", "json") or "json").lower()
+    if log_format not in ("json", "text"):
+        raise ConfigError("RELAY_LOG_FORMAT must be json or text")
+    defaults = Limits()
+
+    return Settings(
+        database_url=database_url,
+        policy_file=Path(policy_file),
+        host=text("RELAY_HOST", "127.0.0.1") or "127.0.0.1",
+        port=integer("RELAY_PORT", 8765),
+        path=text("RELAY_PATH", "/") or "/",
+        ops_host=text("RELAY_OPS_HOST", "127.0.0.1") or "127.0.0.1",
+        ops_port=integer("RELAY_OPS_PORT", 8766),
+        allowed_origins=listing("RELAY_ALLOWED_ORIGINS"),
+        jwt_secret=secret,
+        jwks_file=Path(jwks_file) if jwks_file else None,
+        jwks_url=text("RELAY_JWKS_URL"),
+        jwks_refresh=number("RELAY_JWKS_REFRESH_S", 300.0, 10),
+        jwt_algorithms=algorithms or None,
+        jwt_audience=text("RELAY_JWT_AUDIENCE"),
+        jwt_issuer=text("RELAY_JWT_ISSUER"),
+        jwt_leeway=number("RELAY_JWT_LEEWAY_S", 30.0),
+        limits=Limits(
+            max_connections=integer("RELAY_MAX_CONNECTIONS", defaults.max_connections, 1),
+            max_connections_per_user=integer(
+                "RELAY_MAX_CONNECTIONS_PER_USER", defaults.max_connections_per_user, 1
+            ),
+            max_subscriptions_per_connection=integer(
+                "RELAY_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+                defaults.max_subscriptions_per_connection,
+                1,
+            ),
+            max_messages_per_second=number(
+                "RELAY_MAX_MESSAGES_PER_SECOND", defaults.max_messages_per_second, 1
+            ),
+            max_frame_bytes=integer("RELAY_MAX_FRAME_BYTES", defaults.max_frame_bytes, 1024),
+            auth_timeout=number("RELAY_AUTH_TIMEOUT_S", defaults.auth_timeout, 0.1),
+            token_expiry_warning=number(
+                "RELAY_TOKEN_EXPIRY_WARNING_S", defaults.token_expiry_warning
+            ),
+        ),
+        max_send_buffer_bytes=integer("RELAY_MAX_SEND_BUFFER_BYTES", 1024 * 1024, 4096),
+        ping_interval=number("RELAY_PING_INTERVAL_S", 20.0, 1),
+        ping_timeout=number("RELAY_PING_TIMEOUT_S", 20.0, 1),
+        history_size=integer("RELAY_HISTORY_SIZE", 10_000),
+        intake_limit=integer("RELAY_INTAKE_LIMIT", 100_000, 100),
+        large_change_retention=number("RELAY_LARGE_CHANGE_RETENTION_S", 3600.0, 60),
+        log_level=(text("RELAY_LOG_LEVEL", "INFO") or "INFO").upper(),
+        log_format=log_format,
+    )

@@ -1,0 +1,191 @@
+"""Tokens: verify a JWT with pyjwt and read the identity the policies need.
+
+Two kinds of keys, never mixed up:
+
+- a shared secret, for HS256 tokens (the portal's own, or Supabase's);
+- a JWKS (a file, or a URL that the shell fetches), for RS256 and ES256 tokens
+  of a team's own identity provider. A key from the JWKS verifies only tokens
+  of its own algorithm.
+
+A token's ``alg`` must be in the allow-list (``none`` never is, nor is an HMAC
+algorithm without a secret), ``exp`` is required, ``nbf`` and ``iat`` are
+honoured with a small leeway, and ``aud`` and ``iss`` are checked when set.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from relay.errors import AuthError, ConfigError, ErrorCode
+from relay.ids import UserId
+from relay.policy import ClaimSpec
+
+HMAC_ALGORITHMS = frozenset(("HS256", "HS384", "HS512"))
+ASYMMETRIC_ALGORITHMS = frozenset(("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256"))
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token speaks for."""
+
+    subject: UserId  # the token's ``sub``: one user, across refreshes
+    role: str
+    bypass: bool  # the role sees every row (service_role)
+    claims: Mapping[str, str | None]  # the policy file's claims, by name
+    expires_at: float  # unix time
+
+    def key(self) -> tuple[Any, ...]:
+        """What authorization depends on: equal keys, equal decisions."""
+        return (self.bypass, tuple(sorted(self.claims.items())))
+
+
+class TokenVerifier:
+    """Checks tokens against the configured keys; ``verify`` is pure computation."""
+
+    def __init__(
+        self,
+        *,
+        claims: Mapping[str, ClaimSpec],
+        bypass_roles: frozenset[str],
+        secret: str | None = None,
+        jwks: jwt.PyJWKSet | None = None,
+        algorithms: Sequence[str] | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float = 30.0,
+    ) -> None:
+        if secret is None and jwks is None:
+            raise ConfigError(
+                "no key to verify tokens: set a JWT secret, a JWKS file or a JWKS URL"
+            )
+        if secret is not None and len(secret.encode()) < 32:
+            raise ConfigError("the JWT secret must be at least 32 bytes (RFC 7518, 3.2)")
+        if algorithms is None:
+            allowed = set()
+            if secret is not None:
+                allowed.add("HS256")
+            if jwks is not None:
+                allowed |= {"RS256", "ES256"}
+        else:
+            allowed = set(algorithms)
+        unknown = allowed - HMAC_ALGORITHMS - ASYMMETRIC_ALGORITHMS
+        if unknown:
+            raise ConfigError(f"unsupported JWT algorithms {sorted(unknown)}")
+        if allowed & HMAC_ALGORITHMS and secret is None:
+            raise ConfigError("an HMAC algorithm is allowed but no JWT secret is set")
+        self.algorithms = frozenset(allowed)
+        self.claims = claims
+        self.bypass_roles = bypass_roles
+        self.secret = secret
+        self.jwks = jwks
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway = leeway
+
+    def unverified_kid(self, token: str) -> str | None:
+        """The token's key id, to fetch a JWKS that lacks it. Says nothing of validity."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return None
+        return kid if isinstance(kid, str) else None
+
+    def verify(self, token: str) -> Identity:
+        """The identity of a valid token; ``AuthError`` with a plain reason otherwise."""
+        if not isinstance(token, str) or not token:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is missing")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is not a JWT") from None
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, f"the token's algorithm {alg!r} is not allowed"
+            )
+        key: Any
+        if alg in HMAC_ALGORITHMS:
+            key = self.secret
+        else:
+            key = self._jwk(header.get("kid"), alg)
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self.audience is not None,
+                    "verify_iss": self.issuer is not None,
+                },
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError(ErrorCode.TOKEN_EXPIRED, "the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is from another issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, f"the token has no {exc.claim!r} claim"
+            ) from None
+        except jwt.InvalidSignatureError:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token's signature is invalid") from None
+        except jwt.PyJWTError:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is invalid") from None
+        return self._identity(payload)
+
+    def _jwk(self, kid: Any, alg: str) -> jwt.PyJWK:
+        if self.jwks is None:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "no key for the token's algorithm")
+        candidates = [k for k in self.jwks.keys if k.algorithm_name == alg]
+        if kid is not None:
+            candidates = [k for k in candidates if k.key_id == kid]
+        if len(candidates) != 1:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "no key matches the token's key id")
+        return candidates[0]
+
+    def _identity(self, payload: Mapping[str, Any]) -> Identity:
+        subject = payload["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token's 'sub' claim is not a string")
+        role = payload.get("role", "authenticated")
+        if not isinstance(role, str):
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token's 'role' claim is not a string")
+        bypass = role in self.bypass_roles
+        values: dict[str, str | None] = {}
+        for spec in self.claims.values():
+            value: Any = payload
+            for part in spec.path:
+                value = value.get(part) if isinstance(value, Mapping) else None
+            valid = isinstance(value, str) and (
+                spec.pattern is None or spec.pattern.fullmatch(value)
+            )
+            if bypass:
+                # A role that sees every row needs no claim; one it has is kept if valid.
+                values[spec.name] = value if valid else None
+                continue
+            if not isinstance(value, str):
+                raise AuthError(
+                    ErrorCode.INVALID_TOKEN, f"the token has no string claim {'.'.join(spec.path)}"
+                )
+            if not valid:
+                raise AuthError(
+                    ErrorCode.INVALID_TOKEN,
+                    f"the token's claim {'.'.join(spec.path)} is not of the expected form",
+                )
+            values[spec.name] = value
+        return Identity(
+            subject=UserId(subject),
+            role=role,
+            bypass=bypass,
+            claims=values,
+            expires_at=float(payload["exp"]),
+        )
