@@ -45,15 +45,15 @@ async def fetch_jwks(client: jwt.PyJWKClient) -> jwt.PyJWKSet:
 
 
 class Relay:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, jwks: jwt.PyJWKSet | None = None) -> None:
+        """Assemble the relay; ``jwks``: the keys fetched from ``settings.jwks_url``, if set."""
         self.settings = settings
         self.policies = policy.load(settings.policy_file)
         self.jwks_client = (
             jwt.PyJWKClient(settings.jwks_url, cache_jwk_set=False) if settings.jwks_url else None
         )
-        jwks = read_jwks_file(settings.jwks_file) if settings.jwks_file else None
-        if jwks is None and self.jwks_client is not None:
-            jwks = jwt.PyJWKSet([])  # fetched at start
+        if settings.jwks_file:
+            jwks = read_jwks_file(settings.jwks_file)
         self.verifier = TokenVerifier(
             claims=self.policies.claims,
             bypass_roles=self.policies.bypass_roles,
@@ -89,7 +89,6 @@ class Relay:
         settings = self.settings
         tasks: list[asyncio.Task[None]] = []
         if self.jwks_client is not None:
-            self.verifier.jwks = await fetch_jwks(self.jwks_client)
             tasks.append(asyncio.create_task(self._refresh_jwks()))
         ops = _OpsServer(
             uvicorn.Config(
@@ -149,7 +148,13 @@ class Relay:
 
 
 async def serve(settings: Settings) -> None:
-    relay = Relay(settings)
+    jwks = None
+    if settings.jwks_url and not settings.jwks_file:
+        try:
+            jwks = await fetch_jwks(jwt.PyJWKClient(settings.jwks_url, cache_jwk_set=False))
+        except jwt.PyJWKClientError as exc:
+            raise ConfigError(f"RELAY_JWKS_URL: cannot fetch {settings.jwks_url}: {exc}") from exc
+    relay = Relay(settings, jwks)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, relay.stopping.set)

@@ -69,7 +69,8 @@ def run(database_url: str | None, policy_file: Path | None, ops_url: str | None)
                         )
                     for name, table in sorted(published.items()):
                         trigger = conn.execute(
-                            "SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = 'relay_capture'",
+                            "SELECT 1 FROM pg_trigger"
+                            " WHERE tgrelid = %s::regclass AND tgname = 'relay_capture'",
                             (name,),
                         ).fetchone()
                         if trigger:
@@ -89,7 +90,8 @@ def run(database_url: str | None, policy_file: Path | None, ops_url: str | None)
                             "find it in pg_stat_activity (a LISTEN session idle in transaction?)",
                         )
                     listeners = conn.execute(
-                        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'nexus-relay'"
+                        "SELECT count(*) AS n FROM pg_stat_activity"
+                        " WHERE application_name = 'nexus-relay'"
                     ).fetchone()
                     count = listeners["n"] if listeners else 0
                     if count:

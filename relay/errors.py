@@ -25,8 +25,8 @@ class ErrorCode(StrEnum):
     # Authentication
     NOT_AUTHENTICATED = "not_authenticated"
     ALREADY_AUTHENTICATED = "already_authenticated"
-    INVALID_TOKEN = "invalid_token"
-    TOKEN_EXPIRED = "token_expired"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a secret
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105
     USER_MISMATCH = "user_mismatch"
     AUTH_TIMEOUT = "auth_timeout"
     # Subscriptions

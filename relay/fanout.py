@@ -108,14 +108,20 @@ class Fanout:
         return session
 
     def close_session(self, session: Session, reason: str) -> None:
-        """The connection is gone: forget the session."""
+        """The connection is gone: forget the session.
+
+        ``reason`` says why, for the metrics, unless the relay ended it itself.
+        """
         self.detach(session)
-        if self.sessions.pop(session.id, None) is not None:
+        self.sessions.pop(session.id, None)
+        if not session.counted:
+            session.counted = True
             self.stats.disconnects[reason] += 1
 
     def attach(self, session: Session) -> None:
         """``session`` has authenticated: it counts against its user's limit."""
-        assert session.identity is not None and not session.attached
+        assert session.identity is not None
+        assert not session.attached
         session.attached = True
         self._users[session.identity.subject] += 1
 
@@ -124,6 +130,11 @@ class Fanout:
         for subscription in session.subscriptions.values():
             self.index.remove(subscription)
         session.subscriptions.clear()
+        if session.close_request is not None and not session.counted:
+            # Counted when the relay ends it, not when the socket is finally
+            # gone: a slow consumer may take its close timeout to go.
+            session.counted = True
+            self.stats.disconnects[session.close_request[1].value] += 1
         if session.attached:
             assert session.identity is not None
             session.attached = False
@@ -176,29 +187,26 @@ class Fanout:
             raise ClientError(ErrorCode.INVALID_POSITION, f"{text!r} is ahead of the stream")
         return epoch, value
 
-    def can_replay(self, since: tuple[str, int]) -> bool:
-        epoch, offset = since
-        return epoch == self.epoch and self.history.covers(offset, self.offset)
-
-    def replay(self, subscription: Subscription, since: tuple[str, int]) -> None:
-        """Send ``subscription`` what it missed after ``since``, or a gap if that is lost."""
-        session = subscription.session
+    def lost_since(self, table: str, since: tuple[str, int]) -> str | None:
+        """Why changes of ``table`` after ``since`` cannot all be replayed; None if they can."""
         epoch, after = since
-        reason = None
         if epoch != self.epoch:
-            reason = "epoch_changed"
-        elif not self.history.covers(after, self.offset):
-            reason = "history_exceeded"
+            return "epoch_changed"
+        if not self.history.covers(after, self.offset):
+            return "history_exceeded"
+        for _, entry in self.history.since(after):
+            if isinstance(entry, Gap) and entry.table in (None, table):
+                return entry.reason
+        return None
+
+    def replay(self, subscription: Subscription, since: tuple[str, int], lost: str | None) -> None:
+        """Send ``subscription`` what it missed after ``since`` or, if that is ``lost``, a gap."""
+        session = subscription.session
+        if lost is not None:
+            self.stats.gaps[lost] += 1
+            session.outbox.append(protocol.gap([subscription.id], lost))
         else:
-            for _, entry in self.history.since(after):
-                if isinstance(entry, Gap) and entry.table in (None, subscription.table.name):
-                    reason = entry.reason
-                    break
-        if reason is not None:
-            self.stats.gaps[reason] += 1
-            session.outbox.append(protocol.gap([subscription.id], reason))
-        else:
-            for offset, entry in self.history.since(after):
+            for offset, entry in self.history.since(since[1]):
                 if isinstance(entry, Change) and entry.table == subscription.table.name:
                     self._deliver(entry, self.position(offset), (subscription,))
         self._mark(session)

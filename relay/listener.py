@@ -175,9 +175,10 @@ class Listener:
         try:
             notification = changes.decode(item.payload)
             if isinstance(notification, LargeChangeRef):
-                notification = await self._resolve(notification)
-                if notification is None:
+                resolved = await self._resolve(notification)
+                if resolved is None:
                     return
+                notification = resolved
         except ChangeError as exc:
             logger.error("unreadable change on %s: %s", CHANGES_CHANNEL, exc)
             self.fanout.gap_all("unreadable_change")
@@ -246,7 +247,8 @@ class Listener:
                 if time.monotonic() - last_cleanup > 60:
                     last_cleanup = time.monotonic()
                     await reader.execute(
-                        "DELETE FROM relay.large_changes WHERE created_at < now() - make_interval(secs => %s)",
+                        "DELETE FROM relay.large_changes"
+                        " WHERE created_at < now() - make_interval(secs => %s)",
                         (self.large_change_retention,),
                     )
             except psycopg.Error as exc:

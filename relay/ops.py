@@ -23,6 +23,7 @@ def ops_app(fanout: "Fanout", listener: "Listener", registry: CollectorRegistry)
             {
                 "ready": ready,
                 "listener_connected": listener.connected,
+                "listener_backend_pid": listener.backend_pid if listener.connected else None,
                 "tables": sorted(fanout.tables),
                 "connections": len(fanout.sessions),
                 "position": fanout.position(),

@@ -28,7 +28,7 @@ Supabase's service_role does.
 
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -456,7 +456,7 @@ def from_dict(data: Mapping[str, Any]) -> PolicySet:
 
     roles = _table(data, "roles")
     bypass = roles.get("bypass", ["service_role"])
-    if not isinstance(bypass, Sequence) or not all(isinstance(r, str) for r in bypass):
+    if not isinstance(bypass, list) or not all(isinstance(r, str) for r in bypass):
         raise ConfigError("[roles] bypass must be a list of role names")
 
     tables = {}
@@ -475,7 +475,8 @@ def from_dict(data: Mapping[str, Any]) -> PolicySet:
         for operand in operands(expr):
             if isinstance(operand, ClaimRef) and operand.name not in claims:
                 raise ConfigError(
-                    f'[tables."{raw_name}"] visible: claims.{operand.name} is not declared in [claims]'
+                    f'[tables."{raw_name}"] visible: '
+                    f"claims.{operand.name} is not declared in [claims]"
                 )
         tables[name] = TablePolicy(
             name, spec["visible"], expr, compile_expr(expr), index_keys(expr)

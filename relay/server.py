@@ -189,7 +189,7 @@ class RelayServer:
     async def close(self) -> None:
         """Stop accepting; close every connection with 1001 (going away)."""
         if self.server is not None:
-            for session, connection in list(self.connections.items()):
+            for session in list(self.connections):
                 if session.close_request is None:
                     session.outbox.append(
                         protocol.closing(

@@ -12,6 +12,8 @@ States: awaiting auth (only ``auth`` is accepted) -> open -> closing.
 import math
 from typing import TYPE_CHECKING
 
+import orjson
+
 from relay import filters, protocol
 from relay.errors import AuthError, ClientError, CloseCode, ErrorCode
 from relay.ids import ConnectionId, SubscriptionId
@@ -29,6 +31,7 @@ class Session:
         self.id = connection_id
         self.identity: Identity | None = None
         self.attached = False  # counted in its user's connections (Fanout.attach)
+        self.counted = False  # its end is counted in the disconnect metrics
         self.subscriptions: dict[SubscriptionId, Subscription] = {}
         self.outbox: list[bytes] = []
         self.close_request: tuple[CloseCode, ErrorCode, str] | None = None
@@ -70,11 +73,7 @@ class Session:
             self._refuse(exc.ref, exc.code, exc.message)
             return
         if self.identity is None and not isinstance(request, protocol.Auth):
-            self.close(
-                CloseCode.PROTOCOL_ERROR,
-                ErrorCode.NOT_AUTHENTICATED,
-                "the first frame must be auth",
-            )
+            self._refuse(request.ref, ErrorCode.NOT_AUTHENTICATED, "the first frame must be auth")
             return
         try:
             match request:
@@ -147,7 +146,8 @@ class Session:
             return
         limits = self.fanout.limits
         if self.fanout.connections_of(identity.subject) >= limits.max_connections_per_user:
-            self.close(
+            self._refuse_and_close(
+                request.ref,
                 CloseCode.TOO_MANY_USER_CONNECTIONS,
                 ErrorCode.TOO_MANY_USER_CONNECTIONS,
                 f"at most {limits.max_connections_per_user} connections per user",
@@ -177,13 +177,9 @@ class Session:
         try:
             return self.fanout.verifier.verify(token)
         except AuthError as exc:
-            self.outbox.append(protocol.error(ref, exc.code, exc.message))
             expired = exc.code == ErrorCode.TOKEN_EXPIRED
-            self.close(
-                CloseCode.TOKEN_EXPIRED if expired else CloseCode.UNAUTHORIZED,
-                exc.code,
-                exc.message,
-            )
+            close_code = CloseCode.TOKEN_EXPIRED if expired else CloseCode.UNAUTHORIZED
+            self._refuse_and_close(ref, close_code, exc.code, exc.message)
             return None
 
     def _refresh(self, request: protocol.Refresh, now: float) -> None:
@@ -192,14 +188,8 @@ class Session:
             return
         assert self.identity is not None
         if identity.subject != self.identity.subject:
-            self.outbox.append(
-                protocol.error(
-                    request.ref,
-                    ErrorCode.USER_MISMATCH,
-                    "a refreshed token must be for the same user",
-                )
-            )
-            self.close(
+            self._refuse_and_close(
+                request.ref,
                 CloseCode.UNAUTHORIZED,
                 ErrorCode.USER_MISMATCH,
                 "a refreshed token must be for the same user",
@@ -234,7 +224,8 @@ class Session:
         if missing:
             raise ClientError(
                 ErrorCode.INVALID_EVENTS,
-                f"{name} publishes {', '.join(sorted(table.events))}, not {', '.join(sorted(missing))}",
+                f"{name} publishes {', '.join(sorted(table.events))}, "
+                f"not {', '.join(sorted(missing))}",
             )
         select = None
         if request.select is not None:
@@ -256,7 +247,7 @@ class Session:
         self._next_subscription += 1
         subscription = Subscription(
             id=subscription_id,
-            id_json=protocol.encode(subscription_id),
+            id_json=orjson.dumps(subscription_id),
             session=self,
             table=table,
             policy=policy,
@@ -266,7 +257,7 @@ class Session:
         )
         self.subscriptions[subscription_id] = subscription
         fanout.file(subscription)
-        resumed = since is not None and fanout.can_replay(since)
+        lost = fanout.lost_since(name, since) if since is not None else None
         self.outbox.append(
             protocol.subscribed(
                 request.ref,
@@ -274,11 +265,11 @@ class Session:
                 table=name,
                 events=sorted(request.events),
                 position=fanout.position(),
-                resumed=resumed,
+                resumed=since is not None and lost is None,
             )
         )
         if since is not None:
-            fanout.replay(subscription, since)
+            fanout.replay(subscription, since, lost)
 
     def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
         subscription = self.subscriptions.pop(SubscriptionId(request.id), None)
@@ -290,11 +281,18 @@ class Session:
     # --- Helpers -------------------------------------------------------------
 
     def _refuse(self, ref: protocol.Ref, code: ErrorCode, message: str) -> None:
+        """An error for one frame; before auth, it ends the session."""
         if self.identity is None:
-            self.outbox.append(protocol.error(ref, code, message))
-            self.close(CloseCode.PROTOCOL_ERROR, code, message)
+            self._refuse_and_close(ref, CloseCode.PROTOCOL_ERROR, code, message)
         else:
             self.outbox.append(protocol.error(ref, code, message))
+
+    def _refuse_and_close(
+        self, ref: protocol.Ref, close_code: CloseCode, code: ErrorCode, message: str
+    ) -> None:
+        """An error for the frame (``ref``), then the reason, then the close."""
+        self.outbox.append(protocol.error(ref, code, message))
+        self.close(close_code, code, message)
 
     def _take_token(self, now: float) -> bool:
         rate = self.fanout.limits.max_messages_per_second

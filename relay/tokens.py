@@ -105,11 +105,9 @@ class TokenVerifier:
             raise AuthError(
                 ErrorCode.INVALID_TOKEN, f"the token's algorithm {alg!r} is not allowed"
             )
-        key: Any
-        if alg in HMAC_ALGORITHMS:
-            key = self.secret
-        else:
-            key = self._jwk(header.get("kid"), alg)
+        # The key follows from the algorithm's family: a JWKS key never
+        # verifies an HMAC token, and the secret never an RSA or EC one.
+        key: Any = self.secret if alg in HMAC_ALGORITHMS else self._jwk(header.get("kid"), alg)
         try:
             payload = jwt.decode(
                 token,

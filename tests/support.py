@@ -98,22 +98,28 @@ class Process:
         self.pump.start()
 
     def wait_for(self, text: str, timeout: float = WAIT) -> str:
-        """Read output until a line contains ``text``; fail with the output after ``timeout``."""
+        """Read output until a line contains ``text``; fail with the output after
+        ``timeout``, or as soon as the process has exited without printing it."""
         import queue
         import time
 
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
+        while time.monotonic() < deadline:
             try:
-                line = self.lines.get(timeout=max(remaining, 0))
+                line = self.lines.get(timeout=0.1)
             except queue.Empty:
-                raise AssertionError(
-                    f"{text!r} not seen within {timeout} s; output:\n{''.join(self.output)}"
-                ) from None
+                if (
+                    self.popen.poll() is not None
+                    and not self.pump.is_alive()
+                    and self.lines.empty()
+                ):
+                    break
+                continue
             self.output.append(line)
             if text in line:
                 return line
+        state = "running" if self.popen.poll() is None else f"exited with {self.popen.returncode}"
+        raise AssertionError(f"{text!r} not seen ({state}); output:\n{''.join(self.output)}")
 
     def stop(self, signal_number: int, timeout: float = WAIT) -> int:
         self.popen.send_signal(signal_number)
@@ -129,7 +135,7 @@ class Process:
 
 # --- The relay, as a real process ------------------------------------------------
 
-JWT_SECRET = "test-secret-for-the-relay-tests-0123456789"
+JWT_SECRET = "test-secret-for-the-relay-tests-" + "0123456789abcdef" * 3
 POLICY_FILE = str(Path(__file__).resolve().parent.parent / "portal" / "relay-policy.toml")
 
 
@@ -199,7 +205,11 @@ class RelayProcess:
 
         relay = str(Path(sys.executable).parent / "nexus-relay")
         self.process = Process([relay, "serve"], env=self.env)
-        self.process.wait_for("relay serving", timeout=4 * WAIT)
+        try:
+            self.process.wait_for("relay serving", timeout=4 * WAIT)
+        except BaseException:
+            self.process.kill()
+            raise
         return self
 
     def stop(self, signal_number: int = 15) -> int:
@@ -232,3 +242,18 @@ class RelayProcess:
                 name, _, value = line.rpartition(" ")
                 samples[name] = float(value)
         return samples
+
+
+def eventually(check: Any, timeout: float = WAIT, interval: float = 0.05) -> Any:
+    """Call ``check`` until it returns something true, for state that is only polled
+    (a metric, a process table); fail after ``timeout``. Not for events: wait for those."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {check}")
+        time.sleep(interval)

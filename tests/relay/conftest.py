@@ -81,7 +81,8 @@ async def until_fence(
     fence = f"fence {next(_fences)}"
     for tenant in {tenant for _, tenant in clients.values()}:
         db.execute(
-            "INSERT INTO nexus_notifications (tenant_id, notification_type, title) VALUES (%s, 'fence', %s)",
+            "INSERT INTO nexus_notifications (tenant_id, notification_type, title)"
+            " VALUES (%s, 'fence', %s)",
             (tenant, fence),
         )
     seen: dict[str, list[dict[str, Any]]] = {}

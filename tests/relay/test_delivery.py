@@ -4,6 +4,7 @@ Real PostgreSQL, a real relay process, real WebSocket connections. Negative
 checks ("Grace receives nothing") wait for a fence, not for time.
 """
 
+import asyncio
 from typing import Any
 
 import psycopg
@@ -342,7 +343,8 @@ async def test_a_resume_beyond_the_history_is_a_gap(
         event = await again.next_event(WAIT)
         assert event["type"] == "gap" and event["reason"] == "history_exceeded"
     finally:
-        small.stop()
+        # Off the event loop: the clients must answer the relay's closing handshake.
+        await asyncio.get_running_loop().run_in_executor(None, small.stop)
 
 
 async def test_a_position_ahead_of_the_stream_is_refused(connect: Connect) -> None:

@@ -1,0 +1,407 @@
+"""The core without sockets: sessions, authorization per change, gaps, time, limits."""
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay import policy
+from relay.changes import Change, TableReset
+from relay.fanout import Fanout, Limits
+from relay.session import Session
+from relay.tables import Column, Table
+from relay.tokens import TokenVerifier
+from tests.support import JWT_SECRET, mint
+
+POLICIES = policy.load(Path(__file__).resolve().parents[2] / "portal" / "relay-policy.toml")
+VERIFIER = TokenVerifier(
+    claims=POLICIES.claims, bypass_roles=POLICIES.bypass_roles, secret=JWT_SECRET
+)
+NOW = 1_000_000.0
+
+
+def table(name: str, columns: str, parents: dict[str, str] | None = None) -> Table:
+    return Table(
+        name=f"public.{name}",
+        events=frozenset({"INSERT", "UPDATE", "DELETE"}),
+        primary_key=("id",),
+        columns={
+            c: Column(c, "numeric" if c == "amount" else "text", "N" if c == "amount" else "S")
+            for c in columns.split()
+        },
+        parents=parents or {},
+    )
+
+
+TABLES = {
+    t.name: t
+    for t in (
+        table("nexus_payments", "id from_id to_id amount status"),
+        table("nexus_notifications", "id tenant_id user_id title"),
+        table("nexus_case_messages", "id case_id body", {"case": "case_id"}),
+    )
+}
+
+ALICE = ("USR-ALIC0001", "TNT-ALPHA001")
+CAROL = ("USR-CARO0001", "TNT-ALPHA001")
+BOB = ("USR-BOB00001", "TNT-BETA0001")
+GRACE = ("USR-GRAC0001", "TNT-GAMMA001")
+
+
+def make_fanout(history: int = 100, **limits: Any) -> Fanout:
+    fanout = Fanout(POLICIES, VERIFIER, Limits(**limits), history)
+    assert fanout.set_tables(TABLES) == []
+    return fanout
+
+
+def taken(session: Session) -> list[dict[str, Any]]:
+    frames = [orjson.loads(f) for f in session.outbox]
+    session.outbox.clear()
+    return frames
+
+
+def send(session: Session, frame: dict[str, Any], now: float = NOW) -> list[dict[str, Any]]:
+    session.receive(orjson.dumps(frame).decode(), now)
+    return taken(session)
+
+
+def signed_in(fanout: Fanout, who: tuple[str, str], now: float = NOW, **token: Any) -> Session:
+    session = fanout.open_session(now)
+    [ready] = send(session, {"type": "auth", "token": mint(*who, **token)}, now)
+    assert ready["type"] == "ready", ready
+    return session
+
+
+def subscribe(session: Session, table_name: str, **options: Any) -> str:
+    [ack] = send(session, {"type": "subscribe", "table": table_name, **options})
+    assert ack["type"] == "subscribed", ack
+    return str(ack["id"])
+
+
+def payment(
+    op: str, new: dict[str, Any] | None = None, old: dict[str, Any] | None = None
+) -> Change:
+    return Change("public.nexus_payments", op, new, old, {}, None, "1", "2026-01-01T00:00:00+00:00")  # type: ignore[arg-type]
+
+
+def pay(from_id: str, to_id: str, status: str = "pending", id: str = "PAY-1") -> dict[str, Any]:
+    return {"id": id, "from_id": from_id, "to_id": to_id, "amount": 10, "status": status}
+
+
+def test_an_insert_reaches_those_who_may_see_it() -> None:
+    fanout = make_fanout()
+    alice, bob, grace = (signed_in(fanout, who) for who in (ALICE, BOB, GRACE))
+    for session in (alice, bob, grace):
+        subscribe(session, "nexus_payments")
+    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
+    for session in (alice, bob):
+        [frame] = taken(session)
+        assert frame["op"] == "INSERT" and frame["new"]["id"] == "PAY-1"
+        assert frame["position"] == f"{fanout.epoch}:1"
+    assert taken(grace) == []
+    assert set(fanout.take_dirty()) == {alice, bob}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "bob_sees", "grace_sees"),
+    [
+        (
+            pay("TNT-ALPHA001", "TNT-BETA0001"),
+            pay("TNT-ALPHA001", "TNT-BETA0001", "paid"),
+            ("UPDATE", True, True),
+            None,
+        ),
+        (
+            pay("TNT-ALPHA001", "TNT-BETA0001"),
+            pay("TNT-ALPHA001", "TNT-GAMMA001"),
+            ("LEAVE", False, True),
+            ("UPDATE", True, False),
+        ),
+        (
+            pay("TNT-ALPHA001", "TNT-GAMMA001"),
+            pay("TNT-ALPHA001", "TNT-BETA0001"),
+            ("UPDATE", True, False),
+            ("LEAVE", False, True),
+        ),
+    ],
+)
+def test_updates_by_what_was_and_is_visible(
+    old: dict[str, Any], new: dict[str, Any], bob_sees: Any, grace_sees: Any
+) -> None:
+    fanout = make_fanout()
+    bob, grace = signed_in(fanout, BOB), signed_in(fanout, GRACE)
+    subscribe(bob, "nexus_payments")
+    subscribe(grace, "nexus_payments")
+    fanout.ingest(payment("UPDATE", new, old))
+    for session, expected in ((bob, bob_sees), (grace, grace_sees)):
+        frames = taken(session)
+        if expected is None:
+            assert frames == []
+            continue
+        [frame] = frames
+        op, with_new, with_old = expected
+        assert frame["op"] == op
+        assert ("new" in frame) is with_new
+        assert ("old" in frame) is with_old
+
+
+def test_a_delete_reaches_only_those_who_saw_the_old_row() -> None:
+    fanout = make_fanout()
+    bob, grace = signed_in(fanout, BOB), signed_in(fanout, GRACE)
+    subscribe(bob, "nexus_payments")
+    subscribe(grace, "nexus_payments")
+    fanout.ingest(payment("DELETE", old=pay("TNT-ALPHA001", "TNT-GAMMA001")))
+    assert taken(bob) == []
+    assert [f["op"] for f in taken(grace)] == ["DELETE"]
+
+
+def test_case_messages_are_authorized_by_their_parent_case() -> None:
+    fanout = make_fanout()
+    bob, grace = signed_in(fanout, BOB), signed_in(fanout, GRACE)
+    subscribe(bob, "nexus_case_messages")
+    subscribe(grace, "nexus_case_messages")
+    case = {"id": "CASE-1", "client_id": "TNT-ALPHA001", "vendor_id": "TNT-BETA0001"}
+    fanout.ingest(
+        Change(
+            "public.nexus_case_messages",
+            "INSERT",
+            {"id": "M1", "case_id": "CASE-1", "body": "hi"},
+            None,
+            {"case": case},
+            None,
+            "1",
+            "t",
+        )
+    )
+    assert [f["new"]["id"] for f in taken(bob)] == ["M1"]
+    assert taken(grace) == []
+    # Without its parent (not visible to the writer), a message is visible to nobody.
+    fanout.ingest(
+        Change(
+            "public.nexus_case_messages",
+            "INSERT",
+            {"id": "M2", "case_id": "CASE-1", "body": "?"},
+            None,
+            {"case": None},
+            None,
+            "2",
+            "t",
+        )
+    )
+    assert taken(bob) == []
+
+
+def test_select_keeps_the_primary_key() -> None:
+    fanout = make_fanout()
+    bob = signed_in(fanout, BOB)
+    subscribe(bob, "nexus_payments", select=["status"])
+    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
+    assert taken(bob)[0]["new"] == {"id": "PAY-1", "status": "pending"}
+
+
+def test_one_frame_per_change_per_connection() -> None:
+    fanout = make_fanout()
+    bob = signed_in(fanout, BOB)
+    first = subscribe(bob, "nexus_payments")
+    second = subscribe(bob, "nexus_payments", filter="status=eq.pending")
+    third = subscribe(bob, "nexus_payments", select=["status"])
+    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
+    frames = taken(bob)
+    received = sorted(sorted(frame["subscriptions"]) for frame in frames)
+    assert received == sorted([sorted([first, second]), [third]])
+
+
+def test_the_rate_limit_closes_the_connection() -> None:
+    fanout = make_fanout(max_messages_per_second=5)
+    bob = signed_in(fanout, BOB)
+    replies = []
+    for n in range(5):
+        replies += send(bob, {"type": "ping", "ref": n})
+    assert [r["type"] for r in replies] == ["pong"] * 4 + ["closing"]  # auth took the first token
+    assert bob.close_request is not None and bob.close_request[0] == 4029
+    # Time refills the bucket for those who wait.
+    carol = signed_in(fanout, CAROL)
+    for n in range(20):
+        assert send(carol, {"type": "ping"}, NOW + n)[0]["type"] == "pong"
+
+
+def test_auth_must_come_in_time() -> None:
+    fanout = make_fanout(auth_timeout=2)
+    session = fanout.open_session(NOW)
+    assert session.deadline() == NOW + 2
+    session.tick(NOW + 1)
+    assert taken(session) == []
+    session.tick(NOW + 2)
+    assert taken(session)[0]["reason"] == "auth_timeout"
+    assert session.close_request is not None and session.close_request[0] == 4002
+
+
+def test_token_expiry_is_announced_then_enforced() -> None:
+    import time
+
+    fanout = make_fanout(token_expiry_warning=30)
+    now = time.time()
+    bob = signed_in(fanout, BOB, now, expires_in=100)
+    expires_at = bob.identity.expires_at  # type: ignore[union-attr]
+    assert bob.deadline() == expires_at - 30
+    bob.tick(expires_at - 31)
+    assert taken(bob) == []
+    bob.tick(expires_at - 30)
+    assert taken(bob)[0]["type"] == "token_expiring"
+    assert bob.deadline() == expires_at
+    bob.tick(expires_at)
+    assert taken(bob)[0]["reason"] == "token_expired"
+    assert bob.close_request is not None and bob.close_request[0] == 4003
+    assert fanout.connections_of(bob.identity.subject) == 0  # type: ignore[union-attr]
+
+
+def test_a_refresh_with_new_claims_refiles_subscriptions() -> None:
+    fanout = make_fanout()
+    alice = signed_in(fanout, ALICE)
+    subscribe(alice, "nexus_payments")
+    [reply] = send(alice, {"type": "refresh", "token": mint("USR-ALIC0001", "TNT-GAMMA001")})
+    assert reply["type"] == "refreshed"
+    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
+    assert taken(alice) == []
+    fanout.ingest(payment("INSERT", pay("TNT-BETA0001", "TNT-GAMMA001", id="PAY-2")))
+    assert [f["new"]["id"] for f in taken(alice)] == ["PAY-2"]
+
+
+def test_gaps_reach_the_subscribers_they_concern() -> None:
+    fanout = make_fanout()
+    bob, grace = signed_in(fanout, BOB), signed_in(fanout, GRACE)
+    payments = subscribe(bob, "nexus_payments")
+    notifications = subscribe(grace, "nexus_notifications")
+    fanout.reset_table(TableReset("public.nexus_payments", "truncate"))
+    assert taken(bob) == [{"type": "gap", "subscriptions": [payments], "reason": "truncate"}]
+    assert taken(grace) == []
+    fanout.gap_all("listener_reconnected")
+    assert taken(grace) == [
+        {"type": "gap", "subscriptions": [notifications], "reason": "listener_reconnected"}
+    ]
+    assert fanout.stats.gaps == {"truncate": 1, "listener_reconnected": 1}
+
+
+def test_replay_and_its_limits() -> None:
+    fanout = make_fanout(history=3)
+    bob = signed_in(fanout, BOB)
+    start = fanout.position()
+    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
+    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-GAMMA001", id="PAY-2")))
+    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-3")))
+    [ack, *replayed] = send(bob, {"type": "subscribe", "table": "nexus_payments", "since": start})
+    assert ack["resumed"] is True
+    assert [f["new"]["id"] for f in replayed] == ["PAY-1", "PAY-3"]
+    assert [f["position"] for f in replayed] == [f"{fanout.epoch}:1", f"{fanout.epoch}:3"]
+
+    fanout.ingest(
+        payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-4"))
+    )  # PAY-1 falls out
+    taken(bob)
+    [ack, gap] = send(bob, {"type": "subscribe", "table": "nexus_payments", "since": start})
+    assert (ack["resumed"], gap["reason"]) == (False, "history_exceeded")
+
+    position = fanout.position()
+    fanout.gap_all("overflow")
+    taken(bob)
+    assert (
+        fanout.lost_since("public.nexus_payments", (fanout.epoch, int(position.split(":")[1])))
+        == "overflow"
+    )
+    assert fanout.lost_since("public.nexus_payments", ("other", 0)) == "epoch_changed"
+
+
+def test_an_unpublished_table_ends_its_subscriptions() -> None:
+    fanout = make_fanout()
+    bob = signed_in(fanout, BOB)
+    subscription = subscribe(bob, "nexus_payments")
+    fanout.set_tables({k: v for k, v in TABLES.items() if k != "public.nexus_payments"})
+    assert taken(bob) == [
+        {"type": "unsubscribed", "id": subscription, "reason": "table_unpublished"}
+    ]
+    assert fanout.index.count == 0
+
+
+def test_a_policy_that_does_not_fit_its_table_denies_it() -> None:
+    fanout = make_fanout()
+    broken = {**TABLES, "public.nexus_payments": table("nexus_payments", "id amount status")}
+    assert fanout.set_tables(broken) == [
+        "policy of public.nexus_payments: no column 'from_id'",
+        "policy of public.nexus_payments: no column 'to_id'",
+    ]
+    bob = signed_in(fanout, BOB)
+    [error] = send(bob, {"type": "subscribe", "table": "nexus_payments"})
+    assert error["code"] == "table_not_allowed"
+
+
+def test_the_relay_full() -> None:
+    fanout = make_fanout(max_connections=1)
+    signed_in(fanout, BOB)
+    refused = fanout.open_session(NOW)
+    assert taken(refused)[0]["reason"] == "too_many_connections"
+    assert refused.close_request is not None and refused.close_request[0] == 4004
+    assert fanout.stats.disconnects == {"too_many_connections": 1}
+
+
+# --- The index never loses a delivery ----------------------------------------------------
+
+TENANTS = st.sampled_from(["TNT-ALPHA001", "TNT-BETA0001", "TNT-GAMMA001", "TNT-DELTA001"])
+USERS = st.sampled_from(["USR-ALIC0001", "USR-BOB00001", "USR-CARO0001"])
+ROWS = st.fixed_dictionaries(
+    {
+        "id": st.sampled_from(["N1", "N2"]),
+        "tenant_id": TENANTS,
+        "user_id": st.one_of(st.none(), USERS),
+        "title": st.sampled_from(["a", "b"]),
+    }
+)
+FILTERS = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            "title=eq.a",
+            "user_id=is.null",
+            "or=(title.eq.b,user_id.eq.USR-BOB00001)",
+            "tenant_id=eq.TNT-ALPHA001",
+        ]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subscribers=st.lists(st.tuples(USERS, TENANTS, FILTERS, st.booleans()), min_size=1, max_size=6),
+    op=st.sampled_from(["INSERT", "UPDATE", "DELETE"]),
+    new=ROWS,
+    old=ROWS,
+)
+def test_index_delivers_exactly_what_checking_every_subscription_would(
+    subscribers: list[tuple[str, str, str | None, bool]],
+    op: str,
+    new: dict[str, Any],
+    old: dict[str, Any],
+) -> None:
+    fanout = make_fanout()
+    subscriptions = []
+    for user, tenant, row_filter, service in subscribers:
+        role = "service_role" if service else "authenticated"
+        session = signed_in(fanout, (user, tenant), role=role)
+        options = {"filter": row_filter} if row_filter else {}
+        subscribe(session, "nexus_notifications", **options)
+        subscriptions.extend(session.subscriptions.values())
+    change = Change(
+        "public.nexus_notifications",
+        op,  # type: ignore[arg-type]
+        None if op == "DELETE" else new,
+        None if op == "INSERT" else old,
+        {},
+        None,
+        "1",
+        "t",
+    )
+    by_index = fanout.index.candidates(change)
+    expected = {s for s in subscriptions if Fanout._decide(s, change, {}) is not None}
+    assert expected <= by_index

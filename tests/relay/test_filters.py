@@ -1,0 +1,142 @@
+"""Subscription filters: every operator, not., AND, OR groups, types, errors."""
+
+from typing import Any
+
+import pytest
+
+from relay import filters
+from relay.tables import Column, Table
+
+TABLE = Table(
+    name="public.payments",
+    events=frozenset({"INSERT"}),
+    primary_key=("id",),
+    columns={
+        c.name: c
+        for c in (
+            Column("id", "text", "S"),
+            Column("status", "text", "S"),
+            Column("reference", "text", "S"),
+            Column("amount", "numeric(14,2)", "N"),
+            Column("urgent", "boolean", "B"),
+            Column("due_at", "timestamp with time zone", "D"),
+            Column("owner", "uuid", "U"),
+        )
+    },
+    parents={},
+)
+
+ROW = {
+    "id": "P1",
+    "status": "pending",
+    "reference": "Invoice, March (2026)",
+    "amount": 120.5,
+    "urgent": True,
+    "due_at": "2026-03-01T12:00:00+01:00",
+    "owner": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("status=eq.pending", True),
+        ("status=eq.paid", False),
+        ("status=neq.paid", True),
+        ("amount=gt.120", True),
+        ("amount=gt.120.5", False),
+        ("amount=gte.120.5", True),
+        ("amount=lt.121", True),
+        ("amount=lte.120", False),
+        ("amount=eq.120.50", True),
+        ("status=in.(paid,pending)", True),
+        ("status=in.(paid,approved)", False),
+        ('reference=in.("Invoice, March (2026)",other)', True),
+        ('reference=eq."Invoice, March (2026)"', True),
+        ("reference=like.Invoice%", True),
+        ("reference=like.invoice%", False),
+        ("reference=ilike.invoice%", True),
+        ("reference=ilike.*march*", True),
+        ("reference=like.Invoice_ March%", True),
+        ("status=like.pend_ng", True),
+        ("owner=is.null", True),
+        ("status=is.null", False),
+        ("urgent=is.true", True),
+        ("urgent=is.false", False),
+        ("urgent=eq.true", True),
+        ("due_at=gt.2026-03-01T10:59:00Z", True),
+        ("due_at=gt.2026-03-01T11:00:00Z", False),
+        ("due_at=lt.2026-03-02", True),
+        ("status=not.eq.paid", True),
+        ("status=not.in.(pending)", False),
+        ("owner=not.is.null", False),
+        ("status=eq.pending&amount=gt.100", True),
+        ("status=eq.pending&amount=gt.200", False),
+        ("or=(status.eq.paid,amount.gt.100)", True),
+        ("or=(status.eq.paid,amount.gt.200)", False),
+        ("and=(status.eq.pending,amount.gt.100)", True),
+        ("or=(status.eq.paid,and(amount.gt.100,urgent.is.true))", True),
+        ("or=(status.eq.paid,not.and(amount.gt.100,urgent.is.true))", False),
+        ("not.or=(status.eq.paid,amount.gt.200)", True),
+        ("status=eq.pending&or=(amount.lt.10,urgent.is.true)", True),
+    ],
+)
+def test_operators(text: str, expected: bool) -> None:
+    assert filters.parse(text, TABLE).match(ROW) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "row", "expected"),
+    [
+        # SQL: a comparison with NULL is unknown, and so is its negation.
+        ("owner=eq.x", {"owner": None}, None),
+        ("owner=not.eq.x", {"owner": None}, None),
+        ("owner=in.(x)", {"owner": None}, None),
+        ("amount=gt.1", {"amount": None}, None),
+        ("or=(owner.eq.x,status.eq.pending)", {"owner": None, "status": "pending"}, True),
+        ("or=(owner.eq.x,status.eq.paid)", {"owner": None, "status": "pending"}, None),
+        ("reference=like.x%", {"reference": None}, None),
+    ],
+)
+def test_null_is_unknown(text: str, row: dict[str, Any], expected: bool | None) -> None:
+    assert filters.parse(text, TABLE).match(row) is expected
+
+
+def test_equality_on_text_gives_index_keys() -> None:
+    assert filters.parse("status=eq.pending&amount=gt.1", TABLE).keys == [
+        (("row", "status"), "pending")
+    ]
+    assert filters.parse("status=not.eq.pending", TABLE).keys == []
+    assert filters.parse("amount=eq.1", TABLE).keys == []
+    assert filters.parse("or=(status.eq.a,status.eq.b)", TABLE).keys == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the filter is empty"),
+        ("nope=eq.1", "public.payments has no column 'nope'"),
+        ("status=equals.1", "'equals' is not an operator"),
+        ("status", "write column=operator.value"),
+        ("status=eq", "eq needs a value"),
+        ("amount=gt.lots", "amount is a number: 'lots' is not"),
+        ("amount=gt.nan", "is not a finite number"),
+        ("urgent=eq.yes", "urgent is a boolean"),
+        ("due_at=gt.soon", "due_at is a date or time"),
+        ("status=is.maybe", "is takes null, true, false or unknown"),
+        ("status=in.pending", "write in.(a,b,c)"),
+        ("status=in.(" + ",".join(str(n) for n in range(101)) + ")", "at most 100 values"),
+        ("amount=like.1%", "amount is numeric(14,2): like needs a text column"),
+        ("or=(status.eq.a", "unbalanced '('"),
+        ("or=(status.eq.a))", "unbalanced ')'"),
+        ("or=()", "empty condition"),
+        ('status=eq."open', "unterminated double quote"),
+        ("status=eq.a&&amount=gt.1", "empty condition"),
+        ("or=(statuseqa)", "inside a group, write column.operator.value"),
+        ("x" * 5000, "longer than 4096"),
+        ("&".join(["status=eq.a"] * 33), "more than 32 conditions"),
+    ],
+)
+def test_errors_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(filters.FilterError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        filters.parse(text, TABLE)

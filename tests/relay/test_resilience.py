@@ -1,0 +1,181 @@
+"""Faults: the listener's backend killed, a slow client, shutdown; and the ops endpoints."""
+
+import asyncio
+import json
+import signal
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+
+from relay.client import RelayClient
+from tests.relay.conftest import ALICE, BOB, Connect
+from tests.support import WAIT, RelayProcess, eventually, mint
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def own_relay(relay_database: str) -> Iterator[RelayProcess]:
+    """A relay of the test's own, for faults that the shared one should not suffer."""
+    process = RelayProcess(relay_database, RELAY_MAX_SEND_BUFFER_BYTES="65536").start()
+    yield process
+    process.kill()
+
+
+def new_payment(db: Conn, reference: str) -> str:
+    row = db.execute(
+        "INSERT INTO nexus_payments (from_id, to_id, amount, reference) VALUES"
+        " ('TNT-ALPHA001', 'TNT-BETA0001', 1, %s) RETURNING id",
+        (reference,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def test_listener_killed_mid_stream_gap_then_events_resume(
+    own_relay: RelayProcess, connect: Connect, rdb: Conn
+) -> None:
+    client = await connect(BOB, target=own_relay)
+    ack = await client.subscribe("nexus_payments")
+    before = new_payment(rdb, "before")
+    first = await client.next_event(WAIT)
+    assert first["new"]["id"] == before
+
+    status, body = own_relay.get("/readyz")
+    pid = json.loads(body)["listener_backend_pid"]
+    assert status == 200 and pid
+    rdb.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    gap = await client.next_event(4 * WAIT)  # after a backoff, the listener is back
+    assert gap == {"type": "gap", "subscriptions": [ack["id"]], "reason": "listener_reconnected"}
+    after = new_payment(rdb, "after")
+    event = await client.next_event(WAIT)
+    assert event["new"]["id"] == after
+
+    # A client resuming from before the reconnect cannot be made whole: gap.
+    again = await connect(BOB, target=own_relay)
+    resumed = await again.subscribe("nexus_payments", since=first["position"])
+    assert resumed["resumed"] is False
+    gap = await again.next_event(WAIT)
+    assert gap == {
+        "type": "gap",
+        "subscriptions": [resumed["id"]],
+        "reason": "listener_reconnected",
+    }
+    status, body = own_relay.get("/readyz")
+    assert json.loads(body)["listener_backend_pid"] != pid
+    assert own_relay.metrics()["relay_listener_reconnects_total"] == 1
+
+
+async def test_a_slow_client_is_dropped_and_slows_nobody(
+    own_relay: RelayProcess, connect: Connect, rdb: Conn
+) -> None:
+    fast = await connect(BOB, target=own_relay)
+    await fast.subscribe("nexus_notifications")
+
+    # The slow client reads its replies, then nothing more: a tiny receive
+    # buffer, and websockets stops reading once one message waits unread.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", own_relay.port))
+    slow = await ws_connect(own_relay.url, sock=sock, subprotocols=["nexus-relay.v1"], max_queue=1)  # type: ignore[list-item]
+    await slow.send(json.dumps({"type": "auth", "token": mint("USR-BOB00002", "TNT-BETA0001")}))
+    await slow.recv()
+    await slow.send(json.dumps({"type": "subscribe", "table": "nexus_notifications"}))
+    await slow.recv()
+
+    count = 5000
+    rdb.execute(
+        "INSERT INTO nexus_notifications (tenant_id, notification_type, title, body)"
+        " SELECT 'TNT-BETA0001', 'flood', 'flood ' || g, repeat('x', 1500)"
+        " FROM generate_series(1, %s) g",
+        (count,),
+    )
+    titles = [(await fast.next_event(WAIT))["new"]["title"] for _ in range(count)]
+    assert titles == [f"flood {n}" for n in range(1, count + 1)]
+    metrics = own_relay.metrics()
+    assert metrics['relay_disconnects_total{reason="slow_consumer"}'] == 1
+
+    with pytest.raises(ConnectionClosed):  # it was closed: reading now reaches the end
+        while True:
+            await asyncio.wait_for(slow.recv(), 4 * WAIT)
+    assert slow.close_code in (4008, 1006)
+    await fast.ping()
+
+
+async def test_shutdown_closes_connections_with_going_away(
+    relay_database: str, connect: Connect
+) -> None:
+    relay = RelayProcess(relay_database).start()
+    client = await connect(ALICE, target=relay)
+    await client.subscribe("nexus_payments")
+    stopping = asyncio.get_running_loop().run_in_executor(None, relay.stop, signal.SIGTERM)
+    closing = await client.next_event(WAIT)
+    assert closing == {
+        "type": "closing",
+        "code": 1001,
+        "reason": "going_away",
+        "message": "the relay is shutting down; reconnect",
+    }
+    assert (await client.wait_closed()).code == 1001
+    assert await stopping == 0
+
+
+async def test_metrics_follow_connections_and_subscriptions(
+    own_relay: RelayProcess, rdb: Conn
+) -> None:
+    assert own_relay.get("/healthz") == (200, "ok\n")
+    status, body = own_relay.get("/readyz")
+    ready = json.loads(body)
+    assert status == 200 and ready["ready"] is True
+    assert "public.nexus_payments" in ready["tables"]
+
+    client = await RelayClient.connect(own_relay.url, mint(*ALICE), timeout=WAIT)
+    await client.subscribe("nexus_payments")
+    await client.subscribe("nexus_notifications")
+    new_payment(rdb, "metrics")
+    await client.next_event(WAIT)
+    metrics = own_relay.metrics()
+    assert metrics["relay_connections"] == 1
+    assert metrics["relay_subscriptions"] == 2
+    assert metrics['relay_changes_total{op="INSERT",table="public.nexus_payments"}'] >= 1
+    assert metrics["relay_messages_sent_total"] >= 1
+    assert metrics["relay_commit_to_send_seconds_count"] >= 1
+    assert metrics["relay_listener_connected"] == 1
+    assert "relay_notification_queue_usage" in eventually(own_relay.metrics)
+
+    await client.close()
+    eventually(lambda: own_relay.metrics()["relay_connections"] == 0)
+    metrics = own_relay.metrics()
+    assert metrics["relay_subscriptions"] == 0
+    assert metrics['relay_disconnects_total{reason="client_closed"}'] == 1
+
+
+def test_readyz_is_503_while_postgresql_is_unreachable(relay_database: str, tmp_path: Any) -> None:
+    relay = RelayProcess(relay_database, RELAY_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    relay.process = None
+    import sys
+    from pathlib import Path
+
+    from tests.support import Process
+
+    process = Process([str(Path(sys.executable).parent / "nexus-relay"), "serve"], env=relay.env)
+    try:
+        process.wait_for("cannot connect to PostgreSQL", timeout=2 * WAIT)
+        status, body = eventually(lambda: _get_or_none(relay, "/readyz"))
+        assert status == 503
+        assert json.loads(body)["listener_connected"] is False
+    finally:
+        process.kill()
+
+
+def _get_or_none(relay: RelayProcess, path: str) -> tuple[int, str] | None:
+    try:
+        return relay.get(path)
+    except OSError:
+        return None

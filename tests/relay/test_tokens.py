@@ -1,0 +1,83 @@
+"""Token verification, without a socket."""
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from relay.errors import AuthError, ConfigError, ErrorCode
+from relay.policy import ClaimSpec
+from relay.tokens import TokenVerifier
+from tests.support import JWT_SECRET, mint
+
+CLAIMS = {
+    "user_id": ClaimSpec("user_id", ("app_metadata", "user_id"), None),
+    "tenant_id": ClaimSpec("tenant_id", ("app_metadata", "tenant_id"), None),
+}
+
+
+def verifier(**options: Any) -> TokenVerifier:
+    return TokenVerifier(
+        claims=CLAIMS, bypass_roles=frozenset({"service_role"}), **{"secret": JWT_SECRET, **options}
+    )
+
+
+def test_a_valid_token_gives_the_identity() -> None:
+    identity = verifier().verify(mint("USR-A", "TNT-A", expires_in=60))
+    assert identity.subject == "USR-A"
+    assert identity.role == "authenticated"
+    assert identity.bypass is False
+    assert identity.claims == {"user_id": "USR-A", "tenant_id": "TNT-A"}
+    assert identity.expires_at == pytest.approx(time.time() + 60, abs=2)
+
+
+def test_leeway_is_small_and_honoured() -> None:
+    assert verifier(leeway=30).verify(mint("USR-A", "TNT-A", expires_in=-10)).subject == "USR-A"
+    with pytest.raises(AuthError) as excinfo:
+        verifier(leeway=30).verify(mint("USR-A", "TNT-A", expires_in=-60))
+    assert excinfo.value.code == ErrorCode.TOKEN_EXPIRED
+    with pytest.raises(AuthError, match="not valid yet"):
+        verifier(leeway=30).verify(mint("USR-A", "TNT-A", nbf=int(time.time()) + 120))
+    with pytest.raises(AuthError, match="not valid yet"):
+        verifier(leeway=30).verify(mint("USR-A", "TNT-A", iat=int(time.time()) + 120))
+
+
+def test_a_bypass_role_needs_no_claims() -> None:
+    identity = verifier().verify(mint("batch-job", None, role="service_role"))
+    assert identity.bypass is True
+    assert identity.claims == {"user_id": "batch-job", "tenant_id": None}
+
+
+def test_a_claim_of_the_wrong_type_is_refused() -> None:
+    token = jwt.encode(
+        {
+            "sub": "u",
+            "exp": int(time.time()) + 60,
+            "app_metadata": {"user_id": 5, "tenant_id": "T"},
+        },
+        JWT_SECRET,
+        algorithm="HS256",
+    )
+    with pytest.raises(AuthError, match=r"no string claim app_metadata\.user_id"):
+        verifier().verify(token)
+
+
+def test_the_configuration_is_checked() -> None:
+    with pytest.raises(ConfigError, match="no key"):
+        TokenVerifier(claims=CLAIMS, bypass_roles=frozenset())
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        verifier(secret="short")
+    with pytest.raises(ConfigError, match="unsupported JWT algorithms"):
+        verifier(algorithms=["none"])
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = jwt.PyJWKSet(
+        [{**jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k"}]
+    )
+    with pytest.raises(ConfigError, match="no JWT secret"):
+        TokenVerifier(claims=CLAIMS, bypass_roles=frozenset(), jwks=jwks, algorithms=["HS256"])
+    only_jwks = TokenVerifier(claims=CLAIMS, bypass_roles=frozenset(), jwks=jwks)
+    assert only_jwks.algorithms == {"RS256", "ES256"}
+    with pytest.raises(AuthError, match="algorithm 'HS256' is not allowed"):
+        only_jwks.verify(mint("USR-A", "TNT-A"))
