@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test test-db lint clean
+.PHONY: demo test test-db lint bench bench-full clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -28,6 +28,19 @@ test: $(INSTALLED)
 # PostgreSQL major version, named by TEST_DATABASE_URL.
 test-db: $(INSTALLED)
 	$(BIN)/python -m pytest -m db $(PYTEST_ARGS)
+
+# Benchmarks: `make bench` is quick (small sizes, a few minutes), `make
+# bench-full` runs the sizes of the benchmark issue. Results: bench/results/.
+BENCH_INSTALLED := $(VENV)/.installed-bench
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+bench: $(BENCH_INSTALLED)
+	$(BIN)/python -m bench.run --quick
+
+bench-full: $(BENCH_INSTALLED)
+	$(BIN)/python -m bench.run --full
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
