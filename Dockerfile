@@ -1,6 +1,10 @@
-# Nexus Relay and the Nexus portal, one image. The command runs the
-# migrations against DATABASE_URL; the relay and the portal are started with
-# their own commands (see the README, "Deploying").
+# Nexus Relay and the Nexus portal, one image.
+#
+#   docker run -e DATABASE_URL=... IMAGE                        migrations
+#   docker run -e DATABASE_URL=... -e RELAY_POLICY_FILE=... \
+#              -e RELAY_JWT_SECRET=... -e RELAY_HOST=0.0.0.0 IMAGE nexus-relay serve
+#
+# See the README's settings table.
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
@@ -19,6 +23,8 @@ COPY alembic.ini ./
 COPY alembic ./alembic
 ENV PATH=/opt/nexus/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    RELAY_POLICY_FILE=/opt/nexus/lib/python3.11/site-packages/portal/relay-policy.toml
 USER 10001:10001
+EXPOSE 8765 8766
 CMD ["alembic", "upgrade", "head"]

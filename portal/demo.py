@@ -6,11 +6,15 @@ reach them, and stops everything on Ctrl-C.
 """
 
 import argparse
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +28,33 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATABASE = "nexus"
 
 
+@dataclass(frozen=True)
+class Ports:
+    relay: int = 8765
+    relay_ops: int = 8766
+    portal: int = 8000
+
+
 @dataclass
 class Server:
     name: str
     argv: Sequence[str]
     url: str
+    ready_url: str  # answers 200 once the server is ready
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+
+
+def demo_secret(data_dir: Path) -> str:
+    """The JWT secret that the portal signs relay tokens with, made once per data directory."""
+    path = data_dir / "demo-secrets.json"
+    if path.exists():
+        return str(json.loads(path.read_text())["jwt_secret"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.write_text(json.dumps({"jwt_secret": secret}))
+    path.chmod(0o600)
+    return secret
 
 
 def database(data_dir: Path) -> tuple[str, str]:
@@ -48,10 +72,38 @@ def database(data_dir: Path) -> tuple[str, str]:
     return with_database(server_url, DEMO_DATABASE), f"embedded, data in {data_dir / 'postgres'}"
 
 
-def servers(url: str) -> list[Server]:
+def servers(url: str, secret: str, ports: Ports) -> list[Server]:
     """The servers that make up the system, in start order."""
-    del url  # the relay and the portal join here in their own changes
-    return []
+    relay = Server(
+        name="Relay (WebSocket)",
+        argv=[sys.executable, "-m", "relay.cli", "serve"],
+        url=f"ws://127.0.0.1:{ports.relay}/   metrics: http://127.0.0.1:{ports.relay_ops}/metrics",
+        ready_url=f"http://127.0.0.1:{ports.relay_ops}/readyz",
+        env={
+            "RELAY_DATABASE_URL": url,
+            "RELAY_POLICY_FILE": str(ROOT / "portal" / "relay-policy.toml"),
+            "RELAY_JWT_SECRET": secret,
+            "RELAY_PORT": str(ports.relay),
+            "RELAY_OPS_PORT": str(ports.relay_ops),
+            "RELAY_ALLOWED_ORIGINS": f"http://127.0.0.1:{ports.portal},http://localhost:{ports.portal}",
+            "RELAY_LOG_FORMAT": "text",
+        },
+    )
+    return [relay]
+
+
+def wait_ready(server: Server, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.process is not None
+        if server.process.poll() is not None:
+            raise SystemExit(f"{server.name} exited with {server.process.returncode}")
+        try:
+            with urllib.request.urlopen(server.ready_url, timeout=1):  # noqa: S310 - our own server
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise SystemExit(f"{server.name} was not ready within {timeout:g} s")
 
 
 def print_banner(url: str, source: str, running: list[Server]) -> None:
@@ -84,17 +136,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=ROOT / ".data",
         help="where the embedded PostgreSQL keeps its data (default: .data/)",
     )
+    defaults = Ports()
+    parser.add_argument("--relay-port", type=int, default=defaults.relay)
+    parser.add_argument("--relay-ops-port", type=int, default=defaults.relay_ops)
+    parser.add_argument("--portal-port", type=int, default=defaults.portal)
     args = parser.parse_args(argv)
+    ports = Ports(args.relay_port, args.relay_ops_port, args.portal_port)
     url, source = database(args.data_dir.resolve())
     print(f"Applying migrations to {redacted(url)} ...", flush=True)
     migrations.upgrade(url)
     demo_data.load(url)
 
-    running = servers(url)
-    for server in running:
-        server.process = subprocess.Popen(  # noqa: S603 - our own commands
-            server.argv, env={**os.environ, **server.env}, cwd=ROOT
-        )
+    running = servers(url, demo_secret(args.data_dir.resolve()), ports)
+    try:
+        for server in running:
+            server.process = subprocess.Popen(  # noqa: S603 - our own commands
+                server.argv, env={**os.environ, **server.env}, cwd=ROOT
+            )
+            wait_ready(server)
+    except BaseException:
+        stop_all(running)
+        raise
     print_banner(url, source, running)
 
     stop = False
@@ -116,16 +178,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         print("\nStopping ...", flush=True)
-        for server in running:
-            if server.process and server.process.poll() is None:
-                server.process.terminate()
-        for server in running:
-            if server.process:
-                try:
-                    server.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    server.process.kill()
+        stop_all(running)
         # The embedded PostgreSQL stops when this process exits.
+
+
+def stop_all(running: list[Server]) -> None:
+    for server in reversed(running):
+        if server.process and server.process.poll() is None:
+            server.process.terminate()
+    for server in running:
+        if server.process:
+            try:
+                server.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
 
 
 if __name__ == "__main__":

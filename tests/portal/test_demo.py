@@ -1,5 +1,7 @@
 """`make demo`'s program: brings the system up, says how to reach it, stops on Ctrl-C."""
 
+import asyncio
+import json
 import os
 import signal
 import sys
@@ -8,13 +10,37 @@ from pathlib import Path
 
 import psycopg
 
-from tests.support import WAIT, Process
+from relay.client import RelayClient
+from tests.support import WAIT, Process, free_port, mint
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_demo(env: dict[str, str], *args: str) -> Process:
-    return Process([sys.executable, "-m", "portal.demo", *args], env=env, cwd=str(ROOT))
+    ports = [
+        "--relay-port",
+        str(free_port()),
+        "--relay-ops-port",
+        str(free_port()),
+        "--portal-port",
+        str(free_port()),
+    ]
+    return Process([sys.executable, "-m", "portal.demo", *ports, *args], env=env, cwd=str(ROOT))
+
+
+async def live_change(relay_url: str, secret: str, database_url: str) -> str:
+    """Subscribe as Bob to the demo's relay, write a payment: what arrives."""
+    async with await RelayClient.connect(
+        relay_url, mint("USR-BOB00001", "TNT-BETA0001", secret=secret)
+    ) as bob:
+        await bob.subscribe("nexus_payments")
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO nexus_payments (id, from_id, to_id, amount)"
+                " VALUES ('PAY-DEMO0001', 'TNT-ALPHA001', 'TNT-BETA0001', 1)"
+            )
+        event = await bob.next_event(WAIT)
+        return str(event["new"]["id"])
 
 
 def test_demo_on_a_fresh_embedded_postgres(tmp_path: Path, server_url: str) -> None:
@@ -30,6 +56,9 @@ def test_demo_on_a_fresh_embedded_postgres(tmp_path: Path, server_url: str) -> N
         url = next(line.split()[-1].strip('"') for line in demo.output if "psql" in line)
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count(*) FROM nexus_cases").fetchone() == (1,)
+        relay_url = next(line.split()[2] for line in demo.output if "Relay (WebSocket)" in line)
+        secret = json.loads((tmp_path / "demo-secrets.json").read_text())["jwt_secret"]
+        assert asyncio.run(live_change(relay_url, secret, url)) == "PAY-DEMO0001"
         assert demo.stop(signal.SIGINT, timeout=2 * WAIT) == 0
         assert not (tmp_path / "postgres" / "postmaster.pid").exists()
     finally:
