@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+NODE_INSTALLED := node_modules/.installed
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: demo test test-db lint bench bench-full clean
 
@@ -18,15 +20,26 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-demo: $(INSTALLED)
+# htmx, from the npm registry (package-lock.json), served by the portal itself.
+$(NODE_INSTALLED): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The browser tests drive Debian's chromium (playwright cannot download one here).
+$(CHROMIUM):
+	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || \
+		{ echo "$(CHROMIUM) is missing: install Debian's chromium (apt-get install chromium)"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+demo: $(INSTALLED) $(NODE_INSTALLED)
 	$(BIN)/python -m portal.demo
 
-test: $(INSTALLED)
+test: $(INSTALLED) $(NODE_INSTALLED) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The database tests only: .ci/run runs them a second time against another
 # PostgreSQL major version, named by TEST_DATABASE_URL.
-test-db: $(INSTALLED)
+test-db: $(INSTALLED) $(NODE_INSTALLED) $(CHROMIUM)
 	$(BIN)/python -m pytest -m db $(PYTEST_ARGS)
 
 # Benchmarks: `make bench` is quick (small sizes, a few minutes), `make
@@ -49,4 +62,4 @@ lint: $(INSTALLED)
 	$(BIN)/hadolint Dockerfile
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

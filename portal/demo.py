@@ -45,16 +45,18 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
 
 
-def demo_secret(data_dir: Path) -> str:
-    """The JWT secret that the portal signs relay tokens with, made once per data directory."""
+def demo_secrets(data_dir: Path) -> dict[str, str]:
+    """The relay's JWT secret and the portal's session secret, made once per data directory."""
     path = data_dir / "demo-secrets.json"
     if path.exists():
-        return str(json.loads(path.read_text())["jwt_secret"])
+        stored = json.loads(path.read_text())
+        if {"jwt_secret", "session_secret"} <= set(stored):
+            return {k: str(v) for k, v in stored.items()}
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    path.write_text(json.dumps({"jwt_secret": secret}))
+    made = {"jwt_secret": secrets.token_urlsafe(48), "session_secret": secrets.token_urlsafe(48)}
+    path.write_text(json.dumps(made))
     path.chmod(0o600)
-    return secret
+    return made
 
 
 def database(data_dir: Path) -> tuple[str, str]:
@@ -72,7 +74,7 @@ def database(data_dir: Path) -> tuple[str, str]:
     return with_database(server_url, DEMO_DATABASE), f"embedded, data in {data_dir / 'postgres'}"
 
 
-def servers(url: str, secret: str, ports: Ports) -> list[Server]:
+def servers(url: str, secret: dict[str, str], ports: Ports) -> list[Server]:
     """The servers that make up the system, in start order."""
     relay = Server(
         name="Relay (WebSocket)",
@@ -82,14 +84,30 @@ def servers(url: str, secret: str, ports: Ports) -> list[Server]:
         env={
             "RELAY_DATABASE_URL": url,
             "RELAY_POLICY_FILE": str(ROOT / "portal" / "relay-policy.toml"),
-            "RELAY_JWT_SECRET": secret,
+            "RELAY_JWT_SECRET": secret["jwt_secret"],
+            "RELAY_JWT_AUDIENCE": "nexus-relay",
+            "RELAY_JWT_ISSUER": "nexus-portal",
             "RELAY_PORT": str(ports.relay),
             "RELAY_OPS_PORT": str(ports.relay_ops),
             "RELAY_ALLOWED_ORIGINS": f"http://127.0.0.1:{ports.portal},http://localhost:{ports.portal}",
             "RELAY_LOG_FORMAT": "text",
         },
     )
-    return [relay]
+    portal = Server(
+        name="Portal",
+        argv=[sys.executable, "-m", "portal.cli", "serve", "--port", str(ports.portal)],
+        url=f"http://127.0.0.1:{ports.portal}/nexus/",
+        ready_url=f"http://127.0.0.1:{ports.portal}/healthz",
+        env={
+            "DATABASE_URL": url,
+            "NEXUS_SESSION_SECRET": secret["session_secret"],
+            "NEXUS_RELAY_JWT_SECRET": secret["jwt_secret"],
+            "NEXUS_RELAY_URL": f"ws://127.0.0.1:{ports.relay}/",
+            "NEXUS_COOKIE_SECURE": "false",  # plain http on localhost, for the demo only
+            "NEXUS_LOG_LEVEL": "warning",
+        },
+    )
+    return [relay, portal]
 
 
 def wait_ready(server: Server, timeout: float = 30.0) -> None:
@@ -119,7 +137,13 @@ def print_banner(url: str, source: str, running: list[Server]) -> None:
     ]
     for server in running:
         lines.append(f"  {server.name}: {server.url}")
-    lines += ["", "  Demo logins (email / password):"]
+    lines += [
+        "",
+        "  Open the portal in two browsers (or a private window), sign in as Alice in",
+        "  one and Bob in the other, and open case CASE-AB000001 in both.",
+        "",
+        "  Demo logins (email / password):",
+    ]
     for user in demo_data.USERS:
         lines.append(
             f"    {user.email:<18} {user.password:<16} {user.display_name}, {user.tenant_id}"
@@ -147,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrations.upgrade(url)
     demo_data.load(url)
 
-    running = servers(url, demo_secret(args.data_dir.resolve()), ports)
+    running = servers(url, demo_secrets(args.data_dir.resolve()), ports)
     try:
         for server in running:
             server.process = subprocess.Popen(  # noqa: S603 - our own commands

@@ -91,7 +91,7 @@ def run(database_url: str | None, policy_file: Path | None, ops_url: str | None)
                         )
                     listeners = conn.execute(
                         "SELECT count(*) AS n FROM pg_stat_activity"
-                        " WHERE application_name = 'nexus-relay'"
+                        " WHERE application_name = 'nexus-relay' AND datname = current_database()"
                     ).fetchone()
                     count = listeners["n"] if listeners else 0
                     if count:

@@ -176,10 +176,16 @@ def free_port() -> int:
 class RelayProcess:
     """``nexus-relay serve`` on free ports, against a test database."""
 
-    def __init__(self, database_url: str, **settings: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        port: int | None = None,
+        ops_port: int | None = None,
+        **settings: str,
+    ) -> None:
         self.database_url = database_url
-        self.port = free_port()
-        self.ops_port = free_port()
+        self.port = port or free_port()
+        self.ops_port = ops_port or free_port()
         self.env = {
             **os.environ,
             "RELAY_DATABASE_URL": database_url,
@@ -257,3 +263,46 @@ def eventually(check: Any, timeout: float = WAIT, interval: float = 0.05) -> Any
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {check}")
         time.sleep(interval)
+
+
+class PortalProcess:
+    """``nexus-portal serve`` on a free port, against a test database and relay."""
+
+    def __init__(
+        self, database_url: str, relay_url: str, port: int | None = None, **settings: str
+    ) -> None:
+        self.port = port or free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "NEXUS_SESSION_SECRET": "session-secret-for-the-portal-tests-" + "s" * 32,
+            "NEXUS_RELAY_JWT_SECRET": JWT_SECRET,
+            "NEXUS_RELAY_URL": relay_url,
+            "NEXUS_COOKIE_SECURE": "false",
+            "NEXUS_LOG_LEVEL": "warning",
+            **settings,
+        }
+        self.process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "PortalProcess":
+        import sys
+
+        portal = str(Path(sys.executable).parent / "nexus-portal")
+        self.process = Process(
+            [portal, "serve", "--port", str(self.port)], env={**self.env, "NEXUS_LOG_LEVEL": "info"}
+        )
+        try:
+            self.process.wait_for("Uvicorn running", timeout=4 * WAIT)
+        except BaseException:
+            self.process.kill()
+            raise
+        return self
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.stop(15, timeout=4 * WAIT)
+        self.process.kill()

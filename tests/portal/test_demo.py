@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psycopg
 
 from relay.client import RelayClient
@@ -31,7 +32,8 @@ def run_demo(env: dict[str, str], *args: str) -> Process:
 async def live_change(relay_url: str, secret: str, database_url: str) -> str:
     """Subscribe as Bob to the demo's relay, write a payment: what arrives."""
     async with await RelayClient.connect(
-        relay_url, mint("USR-BOB00001", "TNT-BETA0001", secret=secret)
+        relay_url,
+        mint("USR-BOB00001", "TNT-BETA0001", secret=secret, aud="nexus-relay", iss="nexus-portal"),
     ) as bob:
         await bob.subscribe("nexus_payments")
         with psycopg.connect(database_url, autocommit=True) as conn:
@@ -56,6 +58,11 @@ def test_demo_on_a_fresh_embedded_postgres(tmp_path: Path, server_url: str) -> N
         url = next(line.split()[-1].strip('"') for line in demo.output if "psql" in line)
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count(*) FROM nexus_cases").fetchone() == (1,)
+        portal_url = next(line.split()[1] for line in demo.output if "Portal:" in line)
+        assert (
+            httpx.get(portal_url.replace("/nexus/", "/nexus/login"), timeout=WAIT).status_code
+            == 200
+        )
         relay_url = next(line.split()[2] for line in demo.output if "Relay (WebSocket)" in line)
         secret = json.loads((tmp_path / "demo-secrets.json").read_text())["jwt_secret"]
         assert asyncio.run(live_change(relay_url, secret, url)) == "PAY-DEMO0001"

@@ -1,0 +1,376 @@
+/*
+ * Nexus realtime client: keeps the page's live regions in step with the relay.
+ *
+ * The relay's protocol is in docs/protocol.md. This client:
+ *  - gets a short-lived relay token from the portal (meta nexus-realtime-config);
+ *  - subscribes to what the page shows: every element with data-live="<tables>"
+ *    (and optionally data-live-filter) is a live region, re-fetched from its
+ *    data-live-src with htmx when a change or a gap concerns it;
+ *  - always subscribes to the user's notifications: badge, and a toast for
+ *    high-priority ones (text only, never HTML);
+ *  - reconnects with exponential backoff and jitter, resumes from the last
+ *    position it received, and re-fetches every live region when it cannot
+ *    resume or hears of a gap, so no stale data survives a fault;
+ *  - refreshes its token before it expires; heartbeats with ping/pong;
+ *  - unsubscribes and closes when the page goes away;
+ *  - shows the connection's state in #realtime-status: live, reconnecting, offline.
+ */
+(function () {
+  "use strict";
+
+  const SUBPROTOCOL = "nexus-relay.v1";
+  const PING_EVERY_MS = 25000;
+  const PONG_WITHIN_MS = 10000;
+  const BACKOFF_FIRST_MS = 500;
+  const BACKOFF_MAX_MS = 30000;
+  const REFRESH_BEFORE_S = 60;
+  // Close codes after which a new token is needed (docs/protocol.md).
+  const NEEDS_NEW_TOKEN = new Set([4001, 4003]);
+
+  function meta(name) {
+    const element = document.querySelector(`meta[name="${name}"]`);
+    return element ? element.content : null;
+  }
+
+  class LiveRegion {
+    constructor(element) {
+      this.element = element;
+      this.src = element.dataset.liveSrc;
+      this.loading = null;
+      this.again = false;
+    }
+
+    // Re-fetch the region; changes that arrive while a fetch runs cause one more.
+    refresh() {
+      if (!this.src || !window.htmx) return;
+      if (this.loading) {
+        this.again = true;
+        return;
+      }
+      this.loading = Promise.resolve(
+        window.htmx.ajax("GET", this.src, { target: this.element, swap: "innerHTML" })
+      )
+        .catch((error) => console.warn("Nexus realtime: reload failed", this.src, error))
+        .finally(() => {
+          this.loading = null;
+          if (this.again) {
+            this.again = false;
+            this.refresh();
+          }
+        });
+    }
+  }
+
+  class NexusRealtime {
+    constructor(configUrl) {
+      this.configUrl = configUrl;
+      this.status = document.getElementById("realtime-status");
+      this.regions = Array.from(document.querySelectorAll("[data-live]")).map((e) => new LiveRegion(e));
+      this.specs = this.subscriptionSpecs();
+      this.socket = null;
+      this.config = null;
+      this.position = null; // the last position received: resume from here
+      this.bySubscription = new Map(); // subscription id -> spec
+      this.pending = new Map(); // ref -> spec, awaiting "subscribed"
+      this.nextRef = 1;
+      this.attempt = 0;
+      this.stopped = false;
+      this.needsFullRefresh = false;
+      this.timers = {};
+    }
+
+    // One subscription per distinct (table, filter) on the page, plus notifications.
+    subscriptionSpecs() {
+      const specs = new Map();
+      const add = (table, filter, region) => {
+        const key = `${table}|${filter || ""}`;
+        if (!specs.has(key)) specs.set(key, { table, filter: filter || null, regions: [], notifications: false });
+        if (region) specs.get(key).regions.push(region);
+        return specs.get(key);
+      };
+      for (const region of this.regions) {
+        for (const table of region.element.dataset.live.split(/\s+/).filter(Boolean)) {
+          add(table, region.element.dataset.liveFilter, region);
+        }
+      }
+      add("nexus_notifications", null, null).notifications = true;
+      return Array.from(specs.values());
+    }
+
+    setState(state) {
+      if (!this.status) return;
+      this.status.dataset.state = state;
+      this.status.textContent = state;
+    }
+
+    async start() {
+      this.stopped = false;
+      this.setState(this.attempt ? "reconnecting" : "connecting");
+      try {
+        this.config = await this.fetchConfig();
+      } catch (error) {
+        if (error.signedOut) {
+          this.setState("offline");
+          return; // nothing to do until the user signs in again
+        }
+        this.scheduleReconnect();
+        return;
+      }
+      this.connect();
+    }
+
+    async fetchConfig() {
+      const response = await fetch(this.configUrl, { credentials: "same-origin", cache: "no-store" });
+      if (response.status === 401) {
+        const error = new Error("signed out");
+        error.signedOut = true;
+        throw error;
+      }
+      if (!response.ok) throw new Error(`realtime config: HTTP ${response.status}`);
+      return response.json();
+    }
+
+    connect() {
+      let socket;
+      try {
+        socket = new WebSocket(this.config.url, [SUBPROTOCOL]);
+      } catch (error) {
+        console.warn("Nexus realtime: cannot open the WebSocket", error);
+        this.scheduleReconnect();
+        return;
+      }
+      this.socket = socket;
+      socket.onopen = () => this.send({ type: "auth", token: this.config.token });
+      socket.onmessage = (event) => this.receive(event.data);
+      socket.onclose = (event) => this.closed(socket, event);
+      socket.onerror = () => {}; // onclose follows, with the code
+    }
+
+    send(frame) {
+      if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+        this.socket.send(JSON.stringify(frame));
+      }
+    }
+
+    receive(data) {
+      let frame;
+      try {
+        frame = JSON.parse(data);
+      } catch (error) {
+        return;
+      }
+      switch (frame.type) {
+        case "ready":
+          this.ready(frame);
+          break;
+        case "subscribed":
+          this.subscribed(frame);
+          break;
+        case "change":
+          this.change(frame);
+          break;
+        case "gap":
+          this.gap(frame.subscriptions);
+          break;
+        case "token_expiring":
+          this.refreshToken();
+          break;
+        case "pong":
+          clearTimeout(this.timers.pong);
+          break;
+        case "closing":
+          console.info("Nexus realtime: the relay closes the connection:", frame.reason);
+          break;
+        case "error":
+          console.warn("Nexus realtime:", frame.code, frame.message);
+          break;
+        default:
+          break;
+      }
+    }
+
+    ready() {
+      const resuming = this.position !== null;
+      this.bySubscription.clear();
+      this.pending.clear();
+      // A first connection re-fetches once all subscriptions are live: what was
+      // committed between rendering the page and the acks is then on it too.
+      this.needsFullRefresh = !resuming;
+      for (const spec of this.specs) {
+        const ref = this.nextRef++;
+        const frame = { type: "subscribe", ref, table: spec.table };
+        if (spec.filter) frame.filter = spec.filter;
+        if (resuming) frame.since = this.position;
+        spec.since = resuming ? this.position : undefined;
+        this.pending.set(ref, spec);
+        this.send(frame);
+      }
+      this.heartbeat();
+      this.scheduleTokenRefresh();
+    }
+
+    subscribed(frame) {
+      const spec = this.pending.get(frame.ref);
+      if (!spec) return;
+      this.pending.delete(frame.ref);
+      this.bySubscription.set(frame.id, spec);
+      // A resume that could not be made whole (a gap follows): re-fetch everything.
+      if (frame.resumed === false && spec.since !== undefined) this.needsFullRefresh = true;
+      if (this.position === null) this.position = frame.position;
+      if (this.pending.size === 0) {
+        this.attempt = 0;
+        this.setState("live");
+        if (this.needsFullRefresh) this.refreshAll();
+      }
+    }
+
+    change(frame) {
+      this.position = frame.position;
+      const regions = new Set();
+      for (const id of frame.subscriptions) {
+        const spec = this.bySubscription.get(id);
+        if (!spec) continue;
+        spec.regions.forEach((region) => regions.add(region));
+        if (spec.notifications) this.notification(frame);
+      }
+      regions.forEach((region) => region.refresh());
+    }
+
+    notification(frame) {
+      const row = frame.new;
+      if (frame.op === "INSERT" && row && row.priority === "high") {
+        this.toast(row.title, row.body);
+      }
+    }
+
+    gap(subscriptionIds) {
+      const regions = new Set();
+      for (const id of subscriptionIds || []) {
+        const spec = this.bySubscription.get(id);
+        if (spec) spec.regions.forEach((region) => regions.add(region));
+      }
+      regions.forEach((region) => region.refresh());
+    }
+
+    refreshAll() {
+      this.regions.forEach((region) => region.refresh());
+    }
+
+    // A toast renders text, never HTML: a title like <img onerror=...> shows as text.
+    toast(title, body) {
+      const container = document.getElementById("toast-container");
+      if (!container) return;
+      const toast = document.createElement("div");
+      toast.className = "toast";
+      toast.setAttribute("role", "status");
+      const heading = document.createElement("strong");
+      heading.textContent = title || "";
+      toast.appendChild(heading);
+      if (body) {
+        const text = document.createElement("p");
+        text.textContent = body;
+        toast.appendChild(text);
+      }
+      container.appendChild(toast);
+      setTimeout(() => toast.classList.add("fade"), 7000);
+      setTimeout(() => toast.remove(), 7500);
+    }
+
+    heartbeat() {
+      clearInterval(this.timers.ping);
+      this.timers.ping = setInterval(() => {
+        this.send({ type: "ping" });
+        clearTimeout(this.timers.pong);
+        this.timers.pong = setTimeout(() => {
+          console.warn("Nexus realtime: no pong, reconnecting");
+          if (this.socket) this.socket.close(4000, "heartbeat");
+        }, PONG_WITHIN_MS);
+      }, PING_EVERY_MS);
+    }
+
+    scheduleTokenRefresh() {
+      clearTimeout(this.timers.refresh);
+      if (!this.config || !this.config.expires_at) return;
+      const inMs = (this.config.expires_at - REFRESH_BEFORE_S) * 1000 - Date.now();
+      this.timers.refresh = setTimeout(() => this.refreshToken(), Math.max(inMs, 1000));
+    }
+
+    async refreshToken() {
+      if (this.refreshing) return;
+      this.refreshing = true;
+      try {
+        this.config = await this.fetchConfig();
+        this.send({ type: "refresh", token: this.config.token });
+        this.scheduleTokenRefresh();
+      } catch (error) {
+        if (error.signedOut) this.stop("offline");
+      } finally {
+        this.refreshing = false;
+      }
+    }
+
+    closed(socket, event) {
+      if (socket !== this.socket) return;
+      this.socket = null;
+      clearInterval(this.timers.ping);
+      clearTimeout(this.timers.pong);
+      clearTimeout(this.timers.refresh);
+      if (this.stopped) return;
+      if (NEEDS_NEW_TOKEN.has(event.code)) this.config = null;
+      this.scheduleReconnect();
+    }
+
+    scheduleReconnect() {
+      if (this.stopped) return;
+      this.setState(navigator.onLine === false ? "offline" : "reconnecting");
+      const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt);
+      const delay = base * (0.5 + Math.random()); // jitter: 50% to 150%
+      this.attempt += 1;
+      clearTimeout(this.timers.reconnect);
+      this.timers.reconnect = setTimeout(() => this.start(), delay);
+    }
+
+    // Leaving the page: unsubscribe, close, and keep quiet.
+    stop(state) {
+      this.stopped = true;
+      Object.values(this.timers).forEach((timer) => {
+        clearTimeout(timer);
+        clearInterval(timer);
+      });
+      if (this.socket) {
+        for (const id of this.bySubscription.keys()) this.send({ type: "unsubscribe", id });
+        this.socket.close(1000, "page closed");
+        this.socket = null;
+      }
+      this.setState(state || "offline");
+    }
+  }
+
+  function boot() {
+    const configUrl = meta("nexus-realtime-config");
+    if (!configUrl || !meta("nexus-user-id")) return; // signed out: nothing is live
+    const realtime = new NexusRealtime(configUrl);
+    window.NexusRealtime = realtime;
+    window.addEventListener("pagehide", () => realtime.stop("offline"));
+    window.addEventListener("pageshow", (event) => {
+      if (event.persisted) {
+        // Back from the back/forward cache: reconnect, and assume everything is stale.
+        realtime.position = null;
+        realtime.start().then(() => realtime.refreshAll());
+      }
+    });
+    window.addEventListener("online", () => {
+      if (!realtime.socket && !realtime.stopped) {
+        realtime.attempt = 0;
+        realtime.start();
+      }
+    });
+    realtime.start();
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", boot);
+  } else {
+    boot();
+  }
+})();

@@ -1,0 +1,601 @@
+"""The portal's pages and partials.
+
+Every query runs as the signed-in user under RLS (``Database.as_user``): a case,
+payment or relationship of another tenant is simply not found, and answers
+404, which does not reveal that it exists. The live regions of a page are
+elements with ``data-live`` (the tables whose changes refresh them) and
+``hx-get`` (their partial); realtime-client.js does the rest.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from portal import auth, schema
+from portal.auth import SignedIn
+from portal.database import Database
+from portal.security import check_csrf, csrf_token
+from portal.settings import PortalSettings
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+MESSAGE_LIMIT = 10_000
+# The transitions a payer may make, and their button labels.
+PAYMENT_ACTIONS = {
+    "pending": [("approved", "Approve"), ("rejected", "Reject")],
+    "approved": [("paid", "Mark paid")],
+}
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The signed-in user, as the layout shows them."""
+
+    user: SignedIn
+    display_name: str
+    email: str
+    tenant_name: str
+    tenant_kind: str
+    unread: int
+
+
+class Views:
+    def __init__(self, settings: PortalSettings, db: Database, templates: Jinja2Templates) -> None:
+        self.settings = settings
+        self.db = db
+        self.templates = templates
+        self.throttle = auth.LoginThrottle(settings.login_free_failures, settings.login_window)
+
+    # --- Helpers -------------------------------------------------------------------
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        **context: Any,
+    ) -> Response:
+        context.setdefault("csrf_token", csrf_token(request))
+        return self.templates.TemplateResponse(
+            request, template, context, status_code=status_code, headers=headers
+        )
+
+    async def viewer(self, request: Request, conn: AsyncConnection) -> Viewer:
+        user = auth.signed_in(request)
+        assert user is not None
+        row = (
+            await conn.execute(
+                select(
+                    schema.users.c.display_name,
+                    schema.users.c.email,
+                    schema.tenants.c.name.label("tenant_name"),
+                    schema.tenants.c.kind,
+                )
+                .join(schema.tenants, schema.tenants.c.id == schema.users.c.tenant_id)
+                .where(schema.users.c.id == user.user_id)
+            )
+        ).first()
+        if row is None:  # the user is gone
+            request.session.clear()
+            raise HTTPException(401)
+        return Viewer(
+            user, row.display_name, row.email, row.tenant_name, row.kind, await unread(conn)
+        )
+
+    @staticmethod
+    def is_htmx(request: Request) -> bool:
+        return request.headers.get("hx-request") == "true"
+
+    # --- Signing in -------------------------------------------------------------------
+
+    async def login_page(self, request: Request) -> Response:
+        if auth.signed_in(request):
+            return RedirectResponse(request.url_for("dashboard").path, 303)
+        return self.render(request, "login.html", next=safe_next(request.query_params.get("next")))
+
+    async def login(self, request: Request) -> Response:
+        form = await request.form()
+        check_csrf(request, form)
+        email = str(form.get("email", "")).strip().lower()[:254]
+        password = str(form.get("password", ""))[:1024]
+        next_path = safe_next(str(form.get("next", "")))
+        address = request.client.host if request.client else "unknown"
+        keys = [f"account:{email}", f"address:{address}"]
+
+        wait = self.throttle.retry_after(keys)
+        if wait > 0:
+            response = self.render(
+                request,
+                "login.html",
+                429,
+                email=email,
+                next=next_path,
+                error=f"Too many failed sign-ins. Try again in {int(wait) + 1} seconds.",
+            )
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
+        user = await auth.check_password(self.db, email, password) if email and password else None
+        if user is None:
+            self.throttle.failed(keys)
+            return self.render(
+                request,
+                "login.html",
+                401,
+                email=email,
+                next=next_path,
+                error="Wrong email or password.",
+            )
+        self.throttle.succeeded(keys)
+        auth.start_session(request, user)
+        return RedirectResponse(next_path or request.url_for("dashboard").path, 303)
+
+    async def logout(self, request: Request) -> Response:
+        check_csrf(request, await request.form())
+        request.session.clear()
+        return RedirectResponse(request.url_for("login_page").path, 303)
+
+    async def realtime_config(self, request: Request) -> Response:
+        user = auth.signed_in(request)
+        if user is None:
+            return JSONResponse(
+                {"error": "not signed in"}, 401, headers={"Cache-Control": "no-store"}
+            )
+        token, expires_at = auth.relay_token(user, self.settings)
+        return JSONResponse(
+            {
+                "url": self.settings.relay_url,
+                "token": token,
+                "expires_at": expires_at,
+                "user_id": user.user_id,
+                "tenant_id": user.tenant_id,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    # --- Dashboard --------------------------------------------------------------------
+
+    async def dashboard(self, request: Request) -> Response:
+        async with self.db.as_user(signed(request).claims) as conn:
+            viewer = await self.viewer(request, conn)
+            counts = await dashboard_counts(conn, viewer.user)
+            recent = await case_rows(conn, limit=5)
+        return self.render(request, "dashboard.html", viewer=viewer, counts=counts, cases=recent)
+
+    async def dashboard_counts_partial(self, request: Request) -> Response:
+        async with self.db.as_user(signed(request).claims) as conn:
+            counts = await dashboard_counts(conn, signed(request))
+        return self.render(request, "partials/dashboard_counts.html", counts=counts)
+
+    # --- Cases --------------------------------------------------------------------------
+
+    async def cases(self, request: Request) -> Response:
+        async with self.db.as_user(signed(request).claims) as conn:
+            viewer = await self.viewer(request, conn)
+            rows = await case_rows(conn)
+        return self.render(request, "cases.html", viewer=viewer, cases=rows)
+
+    async def case_detail(self, request: Request) -> Response:
+        case_id = request.path_params["case_id"]
+        async with self.db.as_user(signed(request).claims) as conn:
+            viewer = await self.viewer(request, conn)
+            found = await case_rows(conn, case_id=case_id)
+            if not found:
+                raise HTTPException(404)
+            messages = await thread(conn, case_id)
+        return self.render(
+            request,
+            "case_detail.html",
+            viewer=viewer,
+            case=found[0],
+            messages=messages,
+            message_limit=MESSAGE_LIMIT,
+        )
+
+    async def case_thread(self, request: Request) -> Response:
+        case_id = request.path_params["case_id"]
+        async with self.db.as_user(signed(request).claims) as conn:
+            if not await case_rows(conn, case_id=case_id):
+                raise HTTPException(404)
+            messages = await thread(conn, case_id)
+        return self.render(request, "partials/thread.html", messages=messages, me=signed(request))
+
+    async def post_message(self, request: Request) -> Response:
+        case_id = request.path_params["case_id"]
+        user = signed(request)
+        form = await request.form()
+        check_csrf(request, form)
+        body = str(form.get("body", "")).strip()
+        error = None
+        if not body:
+            error = "Write a message first."
+        elif len(body) > MESSAGE_LIMIT:
+            error = f"A message is at most {MESSAGE_LIMIT:,} characters."
+        async with self.db.as_user(user.claims) as conn:
+            if not await case_rows(conn, case_id=case_id):
+                raise HTTPException(404)
+            if error is None:
+                await conn.execute(
+                    insert(schema.case_messages).values(
+                        case_id=case_id,
+                        sender_tenant_id=user.tenant_id,
+                        sender_user_id=user.user_id,
+                        body=body,
+                    )
+                )
+            messages = await thread(conn, case_id)
+        if not self.is_htmx(request):
+            if error:
+                raise HTTPException(422, error)
+            return RedirectResponse(request.url_for("case_detail", case_id=case_id).path, 303)
+        if error:
+            return self.render(
+                request,
+                "partials/form_error.html",
+                422,
+                error=error,
+                headers={"HX-Retarget": "#message-error", "HX-Reswap": "innerHTML"},
+            )
+        return self.render(request, "partials/thread.html", messages=messages, me=user)
+
+    # --- Payments ------------------------------------------------------------------------
+
+    async def payments(self, request: Request) -> Response:
+        async with self.db.as_user(signed(request).claims) as conn:
+            viewer = await self.viewer(request, conn)
+            rows = await payment_rows(conn)
+        return self.render(
+            request, "payments.html", viewer=viewer, payments=rows, actions=PAYMENT_ACTIONS
+        )
+
+    async def payments_list(self, request: Request) -> Response:
+        async with self.db.as_user(signed(request).claims) as conn:
+            rows = await payment_rows(conn)
+        return self.render(
+            request,
+            "partials/payments_list.html",
+            payments=rows,
+            actions=PAYMENT_ACTIONS,
+            me=signed(request),
+        )
+
+    async def payment_status(self, request: Request) -> Response:
+        payment_id = request.path_params["payment_id"]
+        user = signed(request)
+        form = await request.form()
+        check_csrf(request, form)
+        wanted = str(form.get("status", ""))
+        async with self.db.as_user(user.claims) as conn:
+            current = (
+                await conn.execute(
+                    select(schema.payments.c.status, schema.payments.c.from_id).where(
+                        schema.payments.c.id == payment_id
+                    )
+                )
+            ).first()
+            if current is None:
+                raise HTTPException(404)
+            allowed = {status for status, _ in PAYMENT_ACTIONS.get(current.status, [])}
+            if current.from_id != user.tenant_id or wanted not in allowed:
+                raise HTTPException(409, "That change of status is not possible now.")
+            await conn.execute(
+                update(schema.payments)
+                .where(
+                    schema.payments.c.id == payment_id, schema.payments.c.status == current.status
+                )
+                .values(status=wanted)
+            )
+            rows = await payment_rows(conn)
+        if not self.is_htmx(request):
+            return RedirectResponse(request.url_for("payments").path, 303)
+        return self.render(
+            request, "partials/payments_list.html", payments=rows, actions=PAYMENT_ACTIONS, me=user
+        )
+
+    # --- Notifications ---------------------------------------------------------------------
+
+    async def notifications(self, request: Request) -> Response:
+        async with self.db.as_user(signed(request).claims) as conn:
+            viewer = await self.viewer(request, conn)
+            rows = await notification_rows(conn)
+        return self.render(request, "notifications.html", viewer=viewer, notifications=rows)
+
+    async def notifications_list(self, request: Request) -> Response:
+        async with self.db.as_user(signed(request).claims) as conn:
+            rows = await notification_rows(conn)
+        return self.render(request, "partials/notifications_list.html", notifications=rows)
+
+    async def unread_badge(self, request: Request) -> Response:
+        user = auth.signed_in(request)
+        if user is None:
+            return Response(status_code=204)
+        async with self.db.as_user(user.claims) as conn:
+            count = await unread(conn)
+        return self.render(request, "partials/badge.html", unread=count)
+
+    async def mark_read(self, request: Request) -> Response:
+        notification_id = request.path_params.get("notification_id")
+        form = await request.form()
+        check_csrf(request, form)
+        condition: ColumnElement[bool] = schema.notifications.c.read_at.is_(None)
+        if notification_id is not None:
+            condition = and_(condition, schema.notifications.c.id == notification_id)
+        async with self.db.as_user(signed(request).claims) as conn:
+            await conn.execute(
+                update(schema.notifications).where(condition).values(read_at=func.now())
+            )
+            rows = await notification_rows(conn)
+        if not self.is_htmx(request):
+            return RedirectResponse(request.url_for("notifications").path, 303)
+        return self.render(request, "partials/notifications_list.html", notifications=rows)
+
+    # --- Relationships ----------------------------------------------------------------------
+
+    async def relationships(self, request: Request) -> Response:
+        async with self.db.as_user(signed(request).claims) as conn:
+            viewer = await self.viewer(request, conn)
+            rows = await relationship_rows(conn, viewer.user)
+        return self.render(request, "relationships.html", viewer=viewer, relationships=rows)
+
+    async def relationships_list(self, request: Request) -> Response:
+        async with self.db.as_user(signed(request).claims) as conn:
+            rows = await relationship_rows(conn, signed(request))
+        return self.render(request, "partials/relationships_list.html", relationships=rows)
+
+    async def invite(self, request: Request) -> Response:
+        user = signed(request)
+        form = await request.form()
+        check_csrf(request, form)
+        other = str(form.get("tenant_id", "")).strip().upper()
+        error = None
+        async with self.db.as_user(user.claims) as conn:
+            viewer = await self.viewer(request, conn)
+            if (
+                not other.startswith("TNT-")
+                or not other[4:].isalnum()
+                or not 4 <= len(other) - 4 <= 32
+            ):
+                error = "A tenant id looks like TNT-XXXX0001."
+            elif other == user.tenant_id:
+                error = "That is your own tenant."
+            else:
+                client, vendor = (
+                    (user.tenant_id, other)
+                    if viewer.tenant_kind == "client"
+                    else (other, user.tenant_id)
+                )
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(
+                            insert(schema.relationships).values(
+                                client_id=client,
+                                vendor_id=vendor,
+                                invited_by_tenant_id=user.tenant_id,
+                                status="invited",
+                            )
+                        )
+                except IntegrityError as exc:
+                    duplicate = "unique" in str(exc.orig).lower()
+                    error = (
+                        "You already have a relationship with that tenant."
+                        if duplicate
+                        else ("There is no tenant with that id.")
+                    )
+            rows = await relationship_rows(conn, user)
+        if not self.is_htmx(request):
+            if error:
+                raise HTTPException(422, error)
+            return RedirectResponse(request.url_for("relationships").path, 303)
+        if error:
+            return self.render(
+                request,
+                "partials/form_error.html",
+                422,
+                error=error,
+                headers={"HX-Retarget": "#invite-error", "HX-Reswap": "innerHTML"},
+            )
+        return self.render(request, "partials/relationships_list.html", relationships=rows)
+
+    async def answer_invite(self, request: Request) -> Response:
+        relationship_id = request.path_params["relationship_id"]
+        answer = request.path_params["answer"]
+        user = signed(request)
+        form = await request.form()
+        check_csrf(request, form)
+        status = {"accept": "active", "decline": "declined"}.get(answer)
+        if status is None:
+            raise HTTPException(404)
+        async with self.db.as_user(user.claims) as conn:
+            exists = (
+                await conn.execute(
+                    select(schema.relationships.c.status).where(
+                        schema.relationships.c.id == relationship_id
+                    )
+                )
+            ).first()
+            if exists is None:
+                raise HTTPException(404)
+            # RLS lets only the invitee update; the status must still be "invited".
+            result = await conn.execute(
+                update(schema.relationships)
+                .where(
+                    schema.relationships.c.id == relationship_id,
+                    schema.relationships.c.status == "invited",
+                )
+                .values(status=status)
+            )
+            if result.rowcount != 1:
+                raise HTTPException(409, "Only the invited tenant can answer an open invitation.")
+            rows = await relationship_rows(conn, user)
+        if not self.is_htmx(request):
+            return RedirectResponse(request.url_for("relationships").path, 303)
+        return self.render(request, "partials/relationships_list.html", relationships=rows)
+
+    async def healthz(self, request: Request) -> Response:
+        try:
+            await self.db.ping()
+        except (DBAPIError, OSError):
+            return JSONResponse({"ok": False, "database": "unreachable"}, 503)
+        return JSONResponse({"ok": True})
+
+
+# --- Queries ---------------------------------------------------------------------------
+
+
+def signed(request: Request) -> SignedIn:
+    user = auth.signed_in(request)
+    assert user is not None, "route without login_required"
+    return user
+
+
+def safe_next(value: str | None) -> str | None:
+    """A local path to go to after signing in; anything else is dropped (no open redirect)."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not value.startswith("/nexus") or value.startswith("//"):
+        return None
+    return value
+
+
+async def unread(conn: AsyncConnection) -> int:
+    count = await conn.scalar(
+        select(func.count())
+        .select_from(schema.notifications)
+        .where(schema.notifications.c.read_at.is_(None))
+    )
+    return int(count or 0)
+
+
+async def dashboard_counts(conn: AsyncConnection, user: SignedIn) -> dict[str, int]:
+    cases = schema.cases
+    open_cases = await conn.scalar(
+        select(func.count()).select_from(cases).where(cases.c.status.in_(("open", "in_progress")))
+    )
+    pending = await conn.scalar(
+        select(func.count())
+        .select_from(schema.payments)
+        .where(schema.payments.c.status == "pending")
+    )
+    return {
+        "open_cases": int(open_cases or 0),
+        "pending_payments": int(pending or 0),
+        "unread": await unread(conn),
+    }
+
+
+async def case_rows(
+    conn: AsyncConnection, case_id: str | None = None, limit: int = 200
+) -> list[Any]:
+    cases, tenants, messages = schema.cases, schema.tenants, schema.case_messages
+    client = tenants.alias("client")
+    vendor = tenants.alias("vendor")
+    last_message = (
+        select(func.max(messages.c.created_at))
+        .where(messages.c.case_id == cases.c.id)
+        .scalar_subquery()
+    )
+    query = (
+        select(
+            cases,
+            client.c.name.label("client_name"),
+            vendor.c.name.label("vendor_name"),
+            last_message.label("last_message_at"),
+        )
+        .outerjoin(client, client.c.id == cases.c.client_id)
+        .outerjoin(vendor, vendor.c.id == cases.c.vendor_id)
+        .order_by(cases.c.updated_at.desc(), cases.c.id)
+        .limit(limit)
+    )
+    if case_id is not None:
+        query = query.where(cases.c.id == case_id)
+    return list((await conn.execute(query)).all())
+
+
+async def thread(conn: AsyncConnection, case_id: str) -> list[Any]:
+    messages, users, tenants = schema.case_messages, schema.users, schema.tenants
+    query = (
+        select(
+            messages,
+            users.c.display_name.label("sender_name"),
+            tenants.c.name.label("sender_tenant_name"),
+        )
+        .outerjoin(users, users.c.id == messages.c.sender_user_id)
+        .outerjoin(tenants, tenants.c.id == messages.c.sender_tenant_id)
+        .where(messages.c.case_id == case_id)
+        .order_by(messages.c.created_at, messages.c.id)
+    )
+    return list((await conn.execute(query)).all())
+
+
+async def payment_rows(conn: AsyncConnection) -> list[Any]:
+    payments, tenants = schema.payments, schema.tenants
+    payer = tenants.alias("payer")
+    payee = tenants.alias("payee")
+    query = (
+        select(payments, payer.c.name.label("payer_name"), payee.c.name.label("payee_name"))
+        .outerjoin(payer, payer.c.id == payments.c.from_id)
+        .outerjoin(payee, payee.c.id == payments.c.to_id)
+        .order_by(
+            case(
+                (payments.c.status == "pending", 0), (payments.c.status == "approved", 1), else_=2
+            ),
+            payments.c.created_at.desc(),
+            payments.c.id,
+        )
+        .limit(500)
+    )
+    return list((await conn.execute(query)).all())
+
+
+async def notification_rows(conn: AsyncConnection) -> list[Any]:
+    notifications = schema.notifications
+    query = (
+        select(notifications)
+        .order_by(
+            notifications.c.read_at.is_not(None),
+            notifications.c.created_at.desc(),
+            notifications.c.id,
+        )
+        .limit(200)
+    )
+    return list((await conn.execute(query)).all())
+
+
+async def relationship_rows(conn: AsyncConnection, user: SignedIn) -> list[Any]:
+    relationships, tenants = schema.relationships, schema.tenants
+    other_id = case(
+        (relationships.c.client_id == user.tenant_id, relationships.c.vendor_id),
+        else_=relationships.c.client_id,
+    )
+    query = (
+        select(
+            relationships,
+            other_id.label("other_id"),
+            tenants.c.name.label("other_name"),
+            (relationships.c.invited_by_tenant_id != user.tenant_id).label("invited_me"),
+            (relationships.c.client_id == user.tenant_id).label("i_am_client"),
+        )
+        .outerjoin(tenants, tenants.c.id == other_id)
+        .where(
+            or_(
+                relationships.c.client_id == user.tenant_id,
+                relationships.c.vendor_id == user.tenant_id,
+            )
+        )
+        .order_by(
+            case((relationships.c.status == "invited", 0), else_=1),
+            relationships.c.updated_at.desc(),
+        )
+    )
+    return list((await conn.execute(query)).all())

@@ -1,0 +1,291 @@
+"""The portal over HTTP: sign-in, sessions, CSRF, tenancy, input, headers, the realtime config."""
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import jwt
+import pytest
+
+from tests.support import JWT_SECRET, WAIT, PortalProcess
+
+
+def client(portal: PortalProcess, address: str | None = None) -> httpx.Client:
+    headers = {"X-Forwarded-For": address} if address else {}
+    return httpx.Client(base_url=portal.url, timeout=WAIT, headers=headers, follow_redirects=False)
+
+
+def csrf_of(http: httpx.Client, path: str = "/nexus/login") -> str:
+    page = http.get(path)
+    match = re.search(r'name="nexus-csrf-token" content="([^"]+)"', page.text)
+    assert match, page.text[:500]
+    return match.group(1)
+
+
+def signed_in(portal: PortalProcess, email: str, password: str) -> httpx.Client:
+    http = client(portal)
+    token = csrf_of(http)
+    response = http.post(
+        "/nexus/login", data={"email": email, "password": password, "csrf_token": token}
+    )
+    assert response.status_code == 303, response.text[:300]
+    return http
+
+
+@pytest.fixture
+def alice(portal: PortalProcess) -> Iterator[httpx.Client]:
+    http = signed_in(portal, "alice@alpha.com", "alpha-demo-pass")
+    yield http
+    http.close()
+
+
+@pytest.fixture
+def grace(portal: PortalProcess) -> Iterator[httpx.Client]:
+    http = signed_in(portal, "grace@gamma.com", "gamma-demo-pass")
+    yield http
+    http.close()
+
+
+def test_signed_out_pages_lead_to_the_login(portal: PortalProcess) -> None:
+    with client(portal) as http:
+        response = http.get("/nexus/cases")
+        assert response.status_code == 303
+        assert response.headers["location"] == "/nexus/login?next=%2Fnexus%2Fcases"
+        partial = http.get("/nexus/payments/list", headers={"HX-Request": "true"})
+        assert (partial.status_code, partial.headers["HX-Redirect"]) == (401, "/nexus/login")
+        config = http.get("/nexus/api/realtime-config")
+        assert config.status_code == 401
+        assert config.json() == {"error": "not signed in"}
+
+
+def test_sign_in_sets_a_safe_session_cookie(portal: PortalProcess) -> None:
+    with client(portal) as http:
+        token = csrf_of(http)
+        wrong = http.post(
+            "/nexus/login",
+            data={"email": "alice@alpha.com", "password": "nope", "csrf_token": token},
+        )
+        assert wrong.status_code == 401
+        assert "Wrong email or password." in wrong.text
+        unknown = http.post(
+            "/nexus/login", data={"email": "who@nowhere.test", "password": "x", "csrf_token": token}
+        )
+        assert unknown.status_code == 401
+        assert "Wrong email or password." in unknown.text  # the same answer: no email enumeration
+        right = http.post(
+            "/nexus/login",
+            data={"email": "Alice@Alpha.com ", "password": "alpha-demo-pass", "csrf_token": token},
+        )
+        assert (right.status_code, right.headers["location"]) == (303, "/nexus/")
+        cookie = right.headers["set-cookie"].lower()
+        assert "httponly" in cookie
+        assert "samesite=lax" in cookie
+        assert http.get("/nexus/").status_code == 200
+
+
+def test_sign_in_never_redirects_elsewhere(portal: PortalProcess) -> None:
+    with client(portal) as http:
+        token = csrf_of(http)
+        for next_path in ("https://evil.example/", "//evil.example/", "/nexus/cases"):
+            response = http.post(
+                "/nexus/login",
+                data={
+                    "email": "bob@beta.com",
+                    "password": "beta-demo-pass",
+                    "csrf_token": token,
+                    "next": next_path,
+                },
+            )
+            expected = "/nexus/cases" if next_path == "/nexus/cases" else "/nexus/"
+            assert response.headers["location"] == expected
+            token = csrf_of(http, "/nexus/")
+
+
+def test_repeated_failed_logins_are_slowed_down(portal: PortalProcess) -> None:
+    with client(portal, "203.0.113.7") as http:
+        token = csrf_of(http)
+        for _ in range(5):
+            failed = http.post(
+                "/nexus/login",
+                data={"email": "carol@alpha.com", "password": "x", "csrf_token": token},
+            )
+            assert failed.status_code == 401
+        # Even the right password now waits: per account...
+        slowed = http.post(
+            "/nexus/login",
+            data={"email": "carol@alpha.com", "password": "alpha-demo-pass", "csrf_token": token},
+        )
+        assert slowed.status_code == 429
+        assert int(slowed.headers["Retry-After"]) >= 1
+        assert "Too many failed sign-ins" in slowed.text
+    # ...and per address: another account from the same address waits too.
+    with client(portal, "203.0.113.7") as http:
+        token = csrf_of(http)
+        other = http.post(
+            "/nexus/login",
+            data={"email": "bob@beta.com", "password": "beta-demo-pass", "csrf_token": token},
+        )
+        assert other.status_code == 429
+    # Another account from another address is not affected.
+    with client(portal, "198.51.100.9") as http:
+        token = csrf_of(http)
+        fine = http.post(
+            "/nexus/login",
+            data={"email": "bob@beta.com", "password": "beta-demo-pass", "csrf_token": token},
+        )
+        assert fine.status_code == 303
+
+
+POSTS = [
+    "/nexus/logout",
+    "/nexus/cases/CASE-AB000001/messages",
+    "/nexus/payments/PAY-AB000001/status",
+    "/nexus/notifications/read",
+    "/nexus/notifications/NOTIF-AL000001/read",
+    "/nexus/relationships",
+    "/nexus/relationships/REL-AB000001/accept",
+]
+
+
+@pytest.mark.parametrize("path", POSTS)
+def test_every_post_needs_the_csrf_token(alice: httpx.Client, path: str) -> None:
+    assert alice.post(path, data={"body": "x", "status": "approved"}).status_code == 403
+    assert alice.post(path, data={"csrf_token": "forged"}).status_code == 403
+    assert (
+        alice.post(path, headers={"X-CSRF-Token": "forged", "HX-Request": "true"}).status_code
+        == 403
+    )
+
+
+def test_the_login_form_needs_the_csrf_token(portal: PortalProcess) -> None:
+    with client(portal) as http:
+        response = http.post(
+            "/nexus/login", data={"email": "alice@alpha.com", "password": "alpha-demo-pass"}
+        )
+        assert response.status_code == 403
+
+
+def test_another_tenants_things_are_not_found(grace: httpx.Client) -> None:
+    token = csrf_of(grace, "/nexus/")
+    htmx = {"X-CSRF-Token": token, "HX-Request": "true"}
+    assert grace.get("/nexus/cases/CASE-AB000001").status_code == 404
+    assert grace.get("/nexus/cases/CASE-AB000001/thread").status_code == 404
+    assert (
+        grace.post(
+            "/nexus/cases/CASE-AB000001/messages", data={"body": "hi"}, headers=htmx
+        ).status_code
+        == 404
+    )
+    assert (
+        grace.post(
+            "/nexus/payments/PAY-AB000001/status", data={"status": "approved"}, headers=htmx
+        ).status_code
+        == 404
+    )
+    assert grace.post("/nexus/relationships/REL-AB000001/accept", headers=htmx).status_code == 404
+    assert (
+        grace.get("/nexus/cases/CASE-NOSUCH01").status_code == 404
+    )  # the same answer as "not yours"
+    assert "CASE-AB000001" not in grace.get("/nexus/cases").text
+    assert "PAY-AB000001" not in grace.get("/nexus/payments/list").text
+
+
+def test_only_the_payer_changes_a_payments_status(portal: PortalProcess) -> None:
+    bob = signed_in(portal, "bob@beta.com", "beta-demo-pass")
+    token = csrf_of(bob, "/nexus/")
+    response = bob.post(
+        "/nexus/payments/PAY-AB000001/status", data={"status": "approved", "csrf_token": token}
+    )
+    bob.close()
+    assert response.status_code == 409
+    assert "not possible" in response.text
+
+
+def test_invalid_input_answers_with_a_message(alice: httpx.Client) -> None:
+    token = csrf_of(alice, "/nexus/")
+    htmx = {"X-CSRF-Token": token, "HX-Request": "true"}
+    empty = alice.post("/nexus/cases/CASE-AB000001/messages", data={"body": "   "}, headers=htmx)
+    assert empty.status_code == 422
+    assert empty.headers["HX-Retarget"] == "#message-error"
+    assert "Write a message first." in empty.text
+    long = alice.post(
+        "/nexus/cases/CASE-AB000001/messages", data={"body": "x" * 10_001}, headers=htmx
+    )
+    assert long.status_code == 422
+    plain = alice.post(
+        "/nexus/cases/CASE-AB000001/messages", data={"body": "", "csrf_token": token}
+    )
+    assert plain.status_code == 422
+    assert "Traceback" not in plain.text and "Write a message first." in plain.text
+    for tenant_id, message in (
+        ("ALPHA", "A tenant id looks like TNT-XXXX0001."),
+        ("TNT-ALPHA001", "That is your own tenant."),
+        ("TNT-NOSUCH01", "There is no tenant with that id."),
+        ("TNT-BETA0001", "You already have a relationship with that tenant."),
+    ):
+        response = alice.post("/nexus/relationships", data={"tenant_id": tenant_id}, headers=htmx)
+        assert (response.status_code, response.headers["HX-Retarget"]) == (422, "#invite-error")
+        assert message in response.text
+    bad_status = alice.post(
+        "/nexus/payments/PAY-AB000001/status", data={"status": "stolen"}, headers=htmx
+    )
+    assert bad_status.status_code == 409
+
+
+def test_the_realtime_config_gives_a_short_lived_token_and_no_secret(
+    alice: httpx.Client, portal: PortalProcess
+) -> None:
+    response = alice.get("/nexus/api/realtime-config")
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    config = response.json()
+    assert config["url"] == portal.env["NEXUS_RELAY_URL"]
+    claims = jwt.decode(config["token"], JWT_SECRET, algorithms=["HS256"], audience="nexus-relay")
+    assert claims["sub"] == "USR-ALIC0001"
+    assert claims["role"] == "authenticated"
+    assert claims["app_metadata"] == {"user_id": "USR-ALIC0001", "tenant_id": "TNT-ALPHA001"}
+    assert claims["exp"] - claims["iat"] == 300  # minutes, not days
+    for secret in (JWT_SECRET, portal.env["NEXUS_SESSION_SECRET"]):
+        assert secret not in response.text
+
+
+def test_pages_carry_a_strict_csp_and_no_inline_script(
+    alice: httpx.Client, portal: PortalProcess
+) -> None:
+    for path in ("/nexus/", "/nexus/cases/CASE-AB000001", "/nexus/payments", "/nexus/login"):
+        response = alice.get(path)
+        csp = response.headers["content-security-policy"]
+        assert (
+            "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        )
+        relay_origin = portal.env["NEXUS_RELAY_URL"].rstrip("/")
+        assert f"connect-src 'self' {relay_origin}" in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        for script in re.findall(r"<script[^>]*>", response.text):
+            assert re.search(r'src="/static/[^"]+"', script), (
+                script
+            )  # local files only, no inline code
+        assert " style=" not in response.text and "<style" not in response.text
+        assert "esm.sh" not in response.text and "cdn" not in response.text.lower()
+
+
+def test_htmx_is_served_locally(alice: httpx.Client) -> None:
+    response = alice.get("/static/vendor/htmx.min.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/javascript")
+    assert "htmx" in response.text[:2000]
+
+
+def test_logout_ends_the_session(alice: httpx.Client) -> None:
+    token = csrf_of(alice, "/nexus/")
+    assert alice.get("/nexus/logout").status_code == 405
+    response = alice.post("/nexus/logout", data={"csrf_token": token})
+    assert (response.status_code, response.headers["location"]) == (303, "/nexus/login")
+    assert alice.get("/nexus/").status_code == 303
+    assert alice.get("/nexus/api/realtime-config").status_code == 401
+
+
+def test_health(portal: PortalProcess) -> None:
+    with client(portal) as http:
+        assert http.get("/healthz").json() == {"ok": True}
