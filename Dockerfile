@@ -1,10 +1,13 @@
-# Nexus Relay and the Nexus portal, one image.
+# Nexus Relay and the Nexus portal, one image (see the README, "Deploying").
 #
-#   docker run -e DATABASE_URL=... IMAGE                        migrations
-#   docker run -e DATABASE_URL=... -e RELAY_POLICY_FILE=... \
-#              -e RELAY_JWT_SECRET=... -e RELAY_HOST=0.0.0.0 IMAGE nexus-relay serve
-#
-# See the README's settings table.
+#   docker run -e DATABASE_URL=... IMAGE                  migrations (the default command)
+#   docker run ... IMAGE nexus-relay serve                the relay
+#   docker run ... IMAGE nexus-portal serve --host 0.0.0.0  the portal
+
+FROM node:20-bookworm-slim AS assets
+WORKDIR /assets
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
@@ -21,10 +24,12 @@ COPY --from=build /opt/nexus /opt/nexus
 WORKDIR /app
 COPY alembic.ini ./
 COPY alembic ./alembic
+COPY --from=assets /assets/node_modules/htmx.org/dist/htmx.min.js ./node_modules/htmx.org/dist/htmx.min.js
 ENV PATH=/opt/nexus/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    RELAY_POLICY_FILE=/opt/nexus/lib/python3.11/site-packages/portal/relay-policy.toml
+    RELAY_POLICY_FILE=/opt/nexus/lib/python3.11/site-packages/portal/relay-policy.toml \
+    NEXUS_HTMX_PATH=/app/node_modules/htmx.org/dist/htmx.min.js
 USER 10001:10001
-EXPOSE 8765 8766
+EXPOSE 8000 8765 8766
 CMD ["alembic", "upgrade", "head"]

@@ -25,8 +25,6 @@ from portal.views import Endpoint, Views
 logger = logging.getLogger("portal")
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-HTMX = ROOT / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
 
 
 def login_required(endpoint: Endpoint) -> Endpoint:
@@ -47,7 +45,8 @@ def login_required(endpoint: Endpoint) -> Endpoint:
     return guarded
 
 
-def create_app(settings: PortalSettings, htmx_path: Path = HTMX) -> Starlette:
+def create_app(settings: PortalSettings) -> Starlette:
+    htmx_path = settings.htmx_path
     if not htmx_path.exists():
         raise SystemExit(f"{htmx_path} is missing: install the front-end packages with `npm ci`.")
     db = Database(settings.database_url)

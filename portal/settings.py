@@ -3,6 +3,10 @@
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+# htmx, as `npm ci` installs it next to the checkout.
+DEFAULT_HTMX = Path(__file__).resolve().parent.parent / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
 
 
 class SettingsError(Exception):
@@ -22,6 +26,7 @@ class PortalSettings:
     # Failed logins: after this many in the window, each further attempt waits.
     login_free_failures: int = 5
     login_window: int = 15 * 60
+    htmx_path: Path = DEFAULT_HTMX
 
 
 def from_env(env: Mapping[str, str] | None = None) -> PortalSettings:
@@ -65,4 +70,5 @@ def from_env(env: Mapping[str, str] | None = None) -> PortalSettings:
         cookie_secure=secure == "true",
         session_max_age=integer("NEXUS_SESSION_MAX_AGE_S", 8 * 3600, 60),
         login_free_failures=integer("NEXUS_LOGIN_FREE_FAILURES", 5),
+        htmx_path=Path(env.get("NEXUS_HTMX_PATH", "").strip() or DEFAULT_HTMX),
     )
