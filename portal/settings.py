@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # htmx, as `npm ci` installs it next to the checkout.
-DEFAULT_HTMX = Path(__file__).resolve().parent.parent / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
+CHECKOUT = Path(__file__).resolve().parent.parent
+DEFAULT_HTMX = CHECKOUT / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
 
 
 class SettingsError(Exception):

@@ -106,8 +106,8 @@ def test_3_a_notification_for_alice_increments_her_badge(people: Person, pdb: Co
     a.open("/nexus/")
     badge = a.page.locator("#notification-badge")
     row = pdb.execute(
-        "SELECT count(*) FROM nexus_notifications WHERE read_at IS NULL AND tenant_id = 'TNT-ALPHA001'"
-        " AND (user_id = 'USR-ALIC0001' OR user_id IS NULL)"
+        "SELECT count(*) FROM nexus_notifications WHERE read_at IS NULL"
+        " AND tenant_id = 'TNT-ALPHA001' AND (user_id = 'USR-ALIC0001' OR user_id IS NULL)"
     ).fetchone()
     assert row is not None
     before = int(row[0])
