@@ -313,7 +313,6 @@ async def test_a_refreshed_token_keeps_the_session_open(connect: Connect, rdb: A
     reply = await client.refresh(mint(*ALICE, expires_in=600))
     assert reply["type"] == "refreshed" and reply["expires_at"] > time.time() + 500
     await client.subscribe("nexus_notifications")
-    await asyncio.wait_for(asyncio.shield(asyncio.sleep(0)), WAIT)
     rdb.execute(
         "INSERT INTO nexus_notifications (tenant_id, user_id, notification_type, title)"
         " VALUES ('TNT-ALPHA001', 'USR-ALIC0001', 'test', 'after refresh')"

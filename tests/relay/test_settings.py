@@ -1,0 +1,75 @@
+"""Settings from the environment: defaults, and errors that name the variable."""
+
+from pathlib import Path
+
+import pytest
+
+from relay.errors import ConfigError
+from relay.settings import from_env
+
+BASE = {"RELAY_DATABASE_URL": "postgresql://db/nexus", "RELAY_POLICY_FILE": "policy.toml"}
+
+
+def test_defaults() -> None:
+    settings = from_env(BASE)
+    assert (settings.host, settings.port, settings.ops_port, settings.path) == (
+        "127.0.0.1",
+        8765,
+        8766,
+        "/",
+    )
+    assert settings.policy_file == Path("policy.toml")
+    assert settings.allowed_origins == ()
+    assert settings.limits.max_connections_per_user == 20
+    assert settings.jwt_algorithms is None
+
+
+def test_database_url_falls_back_to_database_url() -> None:
+    assert (
+        from_env({"DATABASE_URL": "postgresql://x/y", "RELAY_POLICY_FILE": "p"}).database_url
+        == "postgresql://x/y"
+    )
+
+
+def test_values_are_read() -> None:
+    settings = from_env(
+        {
+            **BASE,
+            "RELAY_PORT": "9000",
+            "RELAY_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+            "RELAY_JWT_ALGORITHMS": "RS256,ES256",
+            "RELAY_MAX_MESSAGES_PER_SECOND": "2.5",
+            "RELAY_LOG_FORMAT": "TEXT",
+        }
+    )
+    assert settings.port == 9000
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.jwt_algorithms == ("RS256", "ES256")
+    assert settings.limits.max_messages_per_second == 2.5
+    assert settings.log_format == "text"
+
+
+def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s" * 40 + "\n")
+    assert (
+        from_env({**BASE, "RELAY_JWT_SECRET_FILE": str(tmp_path / "secret")}).jwt_secret == "s" * 40
+    )
+    with pytest.raises(ConfigError, match="RELAY_JWT_SECRET_FILE: cannot read"):
+        from_env({**BASE, "RELAY_JWT_SECRET_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RELAY_POLICY_FILE": "p"}, "RELAY_DATABASE_URL"),
+        ({"RELAY_DATABASE_URL": "postgresql://db"}, "RELAY_POLICY_FILE is not set"),
+        ({**BASE, "RELAY_PORT": "http"}, "RELAY_PORT='http' is not a number"),
+        ({**BASE, "RELAY_PORT": "80.5"}, "RELAY_PORT must be a whole number"),
+        ({**BASE, "RELAY_MAX_CONNECTIONS": "0"}, "RELAY_MAX_CONNECTIONS='0' must be at least 1"),
+        ({**BASE, "RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT must be json or text"),
+        ({**BASE, "RELAY_AUTH_TIMEOUT_S": "0"}, "RELAY_AUTH_TIMEOUT_S='0' must be at least 0.1"),
+    ],
+)
+def test_bad_values_name_their_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_env(env)
