@@ -166,44 +166,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--portal-port", type=int, default=defaults.portal)
     args = parser.parse_args(argv)
     ports = Ports(args.relay_port, args.relay_ops_port, args.portal_port)
-    url, source = database(args.data_dir.resolve())
-    print(f"Applying migrations to {redacted(url)} ...", flush=True)
-    migrations.upgrade(url)
-    demo_data.load(url)
 
-    running = servers(url, demo_secrets(args.data_dir.resolve()), ports)
+    # Ctrl-C (SIGINT) and SIGTERM stop everything cleanly, at any moment:
+    # also while starting, so that no server is left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
+    running: list[Server] = []
     try:
+        url, source = database(args.data_dir.resolve())
+        print(f"Applying migrations to {redacted(url)} ...", flush=True)
+        migrations.upgrade(url)
+        demo_data.load(url)
+        running = servers(url, demo_secrets(args.data_dir.resolve()), ports)
         for server in running:
             server.process = subprocess.Popen(  # noqa: S603 - our own commands
                 server.argv, env={**os.environ, **server.env}, cwd=ROOT
             )
             wait_ready(server)
-    except BaseException:
-        stop_all(running)
-        raise
-    print_banner(url, source, running)
-
-    stop = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    try:
-        while not stop:
+        print_banner(url, source, running)
+        while True:
             for server in running:
                 assert server.process is not None
                 if server.process.poll() is not None:
                     print(f"{server.name} exited with {server.process.returncode}; stopping.")
                     return 1
             time.sleep(0.2)
+    except KeyboardInterrupt:
         return 0
     finally:
         print("\nStopping ...", flush=True)
         stop_all(running)
         # The embedded PostgreSQL stops when this process exits.
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def stop_all(running: list[Server]) -> None:

@@ -47,8 +47,10 @@
         this.again = true;
         return;
       }
+      // The region is the request's source: htmx queues requests per source
+      // ("queue first" drops a third while one runs), so regions must not share one.
       this.loading = Promise.resolve(
-        window.htmx.ajax("GET", this.src, { target: this.element, swap: "innerHTML" })
+        window.htmx.ajax("GET", this.src, { source: this.element, target: this.element, swap: "innerHTML" })
       )
         .catch((error) => console.warn("Nexus realtime: reload failed", this.src, error))
         .finally(() => {

@@ -92,3 +92,16 @@ def test_demo_uses_database_url_when_set(new_database: Callable[[], str], tmp_pa
         assert demo.stop(signal.SIGINT, timeout=2 * WAIT) == 0
     finally:
         demo.kill()
+
+
+def test_ctrl_c_while_starting_leaves_no_server_behind(
+    new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    demo = run_demo({**os.environ, "DATABASE_URL": new_database()}, "--data-dir", str(tmp_path))
+    try:
+        demo.wait_for("Applying migrations", timeout=4 * WAIT)
+        assert demo.stop(signal.SIGINT, timeout=4 * WAIT) == 0
+        demo.wait_for("Stopping")
+    finally:
+        demo.kill()
+    assert not any("Traceback" in line for line in demo.output)
