@@ -93,9 +93,31 @@ class Views:
             user, row.display_name, row.email, row.tenant_name, row.kind, await unread(conn)
         )
 
-    @staticmethod
-    def is_htmx(request: Request) -> bool:
-        return request.headers.get("hx-request") == "true"
+    def answer_form(
+        self,
+        request: Request,
+        *,
+        page: str,
+        partial: str,
+        error: str | None = None,
+        error_target: str = "",
+        **context: Any,
+    ) -> Response:
+        """The answer to a posted form.
+
+        An htmx request gets the updated partial, or the error message swapped
+        where its form shows errors (422). A plain form post is sent back to its
+        page (303), or gets the error page (422): the forms work without script.
+        """
+        htmx = request.headers.get("hx-request") == "true"
+        if error is not None:
+            if not htmx:
+                raise HTTPException(422, error)
+            headers = {"HX-Retarget": error_target, "HX-Reswap": "innerHTML"}
+            return self.render(request, "partials/form_error.html", 422, headers, error=error)
+        if not htmx:
+            return RedirectResponse(page, 303)
+        return self.render(request, partial, **context)
 
     # --- Signing in -------------------------------------------------------------------
 
@@ -234,19 +256,15 @@ class Views:
                     )
                 )
             messages = await thread(conn, case_id)
-        if not self.is_htmx(request):
-            if error:
-                raise HTTPException(422, error)
-            return RedirectResponse(request.url_for("case_detail", case_id=case_id).path, 303)
-        if error:
-            return self.render(
-                request,
-                "partials/form_error.html",
-                422,
-                error=error,
-                headers={"HX-Retarget": "#message-error", "HX-Reswap": "innerHTML"},
-            )
-        return self.render(request, "partials/thread.html", messages=messages, me=user)
+        return self.answer_form(
+            request,
+            error=error,
+            error_target="#message-error",
+            page=request.url_for("case_detail", case_id=case_id).path,
+            partial="partials/thread.html",
+            messages=messages,
+            me=user,
+        )
 
     # --- Payments ------------------------------------------------------------------------
 
@@ -296,10 +314,13 @@ class Views:
                 .values(status=wanted)
             )
             rows = await payment_rows(conn)
-        if not self.is_htmx(request):
-            return RedirectResponse(request.url_for("payments").path, 303)
-        return self.render(
-            request, "partials/payments_list.html", payments=rows, actions=PAYMENT_ACTIONS, me=user
+        return self.answer_form(
+            request,
+            page=request.url_for("payments").path,
+            partial="partials/payments_list.html",
+            payments=rows,
+            actions=PAYMENT_ACTIONS,
+            me=user,
         )
 
     # --- Notifications ---------------------------------------------------------------------
@@ -335,9 +356,12 @@ class Views:
                 update(schema.notifications).where(condition).values(read_at=func.now())
             )
             rows = await notification_rows(conn)
-        if not self.is_htmx(request):
-            return RedirectResponse(request.url_for("notifications").path, 303)
-        return self.render(request, "partials/notifications_list.html", notifications=rows)
+        return self.answer_form(
+            request,
+            page=request.url_for("notifications").path,
+            partial="partials/notifications_list.html",
+            notifications=rows,
+        )
 
     # --- Relationships ----------------------------------------------------------------------
 
@@ -392,19 +416,14 @@ class Views:
                         else ("There is no tenant with that id.")
                     )
             rows = await relationship_rows(conn, user)
-        if not self.is_htmx(request):
-            if error:
-                raise HTTPException(422, error)
-            return RedirectResponse(request.url_for("relationships").path, 303)
-        if error:
-            return self.render(
-                request,
-                "partials/form_error.html",
-                422,
-                error=error,
-                headers={"HX-Retarget": "#invite-error", "HX-Reswap": "innerHTML"},
-            )
-        return self.render(request, "partials/relationships_list.html", relationships=rows)
+        return self.answer_form(
+            request,
+            error=error,
+            error_target="#invite-error",
+            page=request.url_for("relationships").path,
+            partial="partials/relationships_list.html",
+            relationships=rows,
+        )
 
     async def answer_invite(self, request: Request) -> Response:
         relationship_id = request.path_params["relationship_id"]
@@ -437,9 +456,12 @@ class Views:
             if result.rowcount != 1:
                 raise HTTPException(409, "Only the invited tenant can answer an open invitation.")
             rows = await relationship_rows(conn, user)
-        if not self.is_htmx(request):
-            return RedirectResponse(request.url_for("relationships").path, 303)
-        return self.render(request, "partials/relationships_list.html", relationships=rows)
+        return self.answer_form(
+            request,
+            page=request.url_for("relationships").path,
+            partial="partials/relationships_list.html",
+            relationships=rows,
+        )
 
     async def healthz(self, request: Request) -> Response:
         try:

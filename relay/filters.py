@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from relay.logic import Truth, all_of, any_of, negation
 from relay.tables import BOOLEAN, DATETIME, NUMERIC, Table
 
 Row = Mapping[str, Any]
-Truth = bool | None
 Match = Callable[[Row], Truth]
 
 OPERATORS = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike")
@@ -84,7 +84,7 @@ def parse(text: str, table: Table) -> Filter:
             matches.append(condition.match)
             if condition.key is not None:
                 keys.append((("row", name), condition.key))
-    return Filter(text, _all(matches), keys)
+    return Filter(text, all_of(matches), keys)
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,8 @@ class _Parser:
                 items.append(self.condition(column, rest).match)
         if not items:
             raise FilterError(f"empty {kind}() group")
-        combined = _all(items) if kind == "and" else _any(items)
-        return _not(combined) if negated else combined
+        combined = all_of(items) if kind == "and" else any_of(items)
+        return negation(combined) if negated else combined
 
     def condition(self, column_name: str, expression: str) -> _Condition:
         self.count += 1
@@ -191,7 +191,7 @@ class _Parser:
 
             if op == "eq" and not negated and category not in (NUMERIC, BOOLEAN, DATETIME):
                 key = value
-        return _Condition(_not(match) if negated else match, key)
+        return _Condition(negation(match) if negated else match, key)
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -299,42 +299,3 @@ def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
         return re.sub(r"\\(.)", r"\1", value[1:-1])
     return value
-
-
-def _all(matches: list[Match]) -> Match:
-    if len(matches) == 1:
-        return matches[0]
-
-    def all_(row: Row) -> Truth:
-        result: Truth = True
-        for match in matches:
-            value = match(row)
-            if value is False:
-                return False
-            if value is None:
-                result = None
-        return result
-
-    return all_
-
-
-def _any(matches: list[Match]) -> Match:
-    def any_(row: Row) -> Truth:
-        result: Truth = False
-        for match in matches:
-            value = match(row)
-            if value is True:
-                return True
-            if value is None:
-                result = None
-        return result
-
-    return any_
-
-
-def _not(match: Match) -> Match:
-    def not_(row: Row) -> Truth:
-        value = match(row)
-        return None if value is None else not value
-
-    return not_

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import ConfigError
+from relay.logic import Truth, all_of, any_of, negation
 from relay.tables import STRING, Table
 
 Row = Mapping[str, Any]
 Parents = Mapping[str, Row | None]
 Claims = Mapping[str, str | None]
-Truth = bool | None  # None: SQL's "unknown"
 Evaluate = Callable[[Row, Parents, Claims], Truth]
 Read = Callable[[Row, Parents, Claims], Any]
 
@@ -275,41 +275,11 @@ def compile_expr(expr: Expr) -> Evaluate:
             read = _reader(operand)
             return lambda row, parents, claims: (read(row, parents, claims) is None) is not negated
         case And(items):
-            parts = tuple(compile_expr(item) for item in items)
-
-            def all_(row: Row, parents: Parents, claims: Claims) -> Truth:
-                result: Truth = True
-                for part in parts:
-                    value = part(row, parents, claims)
-                    if value is False:
-                        return False
-                    if value is None:
-                        result = None
-                return result
-
-            return all_
+            return all_of([compile_expr(item) for item in items])
         case Or(items):
-            parts = tuple(compile_expr(item) for item in items)
-
-            def any_(row: Row, parents: Parents, claims: Claims) -> Truth:
-                result: Truth = False
-                for part in parts:
-                    value = part(row, parents, claims)
-                    if value is True:
-                        return True
-                    if value is None:
-                        result = None
-                return result
-
-            return any_
+            return any_of([compile_expr(item) for item in items])
         case Not(item):
-            inner = compile_expr(item)
-
-            def not_(row: Row, parents: Parents, claims: Claims) -> Truth:
-                value = inner(row, parents, claims)
-                return None if value is None else not value
-
-            return not_
+            return negation(compile_expr(item))
     raise AssertionError(expr)  # pragma: no cover
 
 

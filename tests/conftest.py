@@ -65,12 +65,22 @@ def new_database(server_url: str) -> Iterator[Callable[[], str]]:
 
 
 @pytest.fixture(scope="session")
-def database_url(new_database: Callable[[], str]) -> str:
-    """A database at the latest migration, with the demo data."""
-    url = new_database()
-    migrations.upgrade(url)
-    demo_data.load(url)
-    return url
+def new_demo_database(new_database: Callable[[], str]) -> Callable[[], str]:
+    """Make a database at the latest migration, with the demo data."""
+
+    def make() -> str:
+        url = new_database()
+        migrations.upgrade(url)
+        demo_data.load(url)
+        return url
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def database_url(new_demo_database: Callable[[], str]) -> str:
+    """The demo database of the schema and RLS tests."""
+    return new_demo_database()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 
@@ -173,8 +173,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RelayProcess:
-    """``nexus-relay serve`` on free ports, against a test database."""
+class ServerProcess:
+    """One of our servers as a real process (``nexus-relay``, ``nexus-portal``), on free ports."""
+
+    command: list[str]
+    ready_line: str
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = {**os.environ, **env}
+        self.process: Process | None = None
+
+    def start(self) -> "Self":
+        import sys
+
+        program = str(Path(sys.executable).parent / self.command[0])
+        self.process = Process([program, *self.command[1:]], env=self.env)
+        try:
+            self.process.wait_for(self.ready_line, timeout=4 * WAIT)
+        except BaseException:
+            self.process.kill()
+            raise
+        return self
+
+    def stop(self, signal_number: int = 15) -> int:
+        """Ask it to stop (SIGTERM by default); its exit code."""
+        assert self.process is not None
+        code = self.process.stop(signal_number, timeout=4 * WAIT)
+        self.process.kill()
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+
+class RelayProcess(ServerProcess):
+    """``nexus-relay serve`` against a test database."""
+
+    ready_line = "relay serving"
 
     def __init__(
         self,
@@ -186,17 +222,18 @@ class RelayProcess:
         self.database_url = database_url
         self.port = port or free_port()
         self.ops_port = ops_port or free_port()
-        self.env = {
-            **os.environ,
-            "RELAY_DATABASE_URL": database_url,
-            "RELAY_POLICY_FILE": POLICY_FILE,
-            "RELAY_JWT_SECRET": JWT_SECRET,
-            "RELAY_PORT": str(self.port),
-            "RELAY_OPS_PORT": str(self.ops_port),
-            "RELAY_LOG_FORMAT": "text",
-            **settings,
-        }
-        self.process: Process | None = None
+        self.command = ["nexus-relay", "serve"]
+        super().__init__(
+            {
+                "RELAY_DATABASE_URL": database_url,
+                "RELAY_POLICY_FILE": POLICY_FILE,
+                "RELAY_JWT_SECRET": JWT_SECRET,
+                "RELAY_PORT": str(self.port),
+                "RELAY_OPS_PORT": str(self.ops_port),
+                "RELAY_LOG_FORMAT": "text",
+                **settings,
+            }
+        )
 
     @property
     def url(self) -> str:
@@ -205,28 +242,6 @@ class RelayProcess:
     @property
     def ops_url(self) -> str:
         return f"http://127.0.0.1:{self.ops_port}"
-
-    def start(self) -> "RelayProcess":
-        import sys
-
-        relay = str(Path(sys.executable).parent / "nexus-relay")
-        self.process = Process([relay, "serve"], env=self.env)
-        try:
-            self.process.wait_for("relay serving", timeout=4 * WAIT)
-        except BaseException:
-            self.process.kill()
-            raise
-        return self
-
-    def stop(self, signal_number: int = 15) -> int:
-        assert self.process is not None
-        code = self.process.stop(signal_number, timeout=4 * WAIT)
-        self.process.kill()
-        return code
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
 
     def get(self, path: str) -> tuple[int, str]:
         import urllib.error
@@ -250,6 +265,33 @@ class RelayProcess:
         return samples
 
 
+class PortalProcess(ServerProcess):
+    """``nexus-portal serve`` against a test database and relay."""
+
+    ready_line = "Uvicorn running"
+
+    def __init__(
+        self, database_url: str, relay_url: str, port: int | None = None, **settings: str
+    ) -> None:
+        self.port = port or free_port()
+        self.command = ["nexus-portal", "serve", "--port", str(self.port)]
+        super().__init__(
+            {
+                "DATABASE_URL": database_url,
+                "NEXUS_SESSION_SECRET": "session-secret-for-the-portal-tests-" + "s" * 32,
+                "NEXUS_RELAY_JWT_SECRET": JWT_SECRET,
+                "NEXUS_RELAY_URL": relay_url,
+                "NEXUS_COOKIE_SECURE": "false",
+                "NEXUS_LOG_LEVEL": "info",
+                **settings,
+            }
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 def eventually(check: Any, timeout: float = WAIT, interval: float = 0.05) -> Any:
     """Call ``check`` until it returns something true, for state that is only polled
     (a metric, a process table); fail after ``timeout``. Not for events: wait for those."""
@@ -263,46 +305,3 @@ def eventually(check: Any, timeout: float = WAIT, interval: float = 0.05) -> Any
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {check}")
         time.sleep(interval)
-
-
-class PortalProcess:
-    """``nexus-portal serve`` on a free port, against a test database and relay."""
-
-    def __init__(
-        self, database_url: str, relay_url: str, port: int | None = None, **settings: str
-    ) -> None:
-        self.port = port or free_port()
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "NEXUS_SESSION_SECRET": "session-secret-for-the-portal-tests-" + "s" * 32,
-            "NEXUS_RELAY_JWT_SECRET": JWT_SECRET,
-            "NEXUS_RELAY_URL": relay_url,
-            "NEXUS_COOKIE_SECURE": "false",
-            "NEXUS_LOG_LEVEL": "warning",
-            **settings,
-        }
-        self.process: Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "PortalProcess":
-        import sys
-
-        portal = str(Path(sys.executable).parent / "nexus-portal")
-        self.process = Process(
-            [portal, "serve", "--port", str(self.port)], env={**self.env, "NEXUS_LOG_LEVEL": "info"}
-        )
-        try:
-            self.process.wait_for("Uvicorn running", timeout=4 * WAIT)
-        except BaseException:
-            self.process.kill()
-            raise
-        return self
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.stop(15, timeout=4 * WAIT)
-        self.process.kill()

@@ -11,7 +11,6 @@ import pytest
 from argon2 import PasswordHasher
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
-from portal import demo_data, migrations
 from tests.support import WAIT, PortalProcess, RelayProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,10 +23,8 @@ DAVE = ("USR-DAVE0001", "dave@delta.com", "Dave Dunn", "delta-demo-pass")
 
 
 @pytest.fixture(scope="session")
-def portal_database(new_database: Callable[[], str]) -> str:
-    url = new_database()
-    migrations.upgrade(url)
-    demo_data.load(url)
+def portal_database(new_demo_database: Callable[[], str]) -> str:
+    url = new_demo_database()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO nexus_tenants (id, name, kind) VALUES (%s, %s, %s)", DELTA)
         conn.execute(

@@ -48,6 +48,15 @@ def new_payment(db: Conn, reference: str, status: str = "pending") -> str:
     return str(row[0])
 
 
+def bob_writes(db: Conn, body: str) -> None:
+    """Bob posts on CASE-AB000001, by plain SQL."""
+    db.execute(
+        "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
+        " VALUES ('CASE-AB000001', 'TNT-BETA0001', 'USR-BOB00001', %s)",
+        (body,),
+    )
+
+
 def notify(
     db: Conn, tenant: str, user: str | None, title: str, priority: str = "normal", body: str = ""
 ) -> None:
@@ -159,20 +168,12 @@ def test_6_navigating_away_and_back_reconnects_with_no_stale_data(
     a.open(CASE)
     a.open("/nexus/payments")
     while_away = unique("Written while Alice was on another page")
-    pdb.execute(
-        "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
-        " VALUES ('CASE-AB000001', 'TNT-BETA0001', 'USR-BOB00001', %s)",
-        (while_away,),
-    )
+    bob_writes(pdb, while_away)
     a.page.go_back()
     a.wait_live()
     expect(a.page.locator("#case-thread")).to_contain_text(while_away)
     live_again = unique("And this one live")
-    pdb.execute(
-        "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
-        " VALUES ('CASE-AB000001', 'TNT-BETA0001', 'USR-BOB00001', %s)",
-        (live_again,),
-    )
+    bob_writes(pdb, live_again)
     expect(a.page.locator("#case-thread")).to_contain_text(live_again)
 
 
@@ -238,20 +239,12 @@ def test_the_relay_restarts_mid_session_and_the_page_catches_up(
     relay.stop()
     expect(status).to_have_attribute("data-state", "reconnecting")
     while_down = unique("Posted while the relay was down")
-    pdb.execute(
-        "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
-        " VALUES ('CASE-AB000001', 'TNT-BETA0001', 'USR-BOB00001', %s)",
-        (while_down,),
-    )
+    bob_writes(pdb, while_down)
     relay.start()
     expect(status).to_have_attribute("data-state", "live", timeout=8 * WAIT * 1000)
     expect(a.page.locator("#case-thread")).to_contain_text(while_down)
     after = unique("And live again")
-    pdb.execute(
-        "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
-        " VALUES ('CASE-AB000001', 'TNT-BETA0001', 'USR-BOB00001', %s)",
-        (after,),
-    )
+    bob_writes(pdb, after)
     expect(a.page.locator("#case-thread")).to_contain_text(after)
 
 

@@ -7,7 +7,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from portal import demo_data, migrations
 from relay.client import RelayClient
 from tests.support import WAIT, RelayProcess, mint
 
@@ -20,12 +19,9 @@ Connect = Callable[..., Awaitable[RelayClient]]
 
 
 @pytest.fixture(scope="session")
-def relay_database(new_database: Callable[[], str]) -> str:
+def relay_database(new_demo_database: Callable[[], str]) -> str:
     """The relay tests' own database: they write fences and rows the RLS tests do not expect."""
-    url = new_database()
-    migrations.upgrade(url)
-    demo_data.load(url)
-    return url
+    return new_demo_database()
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ CORE = [
     "history",
     "ids",
     "index",
+    "logic",
     "policy",
     "protocol",
     "session",
