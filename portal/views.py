@@ -389,7 +389,7 @@ class Views:
                 or not other[4:].isalnum()
                 or not 4 <= len(other) - 4 <= 32
             ):
-                error = "A tenant id looks like TNT-XXXX0001."
+                error = "A tenant id looks like TNT-ACME0001."
             elif other == user.tenant_id:
                 error = "That is your own tenant."
             else:

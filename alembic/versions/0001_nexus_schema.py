@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def id_column(prefix: str, sequence: str | None = None, digits: int = 8) -> str:
-    """A text primary key ``PREFIX-XXXX``; generated from ``sequence`` when given."""
+    """A text primary key ``PREFIX-A1B2``; generated from ``sequence`` when given."""
     default = (
         f"DEFAULT '{prefix}-' || lpad(nextval('{sequence}')::text, {digits}, '0')"
         if sequence

@@ -218,7 +218,7 @@ def test_invalid_input_answers_with_a_message(alice: httpx.Client) -> None:
     assert plain.status_code == 422
     assert "Traceback" not in plain.text and "Write a message first." in plain.text
     for tenant_id, message in (
-        ("ALPHA", "A tenant id looks like TNT-XXXX0001."),
+        ("ALPHA", "A tenant id looks like TNT-ACME0001."),
         ("TNT-ALPHA001", "That is your own tenant."),
         ("TNT-NOSUCH01", "There is no tenant with that id."),
         ("TNT-BETA0001", "You already have a relationship with that tenant."),
