@@ -276,25 +276,41 @@ class Fanout:
         self, change: Change, position: str, subscriptions: Iterable[Subscription]
     ) -> None:
         visibility: dict[Any, tuple[bool, bool]] = {}
-        matched: dict[Session, dict[Variant, list[bytes]]] = {}
+        # Most sessions match a change with one subscription: keep that case
+        # to one tuple and a precomputed prefix; group only when there are more.
+        matched: dict[Session, list[tuple[Subscription, Variant]]] = {}
         for subscription in subscriptions:
             variant = self._decide(subscription, change, visibility)
             if variant is not None:
-                matched.setdefault(subscription.session, {}).setdefault(variant, []).append(
-                    subscription.id_json
-                )
+                found = matched.get(subscription.session)
+                if found is None:
+                    matched[subscription.session] = [(subscription, variant)]
+                else:
+                    found.append((subscription, variant))
         if not matched:
             return
         bodies: dict[Variant, bytes] = {}
         sent = 0
-        for session, variants in matched.items():
-            for variant, ids in variants.items():
+        dirty = self._dirty
+        for session, hits in matched.items():
+            if len(hits) == 1:
+                subscription, variant = hits[0]
                 body = bodies.get(variant)
                 if body is None:
                     body = bodies[variant] = self._body(change, position, variant)
-                session.outbox.append(protocol.change_prefix(ids) + body)
+                session.outbox.append(subscription.prefix + body)
                 sent += 1
-            self._dirty[session] = None
+            else:
+                by_variant: dict[Variant, list[bytes]] = {}
+                for subscription, variant in hits:
+                    by_variant.setdefault(variant, []).append(subscription.id_json)
+                for variant, ids in by_variant.items():
+                    body = bodies.get(variant)
+                    if body is None:
+                        body = bodies[variant] = self._body(change, position, variant)
+                    session.outbox.append(protocol.change_prefix(ids) + body)
+                    sent += 1
+            dirty[session] = None
         self.stats.messages_out += sent
 
     @staticmethod
@@ -321,7 +337,7 @@ class Fanout:
         identity = session.identity
         if identity is None:
             return None
-        key = identity.key()
+        key = identity.key
         seen = visibility.get(key)
         if seen is None:
             if identity.bypass:

@@ -17,6 +17,7 @@ from relay.changes import Change, Row
 from relay.filters import Filter
 from relay.ids import SubscriptionId
 from relay.policy import TablePolicy
+from relay.protocol import change_prefix
 from relay.tables import Table
 
 if TYPE_CHECKING:
@@ -37,6 +38,10 @@ class Subscription:
     select: tuple[str, ...] | None  # None: every column
     filter: Filter | None
     keys: list[Key] | None = field(default=None)  # None: unbounded
+    prefix: bytes = field(default=b"")  # a change frame's start, when this is its only subscription
+
+    def __post_init__(self) -> None:
+        self.prefix = change_prefix([self.id_json])
 
     def index_keys(self, claims: Any) -> list[Key] | None:
         """Where to file this subscription for a subscriber with these claims."""

@@ -195,7 +195,7 @@ class Session:
                 "a refreshed token must be for the same user",
             )
             return
-        changed = identity.key() != self.identity.key()
+        changed = identity.key != self.identity.key
         self.identity = identity
         self._expiry_warned = False
         if changed:

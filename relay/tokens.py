@@ -13,7 +13,7 @@ honoured with a small leeway, and ``aud`` and ``iss`` are checked when set.
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -35,10 +35,12 @@ class Identity:
     bypass: bool  # the role sees every row (service_role)
     claims: Mapping[str, str | None]  # the policy file's claims, by name
     expires_at: float  # unix time
+    # What authorization depends on: equal keys, equal decisions. Computed
+    # once, since the fan-out compares it for every recipient of every change.
+    key: tuple[Any, ...] = field(init=False, compare=False)
 
-    def key(self) -> tuple[Any, ...]:
-        """What authorization depends on: equal keys, equal decisions."""
-        return (self.bypass, tuple(sorted(self.claims.items())))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.bypass, tuple(sorted(self.claims.items()))))
 
 
 class TokenVerifier:
