@@ -69,6 +69,11 @@ class RelayServer:
             ping_timeout=self.ping_timeout,
             close_timeout=5,
             logger=logging.getLogger("relay.websockets"),
+            # asyncio's default accept backlog (100) overflows when many
+            # clients reconnect at once (a relay restart): their SYNs are
+            # dropped and retried a second later. The kernel caps this at
+            # net.core.somaxconn.
+            backlog=4096,
         )
         return self.server
 
