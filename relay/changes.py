@@ -10,6 +10,7 @@
   re-fetch.
 """
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,7 +62,12 @@ def decode(payload: str | bytes) -> Notification:
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise ChangeError(f"not JSON: {exc}") from exc
+        # orjson refuses numbers beyond a double's range (a numeric of 400
+        # digits, say); the standard library reads them, as infinity.
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            raise ChangeError(f"not JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("v") != 1:
         raise ChangeError("not a version 1 change")
     try:

@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     SLOW_CONSUMER = "slow_consumer"
     # Server
     GOING_AWAY = "going_away"
+    INTERNAL_ERROR = "internal_error"
 
 
 class CloseCode(IntEnum):
@@ -53,6 +54,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001  # the relay is shutting down: reconnect
     MESSAGE_TOO_BIG = 1009  # a frame over the size limit (sent by the WebSocket layer)
+    INTERNAL_ERROR = 1011  # the relay failed on a frame: a bug, logged
     PROTOCOL_ERROR = 4000
     UNAUTHORIZED = 4001
     AUTH_TIMEOUT = 4002

@@ -19,6 +19,7 @@ stream (a restart begins another), the offset grows by one per change or gap,
 in commit order.
 """
 
+import re
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -61,6 +62,8 @@ class Stats:
         self.gaps: Counter[str] = Counter()
         self.disconnects: Counter[str] = Counter()
 
+
+POSITION_OFFSET = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also takes "²"
 
 # What a subscriber receives of one change: the op it sees, whether the frame
 # carries the new row and the old row, and the columns selected.
@@ -178,7 +181,7 @@ class Fanout:
 
     def parse_position(self, text: str) -> tuple[str, int]:
         epoch, sep, offset = text.partition(":")
-        if not sep or not epoch or not offset.isdigit():
+        if not sep or not epoch or not POSITION_OFFSET.fullmatch(offset):
             raise ClientError(
                 ErrorCode.INVALID_POSITION, f"{text!r} is not a position (epoch:offset)"
             )

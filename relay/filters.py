@@ -46,6 +46,10 @@ TEXT_OPERATORS = frozenset(("like", "ilike"))
 MAX_LENGTH = 4096
 MAX_CONDITIONS = 32
 MAX_IN_VALUES = 100
+MAX_DEPTH = 8
+# Filters compare scalars: arrays, JSON, ranges and other composite values are refused.
+NOT_SCALAR_CATEGORIES = frozenset(("A", "C", "R", "X"))
+NOT_SCALAR_TYPES = frozenset(("json", "jsonb"))
 
 
 class FilterError(ValueError):
@@ -98,7 +102,9 @@ class _Parser:
         self.table = table
         self.count = 0
 
-    def group(self, kind: str, body: str, negated: bool) -> Match:
+    def group(self, kind: str, body: str, negated: bool, depth: int = 1) -> Match:
+        if depth > MAX_DEPTH:
+            raise FilterError(f"groups nest at most {MAX_DEPTH} deep")
         items: list[Match] = []
         for item in _split(body, ","):
             inner = item.removeprefix("not.")
@@ -106,7 +112,11 @@ class _Parser:
             if paren and head in ("or", "and"):
                 if not inner.endswith(")"):
                     raise FilterError(f"{item!r}: a group ends with ')'")
-                items.append(self.group(head, inner[len(head) + 1 : -1], negated=item != inner))
+                items.append(
+                    self.group(
+                        head, inner[len(head) + 1 : -1], negated=item != inner, depth=depth + 1
+                    )
+                )
             else:
                 column, dot, rest = item.partition(".")
                 if not dot:
@@ -124,6 +134,10 @@ class _Parser:
         column = self.table.columns.get(column_name)
         if column is None:
             raise FilterError(f"{self.table.name} has no column {column_name!r}")
+        if column.category in NOT_SCALAR_CATEGORIES or column.type in NOT_SCALAR_TYPES:
+            raise FilterError(
+                f"{column_name} is {column.type}: filters compare scalar columns only"
+            )
         negated = expression.startswith("not.")
         if negated:
             expression = expression[4:]
@@ -169,11 +183,11 @@ class _Parser:
         elif op in TEXT_OPERATORS:
             if category in (NUMERIC, BOOLEAN, DATETIME):
                 raise FilterError(f"{name} is {column.type}: {op} needs a text column")
-            pattern = _like(_unquote(raw), ignore_case=op == "ilike")
+            pattern = LikePattern(_unquote(raw), ignore_case=op == "ilike")
 
             def match(row: Row) -> Truth:
                 value = row.get(name)
-                return None if not isinstance(value, str) else pattern.fullmatch(value) is not None
+                return None if not isinstance(value, str) else pattern.matches(value)
 
         else:
             value = _coerce(_unquote(raw), category, name)
@@ -205,17 +219,31 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def _converter(category: str) -> Callable[[Any], Any]:
-    """How a row's JSON value becomes comparable with a coerced filter value."""
+    """How a row's JSON value becomes comparable with a coerced filter value.
+
+    A value that does not convert (PostgreSQL's 'infinity', a time without a
+    date) compares as unknown, like a NULL.
+    """
     if category == DATETIME:
 
         def to_datetime(value: Any) -> Any:
-            return None if value is None else _datetime(str(value))
+            try:
+                return None if value is None else _datetime(str(value))
+            except ValueError:
+                return None
 
         return to_datetime
     if category == NUMERIC:
-        return lambda value: (
-            value if value is None or isinstance(value, int | float) else float(value)
-        )
+
+        def to_number(value: Any) -> Any:
+            if value is None or isinstance(value, int | float):
+                return value
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return None
+
+        return to_number
     return lambda value: value
 
 
@@ -245,22 +273,77 @@ def _datetime(text: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _like(pattern: str, ignore_case: bool) -> re.Pattern[str]:
-    out = []
-    escaped = False
-    for char in pattern:
+class LikePattern:
+    """SQL ``LIKE`` without backtracking: time linear in the text, whatever the pattern.
+
+    The pattern is cut at each ``%`` into segments of fixed length (``_`` is
+    any one character, ``\\`` escapes). The first segment must match at the
+    start and the last at the end, unless the pattern begins or ends with
+    ``%``; the others are found leftmost, in order, in between. Leftmost is
+    always right for fixed-length segments: it leaves the most room for the
+    rest. A backtracking regular expression would take exponential time on
+    patterns such as ``%a%a%a%a%b`` (ReDoS).
+    """
+
+    def __init__(self, pattern: str, ignore_case: bool) -> None:
+        self.ignore_case = ignore_case
+        segments: list[list[str | None]] = [[]]  # characters; None for "_"
+        escaped = False
+        for char in pattern:
+            if escaped:
+                segments[-1].append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char in "%*":
+                segments.append([])
+            elif char == "_":
+                segments[-1].append(None)
+            else:
+                segments[-1].append(char)
         if escaped:
-            out.append(re.escape(char))
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char in "%*":
-            out.append(".*")
-        elif char == "_":
-            out.append(".")
-        else:
-            out.append(re.escape(char))
-    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+            raise FilterError("a like pattern must not end with its escape character \\")
+        self.segments = [(self._compile(s), len(s)) for s in segments]
+
+    def _compile(self, chars: list[str | None]) -> "str | re.Pattern[str]":
+        if None not in chars:
+            text = "".join(c for c in chars if c is not None)
+            return text.casefold() if self.ignore_case else text
+        # Fixed length, no quantifier: a regular expression that cannot backtrack.
+        fold = str.casefold if self.ignore_case else str
+        regex = "".join("." if c is None else re.escape(fold(c)) for c in chars)
+        return re.compile(regex, re.DOTALL)
+
+    @staticmethod
+    def _at(segment: "str | re.Pattern[str]", text: str, position: int) -> bool:
+        if isinstance(segment, str):
+            return text.startswith(segment, position)
+        return segment.match(text, position) is not None
+
+    @staticmethod
+    def _find(segment: "str | re.Pattern[str]", text: str, start: int, end: int) -> int:
+        """Where ``segment`` first occurs in text[start:end]; -1 if it does not."""
+        if isinstance(segment, str):
+            return text.find(segment, start, end)
+        found = segment.search(text, start, end)
+        return -1 if found is None else found.start()
+
+    def matches(self, text: str) -> bool:
+        if self.ignore_case:
+            text = text.casefold()
+        if len(self.segments) == 1:  # no %: the whole text, exactly
+            segment, length = self.segments[0]
+            return length == len(text) and self._at(segment, text, 0)
+        (first, first_length), *middle, (last, last_length) = self.segments
+        start, end = first_length, len(text) - last_length
+        if start > end or not self._at(first, text, 0) or not self._at(last, text, end):
+            return False
+        for segment, length in middle:
+            found = self._find(segment, text, start, end)
+            if found < 0:
+                return False
+            start = found + length
+        return True
 
 
 def _split(text: str, separator: str) -> list[str]:

@@ -9,6 +9,7 @@ or a ``closing`` frame followed by a close.
 States: awaiting auth (only ``auth`` is accepted) -> open -> closing.
 """
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ from relay.tokens import Identity
 
 if TYPE_CHECKING:
     from relay.fanout import Fanout
+
+logger = logging.getLogger("relay.session")
 
 
 class Session:
@@ -89,6 +92,18 @@ class Session:
                     self.outbox.append(protocol.pong(request.ref))
         except ClientError as exc:
             self._refuse(request.ref, exc.code, exc.message)
+        except Exception:
+            # A bug must cost one connection, never the relay: the client is
+            # told, with a code, and the details go to the log only.
+            logger.exception(
+                "session %s: error handling a %s frame", self.id, type(request).__name__
+            )
+            self._refuse_and_close(
+                request.ref,
+                CloseCode.INTERNAL_ERROR,
+                ErrorCode.INTERNAL_ERROR,
+                "the relay failed on this frame",
+            )
 
     def tick(self, now: float) -> None:
         """Apply the time: the auth timeout, token expiry warnings and expiry."""

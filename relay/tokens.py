@@ -103,7 +103,7 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise AuthError(ErrorCode.INVALID_TOKEN, "the token is not a JWT") from None
         alg = header.get("alg")
-        if alg not in self.algorithms:
+        if not isinstance(alg, str) or alg not in self.algorithms:
             raise AuthError(
                 ErrorCode.INVALID_TOKEN, f"the token's algorithm {alg!r} is not allowed"
             )

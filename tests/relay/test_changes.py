@@ -53,3 +53,11 @@ def test_a_reference_and_resets() -> None:
 def test_what_is_not_a_change(payload: str) -> None:
     with pytest.raises(ChangeError):
         changes.decode(payload)
+
+
+def test_a_number_beyond_a_double_still_decodes() -> None:
+    change = changes.decode(
+        '{"v":1,"table":"public.t","op":"INSERT","xid":"1","ts":"t","new":{"id":1,"n":1e400}}'
+    )
+    assert isinstance(change, changes.Change)
+    assert change.new == {"id": 1, "n": float("inf")}

@@ -405,3 +405,12 @@ def test_index_delivers_exactly_what_checking_every_subscription_would(
     by_index = fanout.index.candidates(change)
     expected = {s for s in subscriptions if Fanout._decide(s, change, {}) is not None}
     assert expected <= by_index
+
+
+@pytest.mark.parametrize("since", ["x:²", "x:-1", "x:1e3", "x:" + "9" * 19, "nocolon", ":5"])
+def test_malformed_positions_are_refused_with_a_code(since: str) -> None:
+    fanout = make_fanout()
+    bob = signed_in(fanout, BOB)
+    [error] = send(bob, {"type": "subscribe", "table": "nexus_payments", "since": since, "ref": 1})
+    assert (error["type"], error["code"], error["ref"]) == ("error", "invalid_position", 1)
+    assert bob.close_request is None

@@ -81,3 +81,10 @@ def test_the_configuration_is_checked() -> None:
     assert only_jwks.algorithms == {"RS256", "ES256"}
     with pytest.raises(AuthError, match="algorithm 'HS256' is not allowed"):
         only_jwks.verify(mint("USR-A", "TNT-A"))
+
+
+def test_an_algorithm_that_is_not_a_string_is_refused() -> None:
+    header = jwt.utils.base64url_encode(b'{"alg":["HS256"],"typ":"JWT"}').decode()
+    body = jwt.utils.base64url_encode(b'{"sub":"USR-A","exp":9999999999}').decode()
+    with pytest.raises(AuthError, match="is not allowed"):
+        verifier().verify(f"{header}.{body}.c2ln")
