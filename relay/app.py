@@ -64,7 +64,13 @@ class Relay:
             issuer=settings.jwt_issuer,
             leeway=settings.jwt_leeway,
         )
-        self.fanout = Fanout(self.policies, self.verifier, settings.limits, settings.history_size)
+        self.fanout = Fanout(
+            self.policies,
+            self.verifier,
+            settings.limits,
+            settings.history_size,
+            settings.history_max_bytes,
+        )
         self.server = RelayServer(
             self.fanout,
             path=settings.path,

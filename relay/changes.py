@@ -36,6 +36,7 @@ class Change:
     old_parents: dict[str, Row | None] | None
     xid: str
     timestamp: str  # the transaction's timestamp, ISO 8601
+    size: int = 0  # bytes of the notification it came in: what holding it costs
 
     @property
     def parents_of_old(self) -> dict[str, Row | None]:
@@ -94,6 +95,7 @@ def decode(payload: str | bytes) -> Notification:
             old_parents=data.get("old_parents"),
             xid=str(data["xid"]),
             timestamp=data["ts"],
+            size=len(payload),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ChangeError(f"malformed change: {exc!r}") from exc

@@ -8,10 +8,12 @@
 
 Requests wait for their reply and raise ``RelayRequestError`` (with the
 server's ``code``) when refused. Change and system events (``change``,
-``gap``, ``token_expiring``, ``closing``, unsolicited ``unsubscribed``) arrive
-in order through ``events()`` or ``next_event()``. The client remembers the
-last position it received (``position``), which a reconnecting client passes
-as ``since`` to resume.
+``gap``, ``replayed``, ``token_expiring``, ``closing``, unsolicited
+``unsubscribed``) arrive in order through ``events()`` or ``next_event()``.
+
+The client keeps, for each subscription, where a resume should start and the
+token that proves it may (``resume_point(id)``); a reconnecting client passes
+both to ``subscribe`` to receive what it missed.
 """
 
 import asyncio
@@ -50,7 +52,9 @@ class RelayClient:
     def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
         self.ready: dict[str, Any] = {}
-        self.position: str | None = None
+        self.position: str | None = None  # of the last change received
+        # subscription id -> [resume position, resume token, resume pending]
+        self._resume: dict[str, list[Any]] = {}
         self._refs = itertools.count(1)
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -105,6 +109,7 @@ class RelayClient:
         select: Iterable[str] | None = None,
         filter: str | None = None,
         since: str | None = None,
+        resume_token: str | None = None,
         timeout: float = 10.0,
     ) -> dict[str, Any]:
         """Subscribe; the reply (``id``, ``resumed``...). Live from the moment it returns."""
@@ -119,7 +124,18 @@ class RelayClient:
             frame["filter"] = filter
         if since is not None:
             frame["since"] = since
-        return await self.request(frame, timeout)
+        if resume_token is not None:
+            frame["resume_token"] = resume_token
+        reply = await self.request(frame, timeout)
+        state = self._resume[reply["id"]]
+        if state[2]:  # still replaying: until "replayed", resume from where we were
+            state[0] = since
+        return reply
+
+    def resume_point(self, subscription_id: str) -> tuple[str, str]:
+        """``(since, resume_token)`` to resume this subscription on a new connection."""
+        position, token, _ = self._resume[subscription_id]
+        return position, token
 
     async def unsubscribe(self, subscription_id: str, timeout: float = 10.0) -> None:
         await self.request({"type": "unsubscribe", "id": subscription_id}, timeout)
@@ -159,10 +175,17 @@ class RelayClient:
                 ref = frame.get("ref")
                 future = self._pending.get(ref) if ref is not None else None
                 if future is not None and not future.done():
+                    if frame.get("type") == "subscribed":
+                        # Here, not in subscribe(): its replay may follow before it resumes.
+                        resuming = frame["resumed"]
+                        self._resume[frame["id"]] = [
+                            None if resuming else frame["position"],
+                            frame["resume_token"],
+                            resuming,
+                        ]
                     future.set_result(frame)
                     continue
-                if frame.get("type") == "change":
-                    self.position = frame["position"]
+                self._track(frame)
                 self._events.put_nowait(frame)
         except ConnectionClosed:
             pass
@@ -173,6 +196,23 @@ class RelayClient:
                         RelayClosed(self.connection.close_code, self.connection.close_reason or "")
                     )
             self._events.put_nowait(None)
+
+    def _track(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "change":
+            self.position = frame["position"]
+            for subscription_id in frame["subscriptions"]:
+                state = self._resume.get(subscription_id)
+                if state is not None and not state[2]:
+                    state[0] = frame["position"]
+        elif kind == "replayed" and frame["id"] in self._resume:
+            self._resume[frame["id"]][0] = frame["position"]
+            self._resume[frame["id"]][2] = False
+        elif kind == "gap":
+            for subscription_id in frame["subscriptions"]:
+                if subscription_id in self._resume:
+                    self._resume[subscription_id][0] = frame["position"]
+                    self._resume[subscription_id][2] = False
 
     # --- Lifetime -----------------------------------------------------------------
 

@@ -19,12 +19,17 @@ stream (a restart begins another), the offset grows by one per change or gap,
 in commit order.
 """
 
+import base64
+import hashlib
+import hmac
 import re
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from relay import protocol
 from relay.changes import Change, Row, TableReset
@@ -35,20 +40,24 @@ from relay.index import Subscription, SubscriptionIndex
 from relay.policy import PolicySet
 from relay.session import Session
 from relay.tables import Table
-from relay.tokens import TokenVerifier
+from relay.tokens import Identity, TokenVerifier
 
 
 @dataclass(frozen=True)
 class Limits:
     # Connections
-    max_connections: int = 10_000
+    max_connections: int = 10_000  # authenticated
+    max_unauthenticated: int = 1_000  # connected, not yet authenticated
     max_connections_per_user: int = 20
     max_subscriptions_per_connection: int = 50
+    # Outbound traffic
+    max_outbox_bytes: int = 8 * 1024 * 1024  # frames queued for one connection in one batch
+    max_replay_bytes: int = 4 * 1024 * 1024  # what one resume may replay; beyond: gap
     # Inbound traffic
     max_messages_per_second: float = 20.0
     max_frame_bytes: int = 64 * 1024
     # Timeouts
-    auth_timeout: float = 10.0
+    auth_timeout: float = 5.0
     token_expiry_warning: float = 60.0
 
 
@@ -65,6 +74,16 @@ class Stats:
 
 POSITION_OFFSET = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also takes "²"
 
+
+@dataclass(frozen=True)
+class Replay:
+    """A resume's outcome: the frames it replays and where coverage starts, or why it is lost."""
+
+    lost: str | None
+    frames: list[bytes] = field(default_factory=list)
+    covered_from: int = 0
+
+
 # What a subscriber receives of one change: the op it sees, whether the frame
 # carries the new row and the old row, and the columns selected.
 Variant = tuple[str, bool, bool, tuple[str, ...] | None]
@@ -77,6 +96,7 @@ class Fanout:
         verifier: TokenVerifier,
         limits: Limits | None = None,
         history_size: int = 10_000,
+        history_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.policies = policies
         self.verifier = verifier
@@ -84,11 +104,14 @@ class Fanout:
         self.tables: dict[str, Table] = {}
         self.broken_policies: set[str] = set()
         self.index = SubscriptionIndex()
-        self.history = History(history_size)
+        self.history = History(history_size, history_max_bytes)
+        # Signs resume tokens; per process, like the epoch: a token is good in this stream only.
+        self._resume_key = secrets.token_bytes(32)
         self.epoch = secrets.token_hex(4)
         self.offset = 0
         self.sessions: dict[ConnectionId, Session] = {}
         self._users: Counter[UserId] = Counter()
+        self.authenticated = 0
         self._dirty: dict[Session, None] = {}
         self._next_connection = 1
         self.stats = Stats()
@@ -100,15 +123,21 @@ class Fanout:
         connection_id = ConnectionId(f"{self.epoch}-{self._next_connection}")
         self._next_connection += 1
         session = Session(self, connection_id, now)
-        if len(self.sessions) >= self.limits.max_connections:
+        # Not yet authenticated connections have their own, smaller allowance:
+        # idle sockets without a token cannot crowd out those with one.
+        if len(self.sessions) - self.authenticated >= self.limits.max_unauthenticated:
             session.close(
                 CloseCode.TOO_MANY_CONNECTIONS,
                 ErrorCode.TOO_MANY_CONNECTIONS,
-                f"the relay holds its maximum of {self.limits.max_connections} connections",
+                "too many connections waiting to authenticate",
             )
         else:
             self.sessions[connection_id] = session
         return session
+
+    def has_room(self) -> bool:
+        """Whether one more connection may authenticate."""
+        return self.authenticated < self.limits.max_connections
 
     def close_session(self, session: Session, reason: str) -> None:
         """The connection is gone: forget the session.
@@ -126,6 +155,7 @@ class Fanout:
         assert session.identity is not None
         assert not session.attached
         session.attached = True
+        self.authenticated += 1
         self._users[session.identity.subject] += 1
 
     def detach(self, session: Session) -> None:
@@ -141,6 +171,7 @@ class Fanout:
         if session.attached:
             assert session.identity is not None
             session.attached = False
+            self.authenticated -= 1
             subject = session.identity.subject
             self._users[subject] -= 1
             if self._users[subject] <= 0:
@@ -190,29 +221,67 @@ class Fanout:
             raise ClientError(ErrorCode.INVALID_POSITION, f"{text!r} is ahead of the stream")
         return epoch, value
 
-    def lost_since(self, table: str, since: tuple[str, int]) -> str | None:
-        """Why changes of ``table`` after ``since`` cannot all be replayed; None if they can."""
+    # --- Resuming ---------------------------------------------------------------------
+
+    def resume_token(self, identity: Identity, from_offset: int) -> str:
+        """Proof that a subscriber with these claims has been covered from ``from_offset``.
+
+        A resume must show one: replaying history to anyone who names a
+        position would show rows from before they held their claims (a new
+        employee, another tenant), deleted rows and old versions.
+        """
+        return f"{from_offset}.{self._resume_mac(identity, from_offset)}"
+
+    def _resume_mac(self, identity: Identity, from_offset: int) -> str:
+        message = orjson.dumps([self.epoch, identity.subject, identity.key, from_offset])
+        digest = hmac.new(self._resume_key, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode()
+
+    def _covered_from(self, identity: Identity, token: str | None) -> int | None:
+        offset, _, mac = (token or "").partition(".")
+        if not POSITION_OFFSET.fullmatch(offset):
+            return None
+        if not hmac.compare_digest(mac, self._resume_mac(identity, int(offset))):
+            return None
+        return int(offset)
+
+    def plan_replay(
+        self, subscription: Subscription, since: tuple[str, int], token: str | None
+    ) -> Replay:
+        """What ``subscription`` gets of the history after ``since``: its frames, or why not.
+
+        A resume is made whole only in this stream, with a resume token of the
+        same user and claims covering ``since``, while the history holds
+        everything after it, without a gap, within ``max_replay_bytes``.
+        """
+        identity = subscription.session.identity
+        assert identity is not None
         epoch, after = since
         if epoch != self.epoch:
-            return "epoch_changed"
+            return Replay(lost="epoch_changed")
+        covered_from = self._covered_from(identity, token)
+        if covered_from is None or after < covered_from:
+            return Replay(lost="resume_refused")
         if not self.history.covers(after, self.offset):
-            return "history_exceeded"
-        for _, entry in self.history.since(after):
-            if isinstance(entry, Gap) and entry.table in (None, table):
-                return entry.reason
-        return None
-
-    def replay(self, subscription: Subscription, since: tuple[str, int], lost: str | None) -> None:
-        """Send ``subscription`` what it missed after ``since`` or, if that is ``lost``, a gap."""
-        session = subscription.session
-        if lost is not None:
-            self.stats.gaps[lost] += 1
-            session.outbox.append(protocol.gap([subscription.id], lost))
-        else:
-            for offset, entry in self.history.since(since[1]):
-                if isinstance(entry, Change) and entry.table == subscription.table.name:
-                    self._deliver(entry, self.position(offset), (subscription,))
-        self._mark(session)
+            return Replay(lost="history_exceeded")
+        frames: list[bytes] = []
+        size = 0
+        for offset, entry in self.history.since(after):
+            if isinstance(entry, Gap):
+                if entry.table in (None, subscription.table.name):
+                    return Replay(lost=entry.reason)
+                continue
+            if entry.table != subscription.table.name:
+                continue
+            variant = self._decide(subscription, entry, {})
+            if variant is None:
+                continue
+            frame = subscription.prefix + self._body(entry, self.position(offset), variant)
+            size += len(frame)
+            if size > self.limits.max_replay_bytes:
+                return Replay(lost="replay_too_large")
+            frames.append(frame)
+        return Replay(lost=None, frames=frames, covered_from=after)
 
     # --- Tables ------------------------------------------------------------------
 
@@ -271,8 +340,17 @@ class Fanout:
         by_session: dict[Session, list[str]] = {}
         for subscription in subscriptions:
             by_session.setdefault(subscription.session, []).append(subscription.id)
+        position = self.position()
         for session, ids in by_session.items():
-            session.outbox.append(protocol.gap(sorted(ids), reason))
+            session.outbox.append(protocol.gap(sorted(ids), reason, position))
+            self._mark(session)
+
+    def gap_session(self, session: Session, reason: str) -> None:
+        """Tell one session that all its subscriptions may show stale rows (its claims changed)."""
+        ids = sorted(session.subscriptions)
+        if ids:
+            self.stats.gaps[reason] += 1
+            session.outbox.append(protocol.gap(ids, reason, self.position()))
             self._mark(session)
 
     def _deliver(
@@ -296,12 +374,15 @@ class Fanout:
         sent = 0
         dirty = self._dirty
         for session, hits in matched.items():
+            queued = session.outbox_bytes
             if len(hits) == 1:
                 subscription, variant = hits[0]
                 body = bodies.get(variant)
                 if body is None:
                     body = bodies[variant] = self._body(change, position, variant)
-                session.outbox.append(subscription.prefix + body)
+                frame = subscription.prefix + body
+                session.outbox.append(frame)
+                queued += len(frame)
                 sent += 1
             else:
                 by_variant: dict[Variant, list[bytes]] = {}
@@ -311,8 +392,13 @@ class Fanout:
                     body = bodies.get(variant)
                     if body is None:
                         body = bodies[variant] = self._body(change, position, variant)
-                    session.outbox.append(protocol.change_prefix(ids) + body)
+                    frame = protocol.change_prefix(ids) + body
+                    session.outbox.append(frame)
+                    queued += len(frame)
                     sent += 1
+            session.outbox_bytes = queued
+            if queued > self.limits.max_outbox_bytes:
+                session.drop_slow()
             dirty[session] = None
         self.stats.messages_out += sent
 

@@ -25,12 +25,24 @@ Entry = Change | Gap
 
 
 class History:
-    def __init__(self, size: int) -> None:
-        self._entries: deque[tuple[int, Entry]] = deque(maxlen=max(size, 0))
+    """The latest entries, at most ``size`` of them and about ``max_bytes`` of payload."""
+
+    def __init__(self, size: int, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._entries: deque[tuple[int, Entry]] = deque()
+        self.size = max(size, 0)
+        self.max_bytes = max_bytes
+        self.bytes = 0
 
     def append(self, offset: int, entry: Entry) -> None:
-        if self._entries.maxlen:
-            self._entries.append((offset, entry))
+        if not self.size:
+            return
+        self._entries.append((offset, entry))
+        self.bytes += _size(entry)
+        while len(self._entries) > self.size or (
+            self.bytes > self.max_bytes and len(self._entries) > 1
+        ):
+            _, dropped = self._entries.popleft()
+            self.bytes -= _size(dropped)
 
     def oldest(self) -> int | None:
         return self._entries[0][0] if self._entries else None
@@ -47,3 +59,7 @@ class History:
         for offset, entry in self._entries:
             if offset > after:
                 yield offset, entry
+
+
+def _size(entry: Entry) -> int:
+    return entry.size if isinstance(entry, Change) else 64

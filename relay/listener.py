@@ -166,8 +166,12 @@ class Listener:
 
     async def _handle(self, item: "_Received | _Reconnected") -> None:
         if isinstance(item, _Reconnected):
-            self.fanout.gap_all("listener_reconnected" if self.dropped == 0 else "overflow")
+            overflow = self.dropped > 0
+            self.fanout.gap_all("overflow" if overflow else "listener_reconnected")
             self.dropped = 0
+            if overflow:
+                # The dropped backlog may have held a publish or unpublish.
+                await self.reload_tables()
             return
         if item.channel == CONTROL_CHANNEL:
             await self.reload_tables()

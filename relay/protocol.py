@@ -42,6 +42,7 @@ class Subscribe:
     select: tuple[str, ...] | None
     filter: str | None
     since: str | None
+    resume_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,7 @@ def _subscribe(data: Mapping[str, Any], ref: Ref) -> Request:
         select,
         _string(data, "filter", required=False, limit=8192),
         _string(data, "since", required=False, limit=128),
+        _string(data, "resume_token", required=False, limit=128),
     )
 
 
@@ -207,8 +209,19 @@ def error(ref: Ref, code: ErrorCode, message: str) -> bytes:
     return encode(_with_ref({"type": "error", "code": code.value, "message": message}, ref))
 
 
-def gap(subscriptions: Iterable[str], reason: str) -> bytes:
-    return encode({"type": "gap", "subscriptions": list(subscriptions), "reason": reason})
+def gap(subscriptions: Iterable[str], reason: str, position: str) -> bytes:
+    return encode(
+        {
+            "type": "gap",
+            "subscriptions": list(subscriptions),
+            "reason": reason,
+            "position": position,
+        }
+    )
+
+
+def replayed(subscription: str, position: str) -> bytes:
+    return encode({"type": "replayed", "id": subscription, "position": position})
 
 
 def token_expiring(expires_at: float, seconds_left: float) -> bytes:

@@ -144,19 +144,15 @@ class RelayServer:
             transport.get_write_buffer_size() > self.max_send_buffer_bytes
             and session.close_request is None
         ):
-            frames.clear()
-            session.close(
-                CloseCode.SLOW_CONSUMER,
-                ErrorCode.SLOW_CONSUMER,
-                "the connection does not read its messages fast enough",
-            )
-            frames.clear()  # its buffer is full: the close frame is all it gets
+            session.drop_slow()
+            frames.clear()  # its buffer is full: the close frame would not get through
             self._close_soon(session, connection)
             return
         send_text = connection.protocol.send_text
         for frame in frames:
             send_text(frame)
         frames.clear()
+        session.outbox_bytes = 0
         connection.send_data()
         if session.close_request is not None:
             self._close_soon(session, connection)

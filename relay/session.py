@@ -37,6 +37,7 @@ class Session:
         self.counted = False  # its end is counted in the disconnect metrics
         self.subscriptions: dict[SubscriptionId, Subscription] = {}
         self.outbox: list[bytes] = []
+        self.outbox_bytes = 0  # of change frames in the outbox (the shell resets it on flush)
         self.close_request: tuple[CloseCode, ErrorCode, str] | None = None
         self._auth_deadline = now + fanout.limits.auth_timeout
         self._expiry_warned = False
@@ -149,6 +150,16 @@ class Session:
         self.outbox.append(protocol.closing(code, reason, message))
         self.fanout.detach(self)
 
+    def drop_slow(self) -> None:
+        """The client cannot keep up: drop what waits for it, and close with 4008."""
+        self.outbox.clear()
+        self.outbox_bytes = 0
+        self.close(
+            CloseCode.SLOW_CONSUMER,
+            ErrorCode.SLOW_CONSUMER,
+            "the connection does not read its messages fast enough",
+        )
+
     # --- Requests ------------------------------------------------------------
 
     def _auth(self, request: protocol.Auth, now: float) -> None:
@@ -160,6 +171,14 @@ class Session:
         if identity is None:
             return
         limits = self.fanout.limits
+        if not self.fanout.has_room():
+            self._refuse_and_close(
+                request.ref,
+                CloseCode.TOO_MANY_CONNECTIONS,
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"the relay holds its maximum of {limits.max_connections} connections",
+            )
+            return
         if self.fanout.connections_of(identity.subject) >= limits.max_connections_per_user:
             self._refuse_and_close(
                 request.ref,
@@ -214,8 +233,11 @@ class Session:
         self.identity = identity
         self._expiry_warned = False
         if changed:
-            # New claims: every live subscription is authorized with them from now on.
+            # New claims: every live subscription is authorized with them from
+            # now on, and what the client shows under the old ones may no
+            # longer be for it: it re-fetches.
             self.fanout.refile(self)
+            self.fanout.gap_session(self, "claims_changed")
         self.outbox.append(protocol.refreshed(request.ref, identity.expires_at))
         self.tick(now)
 
@@ -271,8 +293,13 @@ class Session:
             filter=row_filter,
         )
         self.subscriptions[subscription_id] = subscription
+        # Filed before the ack is queued, and nothing waits in between: every
+        # change processed from now on reaches it (an ack means live).
         fanout.file(subscription)
-        lost = fanout.lost_since(name, since) if since is not None else None
+        replay = fanout.plan_replay(subscription, since, request.resume_token) if since else None
+        resumed = replay is not None and replay.lost is None
+        assert self.identity is not None
+        covered_from = replay.covered_from if replay is not None and resumed else fanout.offset
         self.outbox.append(
             protocol.subscribed(
                 request.ref,
@@ -280,11 +307,20 @@ class Session:
                 table=name,
                 events=sorted(request.events),
                 position=fanout.position(),
-                resumed=since is not None and lost is None,
+                resumed=resumed,
+                resume_token=fanout.resume_token(self.identity, covered_from),
             )
         )
-        if since is not None:
-            fanout.replay(subscription, since, lost)
+        if replay is not None:
+            if replay.lost is not None:
+                fanout.stats.gaps[replay.lost] += 1
+                self.outbox.append(protocol.gap([subscription_id], replay.lost, fanout.position()))
+            else:
+                # The replay, then its end: from here the client's resume point
+                # for this subscription is the ack's position.
+                self.outbox.extend(replay.frames)
+                fanout.stats.messages_out += len(replay.frames)
+                self.outbox.append(protocol.replayed(subscription_id, fanout.position()))
 
     def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
         subscription = self.subscriptions.pop(SubscriptionId(request.id), None)

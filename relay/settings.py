@@ -41,6 +41,7 @@ class Settings:
     ping_timeout: float = 20.0
     # The stream
     history_size: int = 10_000
+    history_max_bytes: int = 64 * 1024 * 1024
     intake_limit: int = 100_000
     large_change_retention: float = 3600.0
     # Logging
@@ -124,6 +125,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         jwt_leeway=number("RELAY_JWT_LEEWAY_S", 30.0),
         limits=Limits(
             max_connections=integer("RELAY_MAX_CONNECTIONS", defaults.max_connections, 1),
+            max_unauthenticated=integer(
+                "RELAY_MAX_UNAUTHENTICATED", defaults.max_unauthenticated, 1
+            ),
+            max_outbox_bytes=integer("RELAY_MAX_OUTBOX_BYTES", defaults.max_outbox_bytes, 65536),
+            max_replay_bytes=integer("RELAY_MAX_REPLAY_BYTES", defaults.max_replay_bytes, 0),
             max_connections_per_user=integer(
                 "RELAY_MAX_CONNECTIONS_PER_USER", defaults.max_connections_per_user, 1
             ),
@@ -145,6 +151,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         ping_interval=number("RELAY_PING_INTERVAL_S", 20.0, 1),
         ping_timeout=number("RELAY_PING_TIMEOUT_S", 20.0, 1),
         history_size=integer("RELAY_HISTORY_SIZE", 10_000),
+        history_max_bytes=integer("RELAY_HISTORY_MAX_BYTES", 64 * 1024 * 1024, 0),
         intake_limit=integer("RELAY_INTAKE_LIMIT", 100_000, 100),
         large_change_retention=number("RELAY_LARGE_CHANGE_RETENTION_S", 3600.0, 60),
         log_level=(text("RELAY_LOG_LEVEL", "INFO") or "INFO").upper(),

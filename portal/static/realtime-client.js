@@ -71,7 +71,6 @@
       this.specs = this.subscriptionSpecs();
       this.socket = null;
       this.config = null;
-      this.position = null; // the last position received: resume from here
       this.bySubscription = new Map(); // subscription id -> spec
       this.pending = new Map(); // ref -> spec, awaiting "subscribed"
       this.nextRef = 1;
@@ -172,7 +171,10 @@
           this.change(frame);
           break;
         case "gap":
-          this.gap(frame.subscriptions);
+          this.gap(frame);
+          break;
+        case "replayed":
+          this.replayed(frame);
           break;
         case "token_expiring":
           this.refreshToken();
@@ -191,19 +193,23 @@
       }
     }
 
+    // Each subscription keeps its own resume point (spec.position) and the
+    // token that lets it resume (spec.token): docs/protocol.md, "Resuming".
     ready() {
-      const resuming = this.position !== null;
       this.bySubscription.clear();
       this.pending.clear();
       // A first connection re-fetches once all subscriptions are live: what was
       // committed between rendering the page and the acks is then on it too.
-      this.needsFullRefresh = !resuming;
+      this.needsFullRefresh = this.specs.some((spec) => !spec.token);
       for (const spec of this.specs) {
         const ref = this.nextRef++;
         const frame = { type: "subscribe", ref, table: spec.table };
         if (spec.filter) frame.filter = spec.filter;
-        if (resuming) frame.since = this.position;
-        spec.since = resuming ? this.position : undefined;
+        spec.resuming = Boolean(spec.token && spec.position);
+        if (spec.resuming) {
+          frame.since = spec.position;
+          frame.resume_token = spec.token;
+        }
         this.pending.set(ref, spec);
         this.send(frame);
       }
@@ -216,9 +222,12 @@
       if (!spec) return;
       this.pending.delete(frame.ref);
       this.bySubscription.set(frame.id, spec);
+      spec.token = frame.resume_token;
+      spec.replaying = frame.resumed === true;
+      // Resumed: the resume point moves at "replayed". Not resumed: from the ack on.
+      if (!spec.replaying) spec.position = frame.position;
       // A resume that could not be made whole (a gap follows): re-fetch everything.
-      if (frame.resumed === false && spec.since !== undefined) this.needsFullRefresh = true;
-      if (this.position === null) this.position = frame.position;
+      if (spec.resuming && frame.resumed === false) this.needsFullRefresh = true;
       if (this.pending.size === 0) {
         this.attempt = 0;
         this.setState("live");
@@ -226,12 +235,19 @@
       }
     }
 
+    replayed(frame) {
+      const spec = this.bySubscription.get(frame.id);
+      if (!spec) return;
+      spec.replaying = false;
+      spec.position = frame.position;
+    }
+
     change(frame) {
-      this.position = frame.position;
       const regions = new Set();
       for (const id of frame.subscriptions) {
         const spec = this.bySubscription.get(id);
         if (!spec) continue;
+        if (!spec.replaying) spec.position = frame.position;
         spec.regions.forEach((region) => regions.add(region));
         if (spec.notifications) this.notification(frame);
       }
@@ -245,11 +261,15 @@
       }
     }
 
-    gap(subscriptionIds) {
+    gap(frame) {
       const regions = new Set();
-      for (const id of subscriptionIds || []) {
+      for (const id of frame.subscriptions || []) {
         const spec = this.bySubscription.get(id);
-        if (spec) spec.regions.forEach((region) => regions.add(region));
+        if (!spec) continue;
+        // The re-fetch below shows at least what was committed up to the gap.
+        spec.replaying = false;
+        spec.position = frame.position;
+        spec.regions.forEach((region) => regions.add(region));
       }
       regions.forEach((region) => region.refresh());
     }
@@ -357,7 +377,10 @@
     window.addEventListener("pageshow", (event) => {
       if (event.persisted) {
         // Back from the back/forward cache: reconnect, and assume everything is stale.
-        realtime.position = null;
+        realtime.specs.forEach((spec) => {
+          spec.position = null;
+          spec.token = null;
+        });
         realtime.start().then(() => realtime.refreshAll());
       }
     });

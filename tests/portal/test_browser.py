@@ -264,3 +264,22 @@ def test_a_narrow_screen_shows_every_column(people: Person) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 380  # nothing runs off the side
     expect(page.locator("#payments-list")).to_contain_text("PAY-AB000001")
+
+
+def test_a_dropped_connection_resumes_and_replays_what_was_missed(
+    people: Person, pdb: Conn
+) -> None:
+    a = alice(people)
+    a.open(CASE)
+    status = a.page.locator("#realtime-status")
+    a.page.evaluate("window.NexusRealtime.socket.close(4000, 'test: network blip')")
+    expect(status).to_have_attribute("data-state", "reconnecting")
+    missed = unique("Written during the blip")
+    bob_writes(pdb, missed)  # before the client is back: it must get it by replay
+    expect(status).to_have_attribute("data-state", "live")
+    expect(a.page.locator("#case-thread")).to_contain_text(missed)
+    frames = [json.loads(f) for f in a.frames_received]
+    replayed = [f for f in frames if f["type"] in ("replayed", "gap")]
+    assert replayed and all(f["type"] == "replayed" for f in replayed), replayed
+    acks = [f for f in frames if f["type"] == "subscribed"]
+    assert any(f["resumed"] for f in acks)

@@ -1,5 +1,7 @@
 """Decoding what the trigger layer sends."""
 
+import dataclasses
+
 import pytest
 
 from relay import changes
@@ -11,7 +13,7 @@ def test_a_change() -> None:
         '{"v":1,"table":"public.t","op":"UPDATE","xid":"9","ts":"2026-01-01T00:00:00+00:00",'
         '"new":{"id":1,"a":"x"},"old":{"id":1,"a":"y"},"parents":{"p":{"id":2}},"old_parents":{"p":null}}'
     )
-    assert change == changes.Change(
+    assert dataclasses.replace(change, size=0) == changes.Change(  # type: ignore[type-var]
         table="public.t",
         op="UPDATE",
         new={"id": 1, "a": "x"},

@@ -294,9 +294,11 @@ async def test_a_client_that_reconnects_receives_what_it_missed(
     connect: Connect, rdb: Conn
 ) -> None:
     client = await connect(BOB)
-    await client.subscribe("nexus_payments")
+    subscription = await client.subscribe("nexus_payments")
     insert(rdb, NEW_PAYMENT, "TNT-ALPHA001", "TNT-BETA0001", 1, "pending", "seen")
     seen = await client.next_event(WAIT)
+    since, token = client.resume_point(subscription["id"])
+    assert since == seen["position"]
     await client.close()
 
     missed = [
@@ -306,19 +308,42 @@ async def test_a_client_that_reconnects_receives_what_it_missed(
     insert(rdb, NEW_PAYMENT, "TNT-ALPHA001", "TNT-GAMMA001", 5, "pending", "not for Bob")
 
     again = await connect(BOB)
-    ack = await again.subscribe("nexus_payments", since=seen["position"])
+    ack = await again.subscribe("nexus_payments", since=since, resume_token=token)
     assert ack["resumed"] is True
     live = insert(rdb, NEW_PAYMENT, "TNT-ALPHA001", "TNT-BETA0001", 6, "pending", "live")
-    received = [(await again.next_event(WAIT))["new"]["id"] for _ in range(4)]
-    assert received == [*missed, live]  # in order, nothing twice, nothing of Gamma's
+    received = [await again.next_event(WAIT) for _ in range(5)]
+    assert [e["type"] for e in received] == ["change"] * 3 + ["replayed", "change"]
+    # In order, nothing twice, nothing of Gamma's; then the replay's end; then live.
+    assert [e["new"]["id"] for e in received if e["type"] == "change"] == [*missed, live]
+    assert again.resume_point(ack["id"])[0] == received[-1]["position"]
+
+
+async def test_a_resume_without_proof_replays_nothing(connect: Connect, rdb: Conn) -> None:
+    # Anyone may name a position; only a subscriber who was there gets what followed it.
+    first = await connect(BOB)
+    ack = await first.subscribe("nexus_payments")
+    insert(rdb, NEW_PAYMENT, "TNT-ALPHA001", "TNT-BETA0001", 1, "pending", "before")
+    await first.next_event(WAIT)
+    curious = await connect(CAROL)
+    refused = await curious.subscribe(
+        "nexus_payments", since=ack["position"], resume_token=ack["resume_token"]
+    )
+    assert refused["resumed"] is False
+    gap = await curious.next_event(WAIT)
+    assert (gap["type"], gap["reason"]) == ("gap", "resume_refused")
 
 
 async def test_a_resume_from_another_epoch_is_a_gap(connect: Connect) -> None:
     client = await connect(BOB)
-    ack = await client.subscribe("nexus_payments", since="0000dead:5")
+    ack = await client.subscribe("nexus_payments", since="0000dead:5", resume_token="5.whatever")
     assert ack["resumed"] is False
     gap = await client.next_event(WAIT)
-    assert gap == {"type": "gap", "subscriptions": [ack["id"]], "reason": "epoch_changed"}
+    assert gap == {
+        "type": "gap",
+        "subscriptions": [ack["id"]],
+        "reason": "epoch_changed",
+        "position": ack["position"],
+    }
 
 
 async def test_a_resume_beyond_the_history_is_a_gap(
@@ -329,16 +354,17 @@ async def test_a_resume_beyond_the_history_is_a_gap(
         watcher = await connect(ALICE, target=small)
         await watcher.subscribe("nexus_payments")
         client = await connect(BOB, target=small)
-        await client.subscribe("nexus_payments")
+        subscription = await client.subscribe("nexus_payments")
         insert(rdb, NEW_PAYMENT, "TNT-ALPHA001", "TNT-BETA0001", 1, "pending", "h")
-        position = (await client.next_event(WAIT))["position"]
+        await client.next_event(WAIT)
+        since, token = client.resume_point(subscription["id"])
         await client.close()
         for n in range(5):
             insert(rdb, NEW_PAYMENT, "TNT-ALPHA001", "TNT-BETA0001", n + 2, "pending", "h")
         for _ in range(6):  # the relay has read them all: its history moved on
             await watcher.next_event(WAIT)
         again = await connect(BOB, target=small)
-        ack = await again.subscribe("nexus_payments", since=position)
+        ack = await again.subscribe("nexus_payments", since=since, resume_token=token)
         assert ack["resumed"] is False
         event = await again.next_event(WAIT)
         assert event["type"] == "gap" and event["reason"] == "history_exceeded"

@@ -262,7 +262,7 @@ def test_a_refresh_with_new_claims_refiles_subscriptions() -> None:
     fanout = make_fanout()
     alice = signed_in(fanout, ALICE)
     subscribe(alice, "nexus_payments")
-    [reply] = send(alice, {"type": "refresh", "token": mint("USR-ALIC0001", "TNT-GAMMA001")})
+    [_, reply] = send(alice, {"type": "refresh", "token": mint("USR-ALIC0001", "TNT-GAMMA001")})
     assert reply["type"] == "refreshed"
     fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
     assert taken(alice) == []
@@ -276,42 +276,166 @@ def test_gaps_reach_the_subscribers_they_concern() -> None:
     payments = subscribe(bob, "nexus_payments")
     notifications = subscribe(grace, "nexus_notifications")
     fanout.reset_table(TableReset("public.nexus_payments", "truncate"))
-    assert taken(bob) == [{"type": "gap", "subscriptions": [payments], "reason": "truncate"}]
+    assert taken(bob) == [
+        {
+            "type": "gap",
+            "subscriptions": [payments],
+            "reason": "truncate",
+            "position": f"{fanout.epoch}:1",
+        }
+    ]
     assert taken(grace) == []
     fanout.gap_all("listener_reconnected")
     assert taken(grace) == [
-        {"type": "gap", "subscriptions": [notifications], "reason": "listener_reconnected"}
+        {
+            "type": "gap",
+            "subscriptions": [notifications],
+            "reason": "listener_reconnected",
+            "position": f"{fanout.epoch}:2",
+        }
     ]
     assert fanout.stats.gaps == {"truncate": 1, "listener_reconnected": 1}
 
 
-def test_replay_and_its_limits() -> None:
-    fanout = make_fanout(history=3)
+def ack_of(
+    session: Session, table: str, **options: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    [ack, *rest] = send(session, {"type": "subscribe", "table": table, **options})
+    assert ack["type"] == "subscribed", ack
+    return ack, rest
+
+
+def test_a_resume_replays_what_was_missed_then_says_so() -> None:
+    fanout = make_fanout()
     bob = signed_in(fanout, BOB)
-    start = fanout.position()
+    first, _ = ack_of(bob, "nexus_payments")
+    fanout.close_session(bob, "connection_lost")
     fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
     fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-GAMMA001", id="PAY-2")))
     fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-3")))
-    [ack, *replayed] = send(bob, {"type": "subscribe", "table": "nexus_payments", "since": start})
-    assert ack["resumed"] is True
-    assert [f["new"]["id"] for f in replayed] == ["PAY-1", "PAY-3"]
-    assert [f["position"] for f in replayed] == [f"{fanout.epoch}:1", f"{fanout.epoch}:3"]
 
-    fanout.ingest(
-        payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-4"))
-    )  # PAY-1 falls out
-    taken(bob)
-    [ack, gap] = send(bob, {"type": "subscribe", "table": "nexus_payments", "since": start})
-    assert (ack["resumed"], gap["reason"]) == (False, "history_exceeded")
-
-    position = fanout.position()
-    fanout.gap_all("overflow")
-    taken(bob)
-    assert (
-        fanout.lost_since("public.nexus_payments", (fanout.epoch, int(position.split(":")[1])))
-        == "overflow"
+    again = signed_in(fanout, BOB)
+    ack, frames = ack_of(
+        again, "nexus_payments", since=first["position"], resume_token=first["resume_token"]
     )
-    assert fanout.lost_since("public.nexus_payments", ("other", 0)) == "epoch_changed"
+    assert ack["resumed"] is True
+    *replayed, end = frames
+    assert [f["new"]["id"] for f in replayed] == ["PAY-1", "PAY-3"]  # not Gamma's
+    assert [f["position"] for f in replayed] == [f"{fanout.epoch}:1", f"{fanout.epoch}:3"]
+    assert end == {"type": "replayed", "id": ack["id"], "position": f"{fanout.epoch}:3"}
+    # The new token covers from the resume point: a resume of this one may start there.
+    assert ack["resume_token"].startswith("0.")
+
+
+def test_a_resume_needs_a_token_for_the_same_user_and_claims() -> None:
+    fanout = make_fanout()
+    bob = signed_in(fanout, BOB)
+    ack, _ = ack_of(bob, "nexus_payments")
+    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
+    origin = f"{fanout.epoch}:0"
+    refusals = {
+        "no token": (BOB, {}),
+        "forged token": (BOB, {"resume_token": "0.AAAAAAAAAAAAAAAAAAAAAAAA"}),
+        "another user": (CAROL, {"resume_token": ack["resume_token"]}),
+        "other claims": (("USR-BOB00001", "TNT-ALPHA001"), {"resume_token": ack["resume_token"]}),
+    }
+    for why, (who, options) in refusals.items():
+        session = signed_in(fanout, who)
+        refused, [gap] = ack_of(session, "nexus_payments", since=origin, **options)
+        assert refused["resumed"] is False, why
+        assert (gap["type"], gap["reason"]) == ("gap", "resume_refused"), why
+    # A position before the one the token covers is refused too: no history
+    # from before the subscriber held these claims.
+    later = signed_in(fanout, BOB)
+    late_ack, _ = ack_of(later, "nexus_payments")
+    again = signed_in(fanout, BOB)
+    refused, [gap] = ack_of(
+        again, "nexus_payments", since=origin, resume_token=late_ack["resume_token"]
+    )
+    assert gap["reason"] == "resume_refused"
+
+
+def test_a_resume_that_cannot_be_made_whole_is_a_gap() -> None:
+    fanout = make_fanout(history=3)
+    bob = signed_in(fanout, BOB)
+    ack, _ = ack_of(bob, "nexus_payments")
+    for n in range(4):  # one more than the history holds
+        fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
+    taken(bob)
+    again = signed_in(fanout, BOB)
+    refused, [gap] = ack_of(
+        again, "nexus_payments", since=ack["position"], resume_token=ack["resume_token"]
+    )
+    assert (refused["resumed"], gap["reason"]) == (False, "history_exceeded")
+
+    fresh, _ = ack_of(again, "nexus_payments")
+    fanout.gap_all("overflow")
+    taken(again)
+    third = signed_in(fanout, BOB)
+    _, [gap] = ack_of(
+        third, "nexus_payments", since=fresh["position"], resume_token=fresh["resume_token"]
+    )
+    assert gap["reason"] == "overflow"
+    _, [gap] = ack_of(
+        third, "nexus_payments", since="0000other:0", resume_token=fresh["resume_token"]
+    )
+    assert gap["reason"] == "epoch_changed"
+
+
+def test_a_replay_over_its_byte_budget_is_a_gap() -> None:
+    fanout = make_fanout(max_replay_bytes=2000)
+    bob = signed_in(fanout, BOB)
+    ack, _ = ack_of(bob, "nexus_payments")
+    for n in range(20):
+        fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
+    again = signed_in(fanout, BOB)
+    refused, frames = ack_of(
+        again, "nexus_payments", since=ack["position"], resume_token=ack["resume_token"]
+    )
+    assert refused["resumed"] is False
+    assert [f["reason"] for f in frames] == ["replay_too_large"]
+
+
+def test_new_claims_on_refresh_tell_the_client_to_refetch() -> None:
+    fanout = make_fanout()
+    alice = signed_in(fanout, ALICE)
+    subscription = subscribe(alice, "nexus_payments")
+    frames = send(alice, {"type": "refresh", "token": mint("USR-ALIC0001", "TNT-GAMMA001")})
+    assert [f["type"] for f in frames] == ["gap", "refreshed"]
+    assert (frames[0]["subscriptions"], frames[0]["reason"]) == ([subscription], "claims_changed")
+    # The same claims again: nothing to re-fetch.
+    assert [
+        f["type"]
+        for f in send(alice, {"type": "refresh", "token": mint("USR-ALIC0001", "TNT-GAMMA001")})
+    ] == ["refreshed"]
+
+
+def test_a_connection_that_queues_too_much_is_dropped() -> None:
+    fanout = make_fanout(max_outbox_bytes=65536, max_messages_per_second=1000)
+    bob = signed_in(fanout, BOB)
+    for n in range(30):  # thirty subscriptions, each with its own columns: a frame each
+        subscribe(
+            bob, "nexus_payments", select=["status"] if n % 2 else ["amount"], filter=f"id=neq.X{n}"
+        )
+    for n in range(200):
+        fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
+    assert bob.close_request is not None and bob.close_request[0] == 4008
+    assert len(bob.outbox) == 1  # its queue dropped; only the reason is left
+    assert fanout.index.count == 0
+
+
+def test_unauthenticated_connections_have_their_own_allowance() -> None:
+    fanout = make_fanout(max_unauthenticated=2, max_connections=3)
+    idle = [fanout.open_session(NOW) for _ in range(2)]
+    refused = fanout.open_session(NOW)
+    assert taken(refused)[0]["reason"] == "too_many_connections"
+    for session in idle:  # they authenticate: their places are freed for others
+        send(session, {"type": "auth", "token": mint(*BOB)})
+    signed_in(fanout, ALICE)  # waits no more, but the relay is now full
+    third = fanout.open_session(NOW)
+    frames = send(third, {"type": "auth", "token": mint(*GRACE), "ref": 1})
+    assert [f["type"] for f in frames] == ["error", "closing"]
+    assert frames[1]["code"] == 4004
 
 
 def test_an_unpublished_table_ends_its_subscriptions() -> None:
@@ -341,7 +465,8 @@ def test_the_relay_full() -> None:
     fanout = make_fanout(max_connections=1)
     signed_in(fanout, BOB)
     refused = fanout.open_session(NOW)
-    assert taken(refused)[0]["reason"] == "too_many_connections"
+    frames = send(refused, {"type": "auth", "token": mint(*GRACE)})
+    assert frames[1]["reason"] == "too_many_connections"
     assert refused.close_request is not None and refused.close_request[0] == 4004
     assert fanout.stats.disconnects == {"too_many_connections": 1}
 

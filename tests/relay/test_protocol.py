@@ -67,10 +67,16 @@ def test_a_change_frame_is_a_prefix_and_a_shared_body() -> None:
 
 
 def test_system_frames() -> None:
-    assert orjson.loads(protocol.gap(["s1"], "overflow")) == {
+    assert orjson.loads(protocol.gap(["s1"], "overflow", "e:9")) == {
         "type": "gap",
         "subscriptions": ["s1"],
         "reason": "overflow",
+        "position": "e:9",
+    }
+    assert orjson.loads(protocol.replayed("s1", "e:9")) == {
+        "type": "replayed",
+        "id": "s1",
+        "position": "e:9",
     }
     assert orjson.loads(
         protocol.closing(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED, "m")

@@ -325,9 +325,16 @@ async def test_a_refresh_with_new_claims_reauthorizes_live_subscriptions(
     connect: Connect, rdb: Any
 ) -> None:
     client = await connect(ALICE)
-    await client.subscribe("nexus_notifications")
-    # Alice moves to tenant Beta: from now on she sees Beta's tenant-wide rows, not Alpha's.
+    subscription = await client.subscribe("nexus_notifications")
+    # Alice moves to tenant Beta: from now on she sees Beta's tenant-wide rows, not Alpha's,
+    # and what she shows of Alpha's may no longer be hers: she is told to re-fetch.
     await client.refresh(mint("USR-ALIC0001", "TNT-BETA0001"))
+    gap = await client.next_event(WAIT)
+    assert (gap["type"], gap["subscriptions"], gap["reason"]) == (
+        "gap",
+        [subscription["id"]],
+        "claims_changed",
+    )
     rdb.execute(
         "INSERT INTO nexus_notifications (tenant_id, notification_type, title) VALUES"
         " ('TNT-ALPHA001', 'test', 'alpha-wide'), ('TNT-BETA0001', 'test', 'beta-wide')"
@@ -516,12 +523,12 @@ async def test_connections_in_total(limited: RelayProcess, connect: Connect) -> 
     clients = [
         await connect((f"USR-LIMIT0{n:02d}", "TNT-ALPHA001"), target=limited) for n in range(4)
     ]
-    async with raw(limited.url) as ws:
-        closing = await receive(ws)
-        assert (closing["reason"], await closed(ws)) == (
-            "too_many_connections",
-            (4004, "too_many_connections"),
-        )
+    error, closing, code = await refused(limited, mint("USR-LIMIT099", "TNT-ALPHA001"))
+    assert (error["code"], closing["reason"], code) == (
+        "too_many_connections",
+        "too_many_connections",
+        4004,
+    )
     await clients[0].close()
     await connect(BOB, target=limited)  # a slot is free again
 
