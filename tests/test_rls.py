@@ -213,3 +213,35 @@ def test_the_login_role_sees_only_the_user_whose_email_it_checks(conn: Conn) -> 
     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
         conn.execute("SET LOCAL ROLE nexus_login")
         conn.execute("SELECT count(*) FROM nexus_cases")
+
+
+def test_an_invitation_reveals_nobody_behind_the_invited_tenant(conn: Conn) -> None:
+    with as_user(conn, *GRACE):
+        conn.execute(
+            "INSERT INTO nexus_tenant_relationships (client_id, vendor_id, invited_by_tenant_id)"
+            " VALUES ('TNT-GAMMA001', 'TNT-BETA0001', 'TNT-GAMMA001')"
+        )
+    # Grace, who invited, learns nothing of Beta: not its name, not its people.
+    assert visible(conn, GRACE, "nexus_tenants") == {"TNT-GAMMA001"}
+    assert visible(conn, GRACE, "nexus_users") == {"USR-GRAC0001"}
+    # Bob, invited, sees who invites him, and none of their people yet.
+    assert "TNT-GAMMA001" in visible(conn, BOB, "nexus_tenants")
+    assert "USR-GRAC0001" not in visible(conn, BOB, "nexus_users")
+    with as_user(conn, *BOB):
+        conn.execute(
+            "UPDATE nexus_tenant_relationships SET status = 'declined'"
+            " WHERE client_id = 'TNT-GAMMA001' AND vendor_id = 'TNT-BETA0001'"
+        )
+    assert "TNT-GAMMA001" not in visible(conn, BOB, "nexus_tenants")  # declined: gone again
+
+
+def test_cases_and_payments_need_an_active_relationship(conn: Conn) -> None:
+    payment = "INSERT INTO nexus_payments (from_id, to_id, amount) VALUES (%s, %s, 5)"
+    case = "INSERT INTO nexus_cases (client_id, vendor_id, subject) VALUES (%s, %s, 'x')"
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(conn, *GRACE):
+        conn.execute(payment, ("TNT-GAMMA001", "TNT-ALPHA001"))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(conn, *GRACE):
+        conn.execute(case, ("TNT-GAMMA001", "TNT-BETA0001"))
+    with as_user(conn, *ALICE):
+        conn.execute(payment, ("TNT-ALPHA001", "TNT-BETA0001"))
+        conn.execute(case, ("TNT-ALPHA001", "TNT-BETA0001"))

@@ -43,22 +43,44 @@ TABLES = (
 TENANT = "(SELECT public.jwt_nexus_tenant_id())"
 USER = "(SELECT public.jwt_nexus_user_id())"
 
-RELATED_TO_MY_TENANT = f"""
+# An active relationship between my tenant and {tenant}.
+ACTIVE_WITH_MY_TENANT = f"""
     EXISTS (
         SELECT 1 FROM public.nexus_tenant_relationships r
-         WHERE (r.client_id = {{tenant}} AND r.vendor_id = {TENANT})
-            OR (r.vendor_id = {{tenant}} AND r.client_id = {TENANT})
+         WHERE r.status = 'active'
+           AND ((r.client_id = {{tenant}} AND r.vendor_id = {TENANT})
+             OR (r.vendor_id = {{tenant}} AND r.client_id = {TENANT}))
+    )"""
+
+# An open invitation from {tenant} to my tenant: the invitee sees who invites.
+INVITING_MY_TENANT = f"""
+    EXISTS (
+        SELECT 1 FROM public.nexus_tenant_relationships r
+         WHERE r.status = 'invited' AND r.invited_by_tenant_id = {{tenant}}
+           AND (r.client_id = {TENANT} OR r.vendor_id = {TENANT})
+    )"""
+
+# {a} and {b} are the two sides of an active relationship.
+ACTIVE_BETWEEN = """
+    EXISTS (
+        SELECT 1 FROM public.nexus_tenant_relationships r
+         WHERE r.status = 'active'
+           AND ((r.client_id = {a} AND r.vendor_id = {b}) OR (r.client_id = {b} AND r.vendor_id = {a}))
     )"""
 
 POLICIES = f"""
-    -- Tenants: my own, and those I have a relationship with (of any status, so
-    -- that an invitation shows who it is from).
+    -- Tenants: my own, those with an active relationship with mine, and those
+    -- inviting mine (so that an invitation shows who it is from). An invitation
+    -- I sent shows the invitee's name only once accepted: inviting a tenant id
+    -- does not reveal who is behind it.
     CREATE POLICY tenants_select ON nexus_tenants FOR SELECT TO authenticated
-        USING (id = {TENANT} OR {RELATED_TO_MY_TENANT.format(tenant="nexus_tenants.id")});
+        USING (id = {TENANT}
+               OR {ACTIVE_WITH_MY_TENANT.format(tenant="nexus_tenants.id")}
+               OR {INVITING_MY_TENANT.format(tenant="nexus_tenants.id")});
 
-    -- Users: my tenant's, and those of tenants I have a relationship with.
+    -- Users: my tenant's, and those of tenants in an active relationship with mine.
     CREATE POLICY users_select ON nexus_users FOR SELECT TO authenticated
-        USING (tenant_id = {TENANT} OR {RELATED_TO_MY_TENANT.format(tenant="nexus_users.tenant_id")});
+        USING (tenant_id = {TENANT} OR {ACTIVE_WITH_MY_TENANT.format(tenant="nexus_users.tenant_id")});
     CREATE POLICY users_login ON nexus_users FOR SELECT TO nexus_login
         USING (email = current_setting('nexus.login_email', true));
     CREATE POLICY users_login_rehash ON nexus_users FOR UPDATE TO nexus_login
@@ -69,7 +91,8 @@ POLICIES = f"""
     CREATE POLICY cases_select ON nexus_cases FOR SELECT TO authenticated
         USING (client_id = {TENANT} OR vendor_id = {TENANT});
     CREATE POLICY cases_insert ON nexus_cases FOR INSERT TO authenticated
-        WITH CHECK (client_id = {TENANT} OR vendor_id = {TENANT});
+        WITH CHECK ((client_id = {TENANT} OR vendor_id = {TENANT})
+                    AND {ACTIVE_BETWEEN.format(a="client_id", b="vendor_id")});
     CREATE POLICY cases_update ON nexus_cases FOR UPDATE TO authenticated
         USING (client_id = {TENANT} OR vendor_id = {TENANT})
         WITH CHECK (client_id = {TENANT} OR vendor_id = {TENANT});
@@ -89,11 +112,11 @@ POLICIES = f"""
                  WHERE c.id = nexus_case_messages.case_id
                    AND (c.client_id = {TENANT} OR c.vendor_id = {TENANT})));
 
-    -- Payments: payer and payee; the payer creates them.
+    -- Payments: payer and payee; the payer creates them, to a tenant in an active relationship.
     CREATE POLICY payments_select ON nexus_payments FOR SELECT TO authenticated
         USING (from_id = {TENANT} OR to_id = {TENANT});
     CREATE POLICY payments_insert ON nexus_payments FOR INSERT TO authenticated
-        WITH CHECK (from_id = {TENANT});
+        WITH CHECK (from_id = {TENANT} AND {ACTIVE_BETWEEN.format(a="from_id", b="to_id")});
     CREATE POLICY payments_update ON nexus_payments FOR UPDATE TO authenticated
         USING (from_id = {TENANT} OR to_id = {TENANT})
         WITH CHECK (from_id = {TENANT} OR to_id = {TENANT});

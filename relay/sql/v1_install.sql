@@ -48,23 +48,61 @@ CREATE TABLE relay.large_changes (
 );
 CREATE INDEX large_changes_created_at_idx ON relay.large_changes (created_at);
 
--- Runs as its owner so that writers need no right on relay.large_changes.
+-- Runs as its owner so that writers need no right on relay.large_changes;
+-- callable from the capture trigger only, not by anyone who wants to fill it.
 CREATE FUNCTION relay.spill(payload text) RETURNS bigint
-LANGUAGE sql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO relay.large_changes (payload) VALUES (payload) RETURNING id
+DECLARE
+    stored bigint;
+BEGIN
+    IF pg_catalog.pg_trigger_depth() = 0 THEN
+        RAISE EXCEPTION 'relay.spill is called by the relay''s capture trigger only'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO relay.large_changes (payload) VALUES (payload) RETURNING id INTO stored;
+    RETURN stored;
+END
 $$;
 REVOKE ALL ON FUNCTION relay.spill(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION relay.spill(text) TO PUBLIC;
 
--- The row trigger. It runs as the writer (SECURITY INVOKER): a parent row is
--- read with the writer's own rights, so a writer cannot make the relay reveal
--- a row it could not read itself. Everything is schema-qualified instead of a
--- SET search_path clause, which would cost a GUC save and restore per row.
+-- The parent row of a change, as JSON text, read with the writer's own rights:
+-- a writer cannot make the relay reveal a row it could not read itself. It is
+-- read FOR SHARE when the writer may: a concurrent change to the parent (a case
+-- given to another vendor) then waits until the writer commits, so the parent
+-- sent is the one the writer's transaction commits with, as RLS sees it then.
+-- A writer that may not read it (an importer with rights on the child only)
+-- sends null: the row is then visible to nobody, and the write still succeeds.
+CREATE FUNCTION relay.read_parent(
+    ref regclass, locking_query text, plain_query text, parent_key text
+) RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    found text;
+BEGIN
+    IF parent_key IS NULL OR NOT pg_catalog.has_table_privilege(ref, 'SELECT') THEN
+        RETURN NULL;
+    END IF;
+    -- FOR SHARE takes UPDATE privilege on some column (PostgreSQL docs, "SELECT").
+    IF pg_catalog.has_any_column_privilege(ref, 'UPDATE') THEN
+        EXECUTE locking_query INTO found USING parent_key;
+    ELSE
+        EXECUTE plain_query INTO found USING parent_key;
+    END IF;
+    RETURN found;
+END
+$$;
+
+-- The row trigger. It runs as the writer (SECURITY INVOKER). Everything is
+-- schema-qualified instead of a SET search_path clause, which would cost a GUC
+-- save and restore per row.
 --
--- Trigger arguments come in triples (alias, foreign key column, query); the
--- query reads the parent row as JSON text by its key, given as text in $1.
+-- Trigger arguments come in fives per parent: alias, foreign key column,
+-- parent table, and two queries that read the parent row as JSON text by its
+-- key, given as text in $1: one FOR SHARE, one plain (see relay.read_parent).
 CREATE FUNCTION relay.capture() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
@@ -79,6 +117,7 @@ DECLARE
     i int;
     payload text;
     head text;
+    high_water text;
 BEGIN
     head := '{"v":1,"table":' || pg_catalog.to_json(TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME)::text;
 
@@ -88,9 +127,13 @@ BEGIN
     -- payloads in one transaction are folded into one), and the relay reports
     -- a gap. The mark is the setting relay.queue_high_water (0 to 1, default
     -- 0.5), e.g. ALTER DATABASE ... SET relay.queue_high_water = 0.8.
-    IF pg_catalog.pg_notification_queue_usage() >= COALESCE(
-        NULLIF(pg_catalog.current_setting('relay.queue_high_water', true), '')::float8, 0.5)
-    THEN
+    -- A value that is not a number from 0 to 1 reads as the default: a
+    -- session's odd setting must not make its writes fail.
+    high_water := pg_catalog.current_setting('relay.queue_high_water', true);
+    IF high_water IS NULL OR high_water !~ '^(0(\.[0-9]{1,6})?|1(\.0{1,6})?)$' THEN
+        high_water := '0.5';
+    END IF;
+    IF pg_catalog.pg_notification_queue_usage() >= high_water::float8 THEN
         PERFORM pg_catalog.pg_notify('relay_changes', head || ',"op":"OVERFLOW"}');
         RETURN NULL;
     END IF;
@@ -102,24 +145,20 @@ BEGIN
         old_row := pg_catalog.row_to_json(OLD);
     END IF;
 
-    FOR i IN 0 .. TG_NARGS / 3 - 1 LOOP
-        new_key := COALESCE(new_row, old_row) ->> TG_ARGV[3 * i + 1];
-        parent := NULL;
-        IF new_key IS NOT NULL THEN
-            EXECUTE TG_ARGV[3 * i + 2] INTO parent USING new_key;
-        END IF;
+    FOR i IN 0 .. TG_NARGS / 5 - 1 LOOP
+        new_key := COALESCE(new_row, old_row) ->> TG_ARGV[5 * i + 1];
+        parent := relay.read_parent(TG_ARGV[5 * i + 2]::regclass, TG_ARGV[5 * i + 3],
+                                    TG_ARGV[5 * i + 4], new_key);
         parents := parents || CASE WHEN parents = '' THEN '' ELSE ',' END
-            || pg_catalog.to_json(TG_ARGV[3 * i])::text || ':' || COALESCE(parent, 'null');
+            || pg_catalog.to_json(TG_ARGV[5 * i])::text || ':' || COALESCE(parent, 'null');
 
         IF TG_OP = 'UPDATE' THEN
-            old_key := old_row ->> TG_ARGV[3 * i + 1];
+            old_key := old_row ->> TG_ARGV[5 * i + 1];
             IF old_key IS DISTINCT FROM new_key THEN
-                parent := NULL;
-                IF old_key IS NOT NULL THEN
-                    EXECUTE TG_ARGV[3 * i + 2] INTO parent USING old_key;
-                END IF;
+                parent := relay.read_parent(TG_ARGV[5 * i + 2]::regclass, TG_ARGV[5 * i + 3],
+                                            TG_ARGV[5 * i + 4], old_key);
                 old_parents := old_parents || CASE WHEN old_parents = '' THEN '' ELSE ',' END
-                    || pg_catalog.to_json(TG_ARGV[3 * i])::text || ':' || COALESCE(parent, 'null');
+                    || pg_catalog.to_json(TG_ARGV[5 * i])::text || ':' || COALESCE(parent, 'null');
             END IF;
         END IF;
     END LOOP;
@@ -208,9 +247,11 @@ BEGIN
             RAISE EXCEPTION 'relay.publish: %.% is not a single-column foreign key', tbl, fk_column
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        args := args || alias || fk_column || format(
-            'SELECT pg_catalog.row_to_json(p)::text FROM %s AS p WHERE p.%I = $1::%s',
-            ref_table, ref_column, ref_type);
+        args := args || alias || fk_column || ref_table::text
+            || format('SELECT pg_catalog.row_to_json(p)::text FROM %s AS p WHERE p.%I = $1::%s FOR SHARE',
+                      ref_table, ref_column, ref_type)
+            || format('SELECT pg_catalog.row_to_json(p)::text FROM %s AS p WHERE p.%I = $1::%s',
+                      ref_table, ref_column, ref_type);
     END LOOP;
 
     PERFORM relay.unpublish_triggers(tbl);

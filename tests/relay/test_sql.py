@@ -344,3 +344,66 @@ def test_publish_refuses_what_it_cannot_serve(
     with pytest.raises(psycopg.Error, match=message), db.transaction():
         db.execute(setup)
         db.execute(f"SELECT {call}")
+
+
+def test_a_case_cannot_change_hands_while_a_message_to_it_is_being_written(
+    database_url: str, db: Conn, listener: Listener
+) -> None:
+    # The parent is read FOR SHARE: the case the relay authorizes the message by
+    # is the one its transaction commits with, as RLS sees it at that moment.
+    writer = psycopg.connect(database_url)
+    try:
+        with as_user(writer, "USR-ALIC0001", "TNT-ALPHA001"):
+            writer.execute(
+                "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
+                " VALUES ('CASE-AB000001', 'TNT-ALPHA001', 'USR-ALIC0001', 'in flight')"
+            )
+            with pytest.raises(psycopg.errors.LockNotAvailable), db.transaction():
+                db.execute("SET LOCAL lock_timeout = '200ms'")
+                db.execute(
+                    "UPDATE nexus_cases SET vendor_id = 'TNT-GAMMA001' WHERE id = 'CASE-AB000001'"
+                )
+        change = listener.take_one()
+        assert change["parents"]["case"]["vendor_id"] == "TNT-BETA0001"
+    finally:
+        writer.close()
+
+
+def test_a_writer_that_may_not_read_the_parent_still_writes(db: Conn, listener: Listener) -> None:
+    db.execute("DROP ROLE IF EXISTS relay_test_importer")
+    db.execute("CREATE ROLE relay_test_importer NOLOGIN BYPASSRLS")
+    db.execute("GRANT INSERT ON nexus_case_messages TO relay_test_importer")
+    db.execute("GRANT USAGE ON SEQUENCE nexus_case_messages_id_seq TO relay_test_importer")
+    try:
+        with db.transaction():
+            db.execute("SET LOCAL ROLE relay_test_importer")
+            db.execute(
+                "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
+                " VALUES ('CASE-AB000001', 'TNT-BETA0001', 'USR-BOB00001', 'imported')"
+            )
+        change = listener.take_one()
+        assert change["new"]["body"] == "imported"
+        assert change["parents"] == {"case": None}  # visible to nobody: deny, not fail
+    finally:
+        db.execute("REVOKE ALL ON nexus_case_messages FROM relay_test_importer")
+        db.execute("REVOKE ALL ON SEQUENCE nexus_case_messages_id_seq FROM relay_test_importer")
+        db.execute("DROP ROLE relay_test_importer")
+
+
+def test_large_changes_are_stored_by_the_trigger_only(database_url: str) -> None:
+    with (
+        psycopg.connect(database_url) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="capture trigger only"),
+        as_user(conn, "USR-GRAC0001", "TNT-GAMMA001"),
+    ):
+        conn.execute("SELECT relay.spill(repeat('x', 100000))")
+
+
+@pytest.mark.parametrize("setting", ["abc", "-1", "2", "0.5; DROP TABLE x", ""])
+def test_an_odd_high_water_setting_never_fails_a_write(
+    db: Conn, listener: Listener, setting: str
+) -> None:
+    with db.transaction():
+        db.execute("SELECT set_config('relay.queue_high_water', %s, true)", (setting,))
+        WRITES[1].insert(db)
+    assert listener.take_one()["op"] == "INSERT"
