@@ -21,6 +21,8 @@ from relay.tokens import TokenVerifier
 
 logger = logging.getLogger("relay")
 
+JWKS_REFETCH_S = 30.0  # the least time between two fetches of the JWKS
+
 
 class _OpsServer(uvicorn.Server):
     """uvicorn for the ops endpoints, inside the relay's loop: the relay handles signals."""
@@ -57,6 +59,7 @@ class Relay:
         self.verifier = TokenVerifier(
             claims=self.policies.claims,
             bypass_roles=self.policies.bypass_roles,
+            policy_roles=self.policies.policy_roles,
             secret=settings.jwt_secret,
             jwks=jwks,
             algorithms=settings.jwt_algorithms,
@@ -144,13 +147,20 @@ class Relay:
             logger.info("stopped")
 
     async def _refresh_jwks(self) -> None:
+        """Fetch the JWKS again every RELAY_JWKS_REFRESH_S, and soon after a token
+        names a key it lacks (a rotation), at most every JWKS_REFETCH_S."""
         assert self.jwks_client is not None
+        unknown_key = asyncio.Event()
+        self.verifier.on_unknown_key = unknown_key.set
         while True:
-            await asyncio.sleep(self.settings.jwks_refresh)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(unknown_key.wait(), self.settings.jwks_refresh)
+            unknown_key.clear()
             try:
                 self.verifier.jwks = await fetch_jwks(self.jwks_client)
-            except jwt.PyJWKClientError as exc:
+            except Exception as exc:  # a bad answer must not end the refreshing
                 logger.warning("could not refresh the JWKS (keeping the old keys): %s", exc)
+            await asyncio.sleep(JWKS_REFETCH_S)
 
 
 async def serve(settings: Settings) -> None:

@@ -21,9 +21,11 @@ SQL's three-valued logic, as PostgreSQL evaluates a policy: a comparison with
 NULL is unknown, and a row is visible only when the whole expression is true.
 
 A table without a policy cannot be subscribed to (deny by default). There is no
-"always true" expression. Roles listed in ``[roles] bypass`` (default
-``["service_role"]``) see every row of every table that has a policy, as
-Supabase's service_role does.
+"always true" expression. Tokens of the roles in ``[roles] policy`` (default
+``["authenticated"]``) are bound by the policies; those in ``[roles] bypass``
+(default ``["service_role"]``) see every row of every table that has a policy,
+as Supabase's service_role does; tokens of any other role (``anon``...), or of
+none, are refused.
 """
 
 import re
@@ -354,6 +356,8 @@ class PolicySet:
     claims: Mapping[str, ClaimSpec]
     tables: Mapping[str, TablePolicy]
     bypass_roles: frozenset[str] = field(default_factory=lambda: frozenset({"service_role"}))
+    # The roles whose tokens the policies apply to; any other role is refused.
+    policy_roles: frozenset[str] = field(default_factory=lambda: frozenset({"authenticated"}))
 
     def check_against(self, tables: Mapping[str, Table]) -> list[str]:
         """Problems of the policies with the published tables, in words; empty if none.
@@ -425,9 +429,14 @@ def from_dict(data: Mapping[str, Any]) -> PolicySet:
         claims[name] = ClaimSpec(name, tuple(spec["path"].split(".")), compiled)
 
     roles = _table(data, "roles")
+    if set(roles) - {"bypass", "policy"}:
+        raise ConfigError(f"[roles]: unknown keys {sorted(set(roles) - {'bypass', 'policy'})}")
     bypass = roles.get("bypass", ["service_role"])
     if not isinstance(bypass, list) or not all(isinstance(r, str) for r in bypass):
         raise ConfigError("[roles] bypass must be a list of role names")
+    policy_roles = roles.get("policy", ["authenticated"])
+    if not isinstance(policy_roles, list) or not all(isinstance(r, str) for r in policy_roles):
+        raise ConfigError("[roles] policy must be a list of role names")
 
     tables = {}
     for raw_name, spec in _table(data, "tables").items():
@@ -451,7 +460,7 @@ def from_dict(data: Mapping[str, Any]) -> PolicySet:
         tables[name] = TablePolicy(
             name, spec["visible"], expr, compile_expr(expr), index_keys(expr)
         )
-    return PolicySet(claims, tables, frozenset(bypass))
+    return PolicySet(claims, tables, frozenset(bypass), frozenset(policy_roles))
 
 
 def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -30,7 +30,7 @@ class Settings:
     jwks_url: str | None = None
     jwks_refresh: float = 300.0
     jwt_algorithms: tuple[str, ...] | None = None
-    jwt_audience: str | None = None
+    jwt_audience: str | None = "nexus-relay"
     jwt_issuer: str | None = None
     jwt_leeway: float = 30.0
     # Limits
@@ -120,7 +120,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         jwks_url=text("RELAY_JWKS_URL"),
         jwks_refresh=number("RELAY_JWKS_REFRESH_S", 300.0, 10),
         jwt_algorithms=algorithms or None,
-        jwt_audience=text("RELAY_JWT_AUDIENCE"),
+        # Checked by default: a token for another application (another
+        # Supabase project sharing a secret, say) is not one for the relay.
+        # "none" turns the check off.
+        jwt_audience=None
+        if (audience := text("RELAY_JWT_AUDIENCE", "nexus-relay")) == "none"
+        else audience,
         jwt_issuer=text("RELAY_JWT_ISSUER"),
         jwt_leeway=number("RELAY_JWT_LEEWAY_S", 30.0),
         limits=Limits(

@@ -12,7 +12,7 @@ algorithm without a secret), ``exp`` is required, ``nbf`` and ``iat`` are
 honoured with a small leeway, and ``aud`` and ``iss`` are checked when set.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,7 @@ class TokenVerifier:
         *,
         claims: Mapping[str, ClaimSpec],
         bypass_roles: frozenset[str],
+        policy_roles: frozenset[str] = frozenset({"authenticated"}),
         secret: str | None = None,
         jwks: jwt.PyJWKSet | None = None,
         algorithms: Sequence[str] | None = None,
@@ -80,6 +81,9 @@ class TokenVerifier:
         self.algorithms = frozenset(allowed)
         self.claims = claims
         self.bypass_roles = bypass_roles
+        self.policy_roles = policy_roles
+        # Called when a token names a key the JWKS lacks: the shell may fetch it again.
+        self.on_unknown_key: Callable[[], None] | None = None
         self.secret = secret
         self.jwks = jwks
         self.audience = audience
@@ -149,6 +153,8 @@ class TokenVerifier:
         if kid is not None:
             candidates = [k for k in candidates if k.key_id == kid]
         if len(candidates) != 1:
+            if self.on_unknown_key is not None:
+                self.on_unknown_key()
             raise AuthError(ErrorCode.INVALID_TOKEN, "no key matches the token's key id")
         return candidates[0]
 
@@ -156,10 +162,12 @@ class TokenVerifier:
         subject = payload["sub"]
         if not isinstance(subject, str) or not subject:
             raise AuthError(ErrorCode.INVALID_TOKEN, "the token's 'sub' claim is not a string")
-        role = payload.get("role", "authenticated")
+        role = payload.get("role")
         if not isinstance(role, str):
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token's 'role' claim is not a string")
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token has no 'role' claim")
         bypass = role in self.bypass_roles
+        if not bypass and role not in self.policy_roles:
+            raise AuthError(ErrorCode.INVALID_TOKEN, f"the role {role!r} may not use the relay")
         values: dict[str, str | None] = {}
         for spec in self.claims.values():
             value: Any = payload

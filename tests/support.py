@@ -156,6 +156,7 @@ def mint(
 
     payload: dict[str, Any] = {
         "sub": user_id or "anonymous",
+        "aud": "nexus-relay",
         "role": role,
         "iat": int(time.time()),
         "exp": int(time.time() + expires_in),

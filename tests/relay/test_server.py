@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay.client import RelayClient, RelayRequestError
 from tests.relay.conftest import ALICE, BOB, Connect
-from tests.support import JWT_SECRET, WAIT, RelayProcess, mint
+from tests.support import JWT_SECRET, WAIT, RelayProcess, eventually, mint
 
 SUBPROTOCOL = "nexus-relay.v1"
 
@@ -203,6 +203,8 @@ def idp_keys() -> dict[str, Any]:
 def idp_token(key: Any, kid: str, alg: str, **claims: Any) -> str:
     payload = {
         "sub": "USR-ALIC0001",
+        "aud": "nexus-relay",
+        "role": "authenticated",
         "exp": int(time.time()) + 300,
         "app_metadata": {"user_id": "USR-ALIC0001", "tenant_id": "TNT-ALPHA001"},
         **claims,
@@ -259,12 +261,23 @@ async def test_rs256_and_es256_tokens_from_a_jwks_file(
         idp.stop()
 
 
+class JwksServer:
+    """An identity provider's JWKS endpoint, whose keys a test may rotate."""
+
+    def __init__(self, keys: list[dict[str, Any]]) -> None:
+        self.keys = keys
+        self.fetches = 0
+        self.url = ""
+
+
 @pytest.fixture
-def jwks_server(idp_keys: dict[str, Any]) -> Iterator[str]:
-    body = json.dumps({"keys": [jwk(idp_keys["rsa"], "rsa-1", "RS256")]}).encode()
+def jwks_server(idp_keys: dict[str, Any]) -> Iterator[JwksServer]:
+    endpoint = JwksServer([jwk(idp_keys["rsa"], "rsa-1", "RS256")])
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            endpoint.fetches += 1
+            body = json.dumps({"keys": endpoint.keys}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -277,17 +290,29 @@ def jwks_server(idp_keys: dict[str, Any]) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    endpoint.url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    yield endpoint
     server.shutdown()
     server.server_close()
 
 
 async def test_rs256_tokens_from_a_jwks_url(
-    relay_database: str, idp_keys: dict[str, Any], jwks_server: str
+    relay_database: str, idp_keys: dict[str, Any], jwks_server: JwksServer
 ) -> None:
-    idp = RelayProcess(relay_database, RELAY_JWT_SECRET="", RELAY_JWKS_URL=jwks_server).start()
+    idp = RelayProcess(relay_database, RELAY_JWT_SECRET="", RELAY_JWKS_URL=jwks_server.url).start()
     try:
         token = idp_token(idp_keys["rsa"], "rsa-1", "RS256")
+        async with await RelayClient.connect(idp.url, token, timeout=WAIT) as client:
+            assert client.ready["user"] == "USR-ALIC0001"
+        # The provider rotates its key: the first token with the new key id makes
+        # the relay fetch the JWKS again, and the next one gets in.
+        new_key = rsa_key()
+        jwks_server.keys = [jwk(new_key, "rsa-2", "RS256")]
+        fetched = jwks_server.fetches
+        error, _, code = await refused(idp, idp_token(new_key, "rsa-2", "RS256"))
+        assert (error["message"], code) == ("no key matches the token's key id", 4001)
+        eventually(lambda: jwks_server.fetches > fetched)
+        token = idp_token(new_key, "rsa-2", "RS256")
         async with await RelayClient.connect(idp.url, token, timeout=WAIT) as client:
             assert client.ready["user"] == "USR-ALIC0001"
     finally:

@@ -22,6 +22,8 @@ def test_defaults() -> None:
     assert settings.allowed_origins == ()
     assert settings.limits.max_connections_per_user == 20
     assert settings.jwt_algorithms is None
+    assert settings.jwt_audience == "nexus-relay"  # checked unless turned off
+    assert from_env({**BASE, "RELAY_JWT_AUDIENCE": "none"}).jwt_audience is None
 
 
 def test_database_url_falls_back_to_database_url() -> None:

@@ -54,6 +54,7 @@ def test_a_claim_of_the_wrong_type_is_refused() -> None:
     token = jwt.encode(
         {
             "sub": "u",
+            "role": "authenticated",
             "exp": int(time.time()) + 60,
             "app_metadata": {"user_id": 5, "tenant_id": "T"},
         },
@@ -88,3 +89,49 @@ def test_an_algorithm_that_is_not_a_string_is_refused() -> None:
     body = jwt.utils.base64url_encode(b'{"sub":"USR-A","exp":9999999999}').decode()
     with pytest.raises(AuthError, match="is not allowed"):
         verifier().verify(f"{header}.{body}.c2ln")
+
+
+@pytest.mark.parametrize(
+    ("role", "message"),
+    [("anon", "the role 'anon' may not use the relay"), (None, "the token has no 'role' claim")],
+)
+def test_only_the_policy_and_bypass_roles_are_accepted(role: str | None, message: str) -> None:
+    payload = {
+        "sub": "USR-A",
+        "exp": int(time.time()) + 60,
+        "app_metadata": {"user_id": "USR-A", "tenant_id": "TNT-A"},
+    }
+    if role is not None:
+        payload["role"] = role
+    with pytest.raises(AuthError, match=message):
+        verifier().verify(jwt.encode(payload, JWT_SECRET, algorithm="HS256"))
+
+
+def test_an_unknown_key_id_asks_for_the_jwks_again() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = jwt.PyJWKSet(
+        [
+            {
+                **jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True),
+                "kid": "k1",
+                "alg": "RS256",
+            }
+        ]
+    )
+    checked = TokenVerifier(claims=CLAIMS, bypass_roles=frozenset(), jwks=jwks)
+    asked = []
+    checked.on_unknown_key = lambda: asked.append(True)
+    token = jwt.encode(
+        {
+            "sub": "u",
+            "role": "authenticated",
+            "exp": int(time.time()) + 60,
+            "app_metadata": {"user_id": "U", "tenant_id": "T"},
+        },
+        key,
+        algorithm="RS256",
+        headers={"kid": "k2"},
+    )
+    with pytest.raises(AuthError, match="no key matches"):
+        checked.verify(token)
+    assert asked == [True]
