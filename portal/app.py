@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 
 from portal import auth
 from portal.database import Database
-from portal.security import SecurityHeaders
+from portal.security import BodyLimit, SecurityHeaders
 from portal.settings import PortalSettings
 from portal.views import Endpoint, Views
 
@@ -27,12 +27,17 @@ logger = logging.getLogger("portal")
 HERE = Path(__file__).resolve().parent
 
 
-def login_required(endpoint: Endpoint) -> Endpoint:
-    """Signed out: pages redirect to the login, htmx partials and APIs answer 401."""
+def login_required(db: Database, endpoint: Endpoint) -> Endpoint:
+    """Only for a live session (checked in the database on every request).
+
+    Signed out: pages redirect to the login, htmx partials answer 401 with
+    HX-Redirect, posts 401.
+    """
 
     @functools.wraps(endpoint)
     async def guarded(request: Request) -> Response:
-        if auth.signed_in(request) is None:
+        user = await auth.live_user(request, db)
+        if user is None:
             if request.headers.get("hx-request") == "true":
                 login = request.url_for("login_page").path
                 return Response(status_code=401, headers={"HX-Redirect": login})
@@ -40,6 +45,7 @@ def login_required(endpoint: Endpoint) -> Endpoint:
                 target = request.url_for("login_page").include_query_params(next=request.url.path)
                 return RedirectResponse(str(target.path) + "?" + str(target.query), 303)
             raise HTTPException(401)
+        request.state.user = user
         return await endpoint(request)
 
     return guarded
@@ -80,7 +86,7 @@ def create_app(settings: PortalSettings) -> Starlette:
             exc.status_code,
             status=exc.status_code,
             message=detail,
-            signed_in=auth.signed_in(request) is not None,
+            signed_in=auth.from_cookie(request) is not None,
         )
 
     async def server_error(request: Request, exc: Exception) -> Response:
@@ -91,7 +97,7 @@ def create_app(settings: PortalSettings) -> Starlette:
             500,
             status=500,
             message="Something went wrong on our side. Please try again.",
-            signed_in=auth.signed_in(request) is not None,
+            signed_in=auth.from_cookie(request) is not None,
         )
 
     @asynccontextmanager
@@ -99,7 +105,7 @@ def create_app(settings: PortalSettings) -> Starlette:
         yield
         await db.dispose()
 
-    page = login_required
+    page = functools.partial(login_required, db)
     routes = [
         Route("/", root),
         Route("/healthz", views.healthz),
@@ -159,11 +165,15 @@ def create_app(settings: PortalSettings) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[
-            Middleware(SecurityHeaders, relay_url=settings.relay_url),
+            Middleware(SecurityHeaders, relay_url=settings.relay_url, https=settings.cookie_secure),
+            Middleware(BodyLimit, max_bytes=64 * 1024),
             Middleware(
                 SessionMiddleware,
                 secret_key=settings.session_secret,
-                session_cookie="nexus_session",
+                # __Host-: only over HTTPS, for this host and path /, never set by a subdomain.
+                session_cookie="__Host-nexus_session"
+                if settings.cookie_secure
+                else "nexus_session",
                 max_age=settings.session_max_age,
                 same_site="lax",
                 https_only=settings.cookie_secure,

@@ -1,14 +1,17 @@
-"""Signing in: passwords (argon2), the session, failed-login slowdown, relay tokens."""
+"""Signing in: passwords (argon2), sessions, failed-login slowdown, relay tokens."""
 
+import contextlib
+import hashlib
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+import anyio
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import func, insert, select, update
 from starlette.requests import HTTPConnection
 
 from portal import schema
@@ -19,20 +22,34 @@ HASHER = PasswordHasher()
 # Verified when the email is unknown, so that a wrong email costs as much time
 # as a wrong password and does not reveal which emails exist.
 _DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
+# argon2 is slow on purpose (tens of ms of CPU): off the event loop, a few at a time.
+_HASHING = anyio.CapacityLimiter(4)
 
 
 @dataclass(frozen=True)
 class SignedIn:
     user_id: str
     tenant_id: str
+    session_id: str  # random; the database keeps its SHA-256 only
 
     @property
     def claims(self) -> Claims:
         return Claims(self.user_id, self.tenant_id)
 
+    @property
+    def session_hash(self) -> str:
+        return hashlib.sha256(self.session_id.encode()).hexdigest()
 
-async def check_password(db: Database, email: str, password: str) -> SignedIn | None:
-    """The user whose email and password these are, or None."""
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return HASHER.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+async def sign_in(db: Database, email: str, password: str, session_seconds: int) -> SignedIn | None:
+    """A new session for the user whose email and password these are, or None."""
     email = email.strip().lower()
     async with db.for_login(email) as conn:
         row = (
@@ -42,34 +59,83 @@ async def check_password(db: Database, email: str, password: str) -> SignedIn | 
                 ).where(schema.users.c.email == email)
             )
         ).first()
-        try:
-            HASHER.verify(row.password_hash if row else _DUMMY_HASH, password)
-        except (VerificationError, InvalidHashError):
-            return None
-        if row is None:
+        stored = row.password_hash if row else _DUMMY_HASH
+        valid = await anyio.to_thread.run_sync(_verify, stored, password, limiter=_HASHING)
+        if row is None or not valid:
             return None
         if HASHER.check_needs_rehash(row.password_hash):
+            rehashed = await anyio.to_thread.run_sync(HASHER.hash, password, limiter=_HASHING)
             await conn.execute(
                 update(schema.users)
                 .where(schema.users.c.id == row.id)
-                .values(password_hash=HASHER.hash(password))
+                .values(password_hash=rehashed)
             )
-        return SignedIn(row.id, row.tenant_id)
+        user = SignedIn(row.id, row.tenant_id, secrets.token_urlsafe(32))
+        await conn.execute(
+            insert(schema.sessions).values(
+                id_hash=user.session_hash,
+                user_id=user.user_id,
+                tenant_id=user.tenant_id,
+                expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, session_seconds),
+            )
+        )
+        return user
 
 
-def signed_in(request: HTTPConnection) -> SignedIn | None:
-    """Who the session says is signed in."""
-    user_id = request.session.get("user_id")
-    tenant_id = request.session.get("tenant_id")
-    if isinstance(user_id, str) and isinstance(tenant_id, str):
-        return SignedIn(user_id, tenant_id)
+def from_cookie(request: HTTPConnection) -> SignedIn | None:
+    """Who the signed session cookie names; not yet checked against the database."""
+    session = request.session
+    values = (session.get("user_id"), session.get("tenant_id"), session.get("sid"))
+    if all(isinstance(value, str) for value in values):
+        return SignedIn(*values)  # type: ignore[arg-type]
     return None
+
+
+async def live_user(request: HTTPConnection, db: Database) -> SignedIn | None:
+    """The signed-in user, if their session is live and they are still who it says.
+
+    A session ended by signing out, expired, of a deleted user, or of a user
+    moved to another tenant since, is not.
+    """
+    user = from_cookie(request)
+    if user is None:
+        return None
+    sessions, users = schema.sessions, schema.users
+    async with db.as_user(user.claims) as conn:
+        live = await conn.scalar(
+            select(func.count())
+            .select_from(sessions.join(users, users.c.id == sessions.c.user_id))
+            .where(
+                sessions.c.id_hash == user.session_hash,
+                sessions.c.revoked_at.is_(None),
+                sessions.c.expires_at > func.now(),
+                users.c.tenant_id == sessions.c.tenant_id,
+            )
+        )
+    if not live:
+        request.session.clear()
+        return None
+    return user
+
+
+async def end_session(db: Database, user: SignedIn) -> None:
+    async with db.as_user(user.claims) as conn:
+        await conn.execute(
+            update(schema.sessions)
+            .where(schema.sessions.c.id_hash == user.session_hash)
+            .values(revoked_at=func.now())
+        )
 
 
 def start_session(request: HTTPConnection, user: SignedIn) -> None:
     request.session.clear()  # nothing of the anonymous session carries over
     request.session.update(
-        {"user_id": user.user_id, "tenant_id": user.tenant_id, "csrf": secrets.token_urlsafe(32)}
+        {
+            "user_id": user.user_id,
+            "tenant_id": user.tenant_id,
+            "sid": user.session_id,
+            "csrf": secrets.token_urlsafe(32),
+        }
     )
 
 
@@ -78,41 +144,63 @@ class LoginThrottle:
 
     After ``free_failures`` failures within ``window`` seconds, each further
     attempt must wait 2, 4, 8... seconds (at most 15 minutes) after the last
-    failure. Held in memory: one portal process; behind several, use a shared
-    store or the load balancer's rate limits.
+    failure. An attempt counts from the moment it starts, so that concurrent
+    guesses cannot all slip through; one that succeeds is taken back. At most
+    ``max_keys`` accounts and addresses are remembered (the oldest go first).
+    Held in memory: one portal process; behind several, use a shared store or
+    the load balancer's rate limits.
     """
 
-    def __init__(self, free_failures: int = 5, window: float = 900.0) -> None:
+    def __init__(
+        self, free_failures: int = 5, window: float = 900.0, max_keys: int = 100_000
+    ) -> None:
         self.free_failures = free_failures
         self.window = window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self.max_keys = max_keys
+        self._attempts: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures[key]
-        while failures and failures[0] < now - self.window:
-            failures.popleft()
-        return failures
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        attempts = self._attempts.get(key)
+        if attempts is None:
+            return None
+        while attempts and attempts[0] < now - self.window:
+            attempts.popleft()
+        if not attempts:
+            del self._attempts[key]
+            return None
+        return attempts
 
     def retry_after(self, keys: list[str], now: float | None = None) -> float:
         """Seconds to wait before another attempt with these keys; 0: go ahead."""
         now = time.monotonic() if now is None else now
         wait = 0.0
         for key in keys:
-            failures = self._recent(key, now)
-            excess = len(failures) - self.free_failures
+            attempts = self._recent(key, now)
+            if attempts is None:
+                continue
+            excess = len(attempts) - self.free_failures
             if excess >= 0:
                 delay = min(2.0 ** (excess + 1), 900.0)
-                wait = max(wait, failures[-1] + delay - now)
+                wait = max(wait, attempts[-1] + delay - now)
         return max(wait, 0.0)
 
-    def failed(self, keys: list[str], now: float | None = None) -> None:
+    def attempt(self, keys: list[str], now: float | None = None) -> float:
+        """Count an attempt as failed until it succeeds; its time, for ``succeeded``."""
         now = time.monotonic() if now is None else now
         for key in keys:
-            self._recent(key, now).append(now)
+            self._attempts.setdefault(key, deque()).append(now)
+            self._attempts.move_to_end(key)
+        while len(self._attempts) > self.max_keys:
+            self._attempts.popitem(last=False)
+        return now
 
-    def succeeded(self, keys: list[str]) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
+    def succeeded(self, account_key: str, address_key: str, attempted_at: float) -> None:
+        """The account starts afresh; the address only loses this attempt."""
+        self._attempts.pop(account_key, None)
+        attempts = self._attempts.get(address_key)
+        if attempts is not None:
+            with contextlib.suppress(ValueError):  # already gone with the window
+                attempts.remove(attempted_at)
 
 
 def relay_token(user: SignedIn, settings: PortalSettings) -> tuple[str, int]:

@@ -84,3 +84,14 @@ relationships = Table(
     Column("created_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True)),
 )
+
+sessions = Table(
+    "nexus_sessions",
+    metadata,
+    Column("id_hash", String, primary_key=True),
+    Column("user_id", String),
+    Column("tenant_id", String),
+    Column("created_at", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)

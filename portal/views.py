@@ -72,8 +72,7 @@ class Views:
         )
 
     async def viewer(self, request: Request, conn: AsyncConnection) -> Viewer:
-        user = auth.signed_in(request)
-        assert user is not None
+        user = signed(request)
         row = (
             await conn.execute(
                 select(
@@ -122,7 +121,7 @@ class Views:
     # --- Signing in -------------------------------------------------------------------
 
     async def login_page(self, request: Request) -> Response:
-        if auth.signed_in(request):
+        if await auth.live_user(request, self.db):
             return RedirectResponse(request.url_for("dashboard").path, 303)
         return self.render(request, "login.html", next=safe_next(request.query_params.get("next")))
 
@@ -133,7 +132,8 @@ class Views:
         password = str(form.get("password", ""))[:1024]
         next_path = safe_next(str(form.get("next", "")))
         address = request.client.host if request.client else "unknown"
-        keys = [f"account:{email}", f"address:{address}"]
+        account_key, address_key = f"account:{email}", f"address:{address}"
+        keys = [account_key, address_key]
 
         wait = self.throttle.retry_after(keys)
         if wait > 0:
@@ -147,9 +147,11 @@ class Views:
             )
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response
-        user = await auth.check_password(self.db, email, password) if email and password else None
+        attempted_at = self.throttle.attempt(keys)  # counted before checking: no racing it
+        user = None
+        if email and password:
+            user = await auth.sign_in(self.db, email, password, self.settings.session_max_age)
         if user is None:
-            self.throttle.failed(keys)
             return self.render(
                 request,
                 "login.html",
@@ -158,17 +160,20 @@ class Views:
                 next=next_path,
                 error="Wrong email or password.",
             )
-        self.throttle.succeeded(keys)
+        self.throttle.succeeded(account_key, address_key, attempted_at)
         auth.start_session(request, user)
         return RedirectResponse(next_path or request.url_for("dashboard").path, 303)
 
     async def logout(self, request: Request) -> Response:
         check_csrf(request, await request.form())
+        await auth.end_session(
+            self.db, signed(request)
+        )  # a copy of the cookie is worth nothing now
         request.session.clear()
         return RedirectResponse(request.url_for("login_page").path, 303)
 
     async def realtime_config(self, request: Request) -> Response:
-        user = auth.signed_in(request)
+        user = await auth.live_user(request, self.db)
         if user is None:
             return JSONResponse(
                 {"error": "not signed in"}, 401, headers={"Cache-Control": "no-store"}
@@ -337,7 +342,7 @@ class Views:
         return self.render(request, "partials/notifications_list.html", notifications=rows)
 
     async def unread_badge(self, request: Request) -> Response:
-        user = auth.signed_in(request)
+        user = await auth.live_user(request, self.db)
         if user is None:
             return Response(status_code=204)
         async with self.db.as_user(user.claims) as conn:
@@ -475,8 +480,9 @@ class Views:
 
 
 def signed(request: Request) -> SignedIn:
-    user = auth.signed_in(request)
-    assert user is not None, "route without login_required"
+    """The user that ``login_required`` checked for this request."""
+    user = getattr(request.state, "user", None)
+    assert isinstance(user, SignedIn), "route without login_required"
     return user
 
 
@@ -544,7 +550,11 @@ async def case_rows(
     return list((await conn.execute(query)).all())
 
 
+THREAD_LENGTH = 500  # the latest messages a thread shows
+
+
 async def thread(conn: AsyncConnection, case_id: str) -> list[Any]:
+    """The latest messages of a case, oldest first."""
     messages, users, tenants = schema.case_messages, schema.users, schema.tenants
     query = (
         select(
@@ -555,9 +565,10 @@ async def thread(conn: AsyncConnection, case_id: str) -> list[Any]:
         .outerjoin(users, users.c.id == messages.c.sender_user_id)
         .outerjoin(tenants, tenants.c.id == messages.c.sender_tenant_id)
         .where(messages.c.case_id == case_id)
-        .order_by(messages.c.created_at, messages.c.id)
+        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+        .limit(THREAD_LENGTH)
     )
-    return list((await conn.execute(query)).all())
+    return list(reversed((await conn.execute(query)).all()))
 
 
 async def payment_rows(conn: AsyncConnection) -> list[Any]:

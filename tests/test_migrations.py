@@ -14,6 +14,7 @@ NEXUS_TABLES = {
     "nexus_payments",
     "nexus_notifications",
     "nexus_tenant_relationships",
+    "nexus_sessions",
 }
 
 
@@ -62,7 +63,7 @@ def test_upgrade_downgrade_upgrade(new_database: Callable[[], str]) -> None:
 def test_every_revision_downgrades_one_step(new_database: Callable[[], str]) -> None:
     url = new_database()
     migrations.upgrade(url)
-    for _ in range(4):
+    for _ in range(5):
         migrations.downgrade(url, "-1")
     assert public_tables(url) == {"alembic_version"}
 

@@ -1,7 +1,9 @@
 """The portal over HTTP: sign-in, sessions, CSRF, tenancy, input, headers, the realtime config."""
 
+import asyncio
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import jwt
@@ -289,3 +291,66 @@ def test_logout_ends_the_session(alice: httpx.Client) -> None:
 def test_health(portal: PortalProcess) -> None:
     with client(portal) as http:
         assert http.get("/healthz").json() == {"ok": True}
+
+
+def test_a_copied_cookie_is_worthless_after_sign_out(portal: PortalProcess) -> None:
+    original = signed_in(portal, "carol@alpha.com", "alpha-demo-pass")
+    copy = client(portal)
+    copy.cookies.update(original.cookies)
+    assert copy.get("/nexus/payments/list").status_code == 200
+    token = csrf_of(original, "/nexus/")
+    assert original.post("/nexus/logout", data={"csrf_token": token}).status_code == 303
+    # Pages, partials and the realtime config all refuse the copy now.
+    assert copy.get("/nexus/").status_code == 303
+    assert copy.get("/nexus/payments/list", headers={"HX-Request": "true"}).status_code == 401
+    assert (
+        copy.get("/nexus/cases/CASE-AB000001/thread", headers={"HX-Request": "true"}).status_code
+        == 401
+    )
+    assert copy.get("/nexus/api/realtime-config").status_code == 401
+    original.close()
+    copy.close()
+
+
+def test_a_deleted_or_moved_user_is_signed_out_everywhere(portal: PortalProcess, pdb: Any) -> None:
+    pdb.execute(
+        "INSERT INTO nexus_users (id, tenant_id, email, display_name, password_hash)"
+        " SELECT 'USR-TEMP0001', 'TNT-ALPHA001', 'temp@alpha.com', 'Temp', password_hash"
+        " FROM nexus_users WHERE id = 'USR-CARO0001' ON CONFLICT DO NOTHING"
+    )
+    moved = signed_in(portal, "temp@alpha.com", "alpha-demo-pass")
+    assert moved.get("/nexus/api/realtime-config").status_code == 200
+    pdb.execute("UPDATE nexus_users SET tenant_id = 'TNT-BETA0001' WHERE id = 'USR-TEMP0001'")
+    # Moved to another tenant: the session was for Alpha; it is not valid any more.
+    assert moved.get("/nexus/api/realtime-config").status_code == 401
+    assert moved.get("/nexus/payments/list", headers={"HX-Request": "true"}).status_code == 401
+    pdb.execute("UPDATE nexus_users SET tenant_id = 'TNT-ALPHA001' WHERE id = 'USR-TEMP0001'")
+    deleted = signed_in(portal, "temp@alpha.com", "alpha-demo-pass")
+    pdb.execute("DELETE FROM nexus_users WHERE id = 'USR-TEMP0001'")
+    assert deleted.get("/nexus/api/realtime-config").status_code == 401
+    assert deleted.get("/nexus/").status_code == 303
+    moved.close()
+    deleted.close()
+
+
+async def test_concurrent_guesses_cannot_outrun_the_slowdown(portal: PortalProcess) -> None:
+    headers = {"X-Forwarded-For": "203.0.113.99"}
+    async with httpx.AsyncClient(base_url=portal.url, timeout=4 * WAIT, headers=headers) as http:
+        page = await http.get("/nexus/login")
+        token = re.search(r'name="nexus-csrf-token" content="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+
+        async def guess(n: int) -> int:
+            data = {"email": "bob@beta.com", "password": f"guess-{n}", "csrf_token": token}
+            return (await http.post("/nexus/login", data=data)).status_code
+
+        statuses = await asyncio.gather(*(guess(n) for n in range(30)))
+    assert statuses.count(401) <= 5  # checked against the hash: no more than the free failures
+    assert statuses.count(429) >= 25
+
+
+def test_an_oversized_request_is_refused(alice: httpx.Client) -> None:
+    token = csrf_of(alice, "/nexus/")
+    response = alice.post(
+        "/nexus/cases/CASE-AB000001/messages", data={"body": "x" * 70_000, "csrf_token": token}
+    )
+    assert response.status_code == 413
