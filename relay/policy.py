@@ -370,19 +370,34 @@ class PolicySet:
             table = tables.get(name)
             if table is None:
                 continue  # not published (yet): nobody can subscribe to it anyway
+            compared = {id(o) for o in _compared(policy.expr)}
             for operand in operands(policy.expr):
-                problem = _operand_problem(operand, table)
+                problem = _operand_problem(operand, table, id(operand) in compared)
                 if problem:
                     problems.append(f"policy of {name}: {problem}")
         return problems
 
 
-def _operand_problem(operand: Operand, table: Table) -> str | None:
+def _compared(expr: Expr) -> list[Operand]:
+    """The operands of comparisons (``is null`` takes a column of any type)."""
+    match expr:
+        case Compare(left, _, right):
+            return [left, right]
+        case IsNull():
+            return []
+        case And(items) | Or(items):
+            return [o for item in items for o in _compared(item)]
+        case Not(item):
+            return _compared(item)
+    raise AssertionError(expr)  # pragma: no cover
+
+
+def _operand_problem(operand: Operand, table: Table, compared: bool) -> str | None:
     if isinstance(operand, ColumnRef):
         column = table.columns.get(operand.name)
         if column is None:
             return f"no column {operand.name!r}"
-        if column.category not in TEXT_CATEGORIES:
+        if compared and column.category not in TEXT_CATEGORIES:
             return f"column {operand.name!r} is {column.type}: policies compare text columns"
     if isinstance(operand, ParentRef) and operand.alias not in table.parents:
         return (

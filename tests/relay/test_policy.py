@@ -187,6 +187,11 @@ def test_policies_are_checked_against_the_published_tables(tmp_path: Path) -> No
     assert policies.check_against({"public.items": table(id="integer", owner="integer")}) == [
         "policy of public.items: column 'owner' is integer: policies compare text columns"
     ]
+    # "is null" takes a column of any type.
+    nullable = policy.load(
+        write(tmp_path, VALID.replace("tenant_id = claims.tenant_id", "id is null"))
+    )
+    assert nullable.check_against({"public.items": table(id="integer")}) == []
     parent = policy.load(
         write(tmp_path, VALID.replace("tenant_id = claims", "parents.p.owner = claims"))
     )
