@@ -1,0 +1,361 @@
+"""One load-client process: many WebSocket connections, one event loop, little CPU each.
+
+    python -m bench.loadclient --url ws://127.0.0.1:PORT/ --users FILE --process N
+
+websockets' sans-I/O client protocol (``websockets.client.ClientProtocol``),
+driven from an ``asyncio.Protocol`` (uvloop): the library does the WebSocket
+work, and nothing runs a coroutine or a queue per message. That keeps the
+client side cheap enough to share one core with PostgreSQL and the writers
+while the server under test has the other.
+
+Each connection is one user, as the portal connects: ``auth`` with the user's
+token, then ``subscribe`` to ``nexus_notifications`` and to ``nexus_payments``
+(no filter: the policy decides). A connection has joined when both
+subscriptions are acknowledged.
+
+For every ``change`` frame it records two numbers, on the same clock
+(``time.time()``, one machine): the change's ``commit_timestamp`` (the
+transaction's ``now()``, which is its start, so the latency is an upper bound)
+and the time the chunk that held the frame was read from the socket.
+
+The orchestrator talks to it by JSON lines: on stdin a command, on stdout the
+reply. Commands: ``join`` (at a given wall time, with bounded concurrency),
+``stats``, ``dump`` (write the recorded pairs as .npy, then forget them),
+``close``.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from array import array
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+SUBPROTOCOL = "nexus-relay.v1"
+CHANGE_PREFIX = b'{"type":"change"'
+TS_KEY = b'"commit_timestamp":"'
+TS_KEY_LEN = len(TS_KEY)
+
+HANDSHAKE, AUTHENTICATING, SUBSCRIBING, JOINED, CLOSED = range(5)
+
+
+class Pool:
+    """Everything one process records."""
+
+    def __init__(self) -> None:
+        self.commit = array("d")
+        self.recv = array("d")
+        self.ts_cache: dict[bytes, float] = {}
+        self.received = 0  # change frames, since start
+        self.last_recv = 0.0
+        self.types: Counter[str] = Counter()
+        self.close_codes: Counter[str] = Counter()
+        self.disconnects = 0  # joined connections lost while not closing
+        self.closing = False
+        self.connections: list[Connection] = []
+
+    def timestamp(self, raw: bytes) -> float:
+        value = self.ts_cache.get(raw)
+        if value is None:
+            if len(self.ts_cache) > 200_000:
+                self.ts_cache.clear()
+            value = self.ts_cache[raw] = datetime.fromisoformat(raw.decode()).timestamp()
+        return value
+
+
+class Connection(asyncio.Protocol):
+    """One user's connection: websockets' sans-I/O client protocol, driven by hand.
+
+    The library does the handshake, framing, masking, pings and the closing
+    handshake; this class only moves bytes and reads the frames it hands over,
+    without a coroutine or a queue per message.
+    """
+
+    def __init__(self, pool: Pool, host: str, port: int, path: str, token: str) -> None:
+        self.pool = pool
+        self.uri = parse_uri(f"ws://{host}:{port}{path}")
+        self.token = token
+        self.transport: asyncio.Transport | None = None
+        self.protocol = ClientProtocol(
+            self.uri, subprotocols=[Subprotocol(SUBPROTOCOL)], max_size=None
+        )
+        self.state = HANDSHAKE
+        self.acks = 0
+        self.error: str | None = None
+        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        pool = self.pool
+        now = 0.0
+        for event in protocol.events_received():
+            if isinstance(event, Response):
+                if protocol.state is not State.OPEN:
+                    self._fail(f"handshake: {event.status_code} {protocol.handshake_exc}")
+                    return
+                self.state = AUTHENTICATING
+                self._send({"type": "auth", "token": self.token, "ref": 1})
+                continue
+            if event.opcode is not Opcode.TEXT:
+                continue  # pings are answered, closes handled, by the protocol
+            payload = bytes(event.data)
+            if payload.startswith(CHANGE_PREFIX):
+                i = payload.find(TS_KEY)
+                if i >= 0:
+                    i += TS_KEY_LEN
+                    if now == 0.0:
+                        now = time.time()
+                    pool.commit.append(pool.timestamp(payload[i : payload.find(b'"', i)]))
+                    pool.recv.append(now)
+                    pool.received += 1
+                    continue
+            self._text(payload)
+        if now:
+            pool.last_recv = now
+        self._flush()
+        if protocol.state is State.CLOSED or protocol.close_expected():
+            if protocol.close_rcvd is not None:
+                pool.close_codes[str(protocol.close_rcvd.code)] += 1
+                self._fail(f"closed {protocol.close_rcvd.code}")
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == JOINED and not self.pool.closing:
+            self.pool.disconnects += 1
+        self._fail("connection lost" if exc is None else f"connection lost: {exc}")
+
+    # --- Protocol ------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+    def _text(self, payload: bytes) -> None:
+        try:
+            frame = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.pool.types["bad_json"] += 1
+            return
+        kind = frame.get("type")
+        self.pool.types[str(kind)] += 1
+        if kind == "change":  # without a commit_timestamp: should not happen
+            return
+        if self.state == AUTHENTICATING and kind == "ready":
+            self.state = SUBSCRIBING
+            self._send({"type": "subscribe", "table": "nexus_notifications", "ref": 2})
+            self._send({"type": "subscribe", "table": "nexus_payments", "ref": 3})
+        elif self.state == SUBSCRIBING and kind == "subscribed":
+            self.acks += 1
+            if self.acks == 2:
+                self.state = JOINED
+                if not self.done.done():
+                    self.done.set_result(True)
+        elif kind == "error" and self.state != JOINED:
+            self._fail(f"error {frame.get('code')}")
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_text(orjson.dumps(frame))
+            self._flush()
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None and self.state != JOINED:
+            self.error = reason
+        self.state = CLOSED
+        if not self.done.done():
+            self.done.set_result(False)
+
+    def close(self) -> None:
+        if self.protocol.state is State.OPEN:
+            with contextlib.suppress(Exception):
+                self.protocol.send_close(1000)
+                self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+async def join_all(
+    pool: Pool,
+    url: tuple[str, int, str],
+    tokens: list[str],
+    at: float,
+    concurrency: int,
+    timeout: float,
+    local_host: str | None,
+) -> dict[str, Any]:
+    host, port, path = url
+    loop = asyncio.get_running_loop()
+    delay = at - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    semaphore = asyncio.Semaphore(concurrency)
+    starts: list[float] = []
+    ends: list[float] = []
+    errors: Counter[str] = Counter()
+    failed: list[int] = []
+    retries = 0
+
+    async def one(index: int, token: str) -> None:
+        nonlocal retries
+        async with semaphore:
+            begin = time.time()
+            for attempt in range(5):
+                connection = Connection(pool, host, port, path, token)
+                try:
+                    await asyncio.wait_for(
+                        loop.create_connection(
+                            lambda c=connection: c,  # type: ignore[misc]
+                            host,
+                            port,
+                            local_addr=(local_host, 0) if local_host else None,
+                        ),
+                        timeout,
+                    )
+                    ok = await asyncio.wait_for(connection.done, timeout)
+                except (OSError, TimeoutError) as exc:
+                    connection.close()
+                    connection.error = connection.error or type(exc).__name__
+                    ok = False
+                if ok:
+                    pool.connections.append(connection)
+                    starts.append(begin)
+                    ends.append(time.time())
+                    return
+                connection.close()
+                errors[connection.error or "unknown"] += 1
+                if attempt < 4:
+                    retries += 1
+                    await asyncio.sleep(0.05 * 2**attempt)
+            failed.append(index)
+
+    started = time.time()
+    await asyncio.gather(*(one(i, token) for i, token in enumerate(tokens)))
+    return {
+        "joined": len(ends),
+        "failed": len(tokens) - len(ends),
+        "failed_indexes": failed,
+        "retries": retries,
+        "errors": dict(errors),
+        "started": started,
+        "starts": starts,
+        "ends": ends,
+    }
+
+
+def stats(pool: Pool) -> dict[str, Any]:
+    return {
+        "received": pool.received,
+        "last_recv": pool.last_recv,
+        "open": sum(1 for c in pool.connections if c.state == JOINED),
+        "disconnects": pool.disconnects,
+        "types": dict(pool.types),
+        "close_codes": dict(pool.close_codes),
+        "pending": len(pool.commit),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(args.url)
+    url = (parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/")
+    tokens: list[str] = args.tokens
+    pool = Pool()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def reply(message: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    reply({"ready": True, "pid": os.getpid(), "connections": len(tokens)})
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        command = json.loads(line)
+        cmd = command["cmd"]
+        if cmd == "join":
+            result = await join_all(
+                pool,
+                url,
+                tokens,
+                float(command.get("at", 0.0)),
+                int(command.get("concurrency", 64)),
+                float(command.get("timeout", 30.0)),
+                args.local_host,
+            )
+            reply(result)
+        elif cmd == "stats":
+            reply(stats(pool))
+        elif cmd == "dump":
+            import numpy as np
+
+            data = np.vstack(
+                [
+                    np.frombuffer(pool.commit, dtype=np.float64),
+                    np.frombuffer(pool.recv, dtype=np.float64),
+                ]
+            )
+            np.save(command["path"], data)
+            pool.commit = array("d")
+            pool.recv = array("d")
+            reply({"dumped": int(data.shape[1]), **stats(pool)})
+        elif cmd == "close":
+            pool.closing = True
+            for connection in pool.connections:
+                connection.close()
+            await asyncio.sleep(0.5)
+            reply({"closed": len(pool.connections)})
+            break
+        else:
+            reply({"error": f"unknown command {cmd!r}"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--users", required=True, help="JSON file: {'tokens': [...]}")
+    parser.add_argument("--local-host", help="source address, e.g. 127.0.0.11")
+    args = parser.parse_args()
+    args.tokens = json.loads(Path(args.users).read_text(encoding="utf-8"))["tokens"]
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(main_async(args))
+    else:
+        uvloop.run(main_async(args))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -1,0 +1,893 @@
+"""Results: bench/results/latest.json, latest.md, the plots, and bench/README.md's block.
+
+Every headline figure is a number or null; beside each, ``<key>_note`` says
+where it was measured (connections, rate) or, when null, why it was not.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import BENCH, RESULTS
+
+KEYS = (
+    "authorized_msgs_per_s_max",
+    "p95_ms_at_10k_msgs_per_s",
+    "p99_ms_at_10k_msgs_per_s",
+    "connections_max_held",
+    "rss_kb_per_connection",
+    "cpu_ratio_vs_bare_broadcast",
+    "speedup_vs_per_subscriber_db_auth",
+    "write_throughput_ratio_1_writer",
+    "write_throughput_ratio_16_writers",
+    "joins_per_s",
+)
+
+
+def _r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def headline(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+    """Each key: (value, note)."""
+    cfg = results["config"]
+    ref = cfg["reference_rate"]
+    auth: dict[int, dict[str, Any]] = {int(k): v for k, v in results.get("authorized", {}).items()}
+    ceil: dict[int, dict[str, Any]] = {int(k): v for k, v in results.get("ceiling", {}).items()}
+    base: dict[int, dict[str, Any]] = {int(k): v for k, v in results.get("baseline", {}).items()}
+    write = results.get("write_path") or {}
+    errors = results.get("errors", {})
+    out: dict[str, tuple[float | None, str]] = {}
+    not_run = "not measured: the scenario did not run"
+
+    # 1. authorized
+    tops = [(s, a["max_sustained"]) for s, a in auth.items() if a.get("max_sustained")]
+    if tops:
+        size, top = max(tops, key=lambda t: t[1]["delivered_msgs_per_s"])
+        capped = [
+            s for s, a in auth.items() if a["steps"] and all(x["sustained"] for x in a["steps"])
+        ]
+        note = (
+            f"C={size}: offered {top['offered_msgs_per_s']:,.0f} msgs/s, delivered "
+            f"{top['delivered_msgs_per_s']:,.0f}/s with p95 {top['latency_ms']['p95']:.1f} ms, "
+            f"no drops (highest rate with p95 <= {cfg['latency_limit_ms']:g} ms on the ladder "
+            "of offered rates;"
+            " per size: "
+            + ", ".join(
+                f"C={s}: {a['max_sustained']['delivered_msgs_per_s']:,.0f}"
+                if a.get("max_sustained")
+                else f"C={s}: none"
+                for s, a in sorted(auth.items())
+            )
+            + ")"
+        )
+        if capped:
+            note += f"; at C={capped} every rate of the ladder was sustained: a lower bound"
+        out["authorized_msgs_per_s_max"] = (_r(top["delivered_msgs_per_s"], 0), note)
+    else:
+        out["authorized_msgs_per_s_max"] = (
+            None,
+            errors.get("authorized", "no rate was sustained") if auth else not_run,
+        )
+
+    largest = max(auth) if auth else None
+    at_ref = auth[largest].get("at_reference_rate") if largest else None
+    if at_ref and at_ref["latency_ms"]["p95"] is not None:
+        note = (
+            f"C={largest}, offered {ref:,.0f} msgs/s, "
+            f"delivered {at_ref['delivered_msgs_per_s']:,.0f}/s, "
+            f"{at_ref['latency_ms']['samples']:,} messages in a {at_ref['window_s']:g} s window; "
+            "commit_timestamp is the transaction's start (now()), so this is an upper bound"
+        )
+        out["p95_ms_at_10k_msgs_per_s"] = (_r(at_ref["latency_ms"]["p95"]), note)
+        out["p99_ms_at_10k_msgs_per_s"] = (_r(at_ref["latency_ms"]["p99"]), note)
+    else:
+        reason = not_run if not auth else f"no step at {ref:,.0f} msgs/s at C={largest}"
+        out["p95_ms_at_10k_msgs_per_s"] = (None, reason)
+        out["p99_ms_at_10k_msgs_per_s"] = (None, reason)
+
+    held = [s for s, a in auth.items() if a.get("held")]
+    if held:
+        out["connections_max_held"] = (
+            float(max(held)),
+            f"the largest size tried ({max(auth)}) "
+            + ("was held" if max(held) == max(auth) else "was not")
+            + ": all joined, none lost through the ladder; larger sizes were not tried",
+        )
+    else:
+        out["connections_max_held"] = (
+            None,
+            not_run if not auth else "no size was held without loss",
+        )
+
+    if largest:
+        a = auth[largest]
+        out["rss_kb_per_connection"] = (
+            _r(a["rss_kb_per_connection"], 2),
+            f"C={largest}: (RSS with C connections subscribed, idle - RSS with none) / C = "
+            f"({a['rss_kb_connected']:,} - {a['rss_kb_idle']:,}) KB / {largest}. After the load "
+            f"ladder the relay's RSS is {a['rss_kb_after_load']:,} KB "
+            f"({a['rss_kb_per_connection_after_load']:.1f} KB per connection if all of it "
+            "were counted against connections): that growth is mostly the shared change "
+            "history (RELAY_HISTORY_SIZE, 10,000 changes) and allocator high-water marks, "
+            "not per connection",
+        )
+        storm = a["storm"]
+        note = (
+            f"C={largest}: {storm['joined']} connect+auth+2 subscribes in "
+            f"{storm['last_subscribed_s']:.2f} s, {storm['client_processes']} client processes x "
+            f"{storm['concurrency_per_process']} at once; join p50 {storm['join_ms_p50']:.0f} ms, "
+            f"p99 {storm['join_ms_p99']:.0f} ms; failed {storm['failed']}; "
+            f"{storm.get('tcp_listen_overflows', 0)} TCP listen-queue overflows "
+            "(each a SYN retried after 1 s or more)"
+        )
+        quiet = a.get("storm_within_backlog")
+        if quiet and quiet.get("joins_per_s"):
+            note += (
+                f". A gentler storm, {quiet['client_processes']} x "
+                f"{quiet['concurrency_per_process']} at once: {quiet['joins_per_s']:,.0f} joins/s, "
+                f"all in {quiet['last_subscribed_s']:.2f} s, "
+                f"{quiet.get('tcp_listen_overflows', 0)} overflows"
+            )
+        out["joins_per_s"] = (_r(storm["joins_per_s"], 0), note)
+    else:
+        out["rss_kb_per_connection"] = (None, not_run)
+        out["joins_per_s"] = (None, not_run)
+
+    # 2. ceiling
+    ratio = None
+    note = not_run if not ceil else "no common rate between relay and ceiling"
+    for size in sorted(ceil, reverse=True):
+        relay_step = auth.get(size, {}).get("at_reference_rate")
+        ceil_step = next(
+            (s for s in ceil[size]["steps"] if abs(s["offered_msgs_per_s"] - ref) < 1), None
+        )
+        if (
+            relay_step
+            and ceil_step
+            and relay_step["server_cpu_s_per_1k_msgs"]
+            and ceil_step["server_cpu_s_per_1k_msgs"]
+        ):
+            ratio = relay_step["server_cpu_s_per_1k_msgs"] / ceil_step["server_cpu_s_per_1k_msgs"]
+            note = (
+                f"C={size} at {ref:,.0f} msgs/s: relay "
+                f"{relay_step['server_cpu_s_per_1k_msgs'] * 1000:.1f} ms "
+                f"of CPU per 1,000 delivered messages, bare broadcast "
+                f"{ceil_step['server_cpu_s_per_1k_msgs'] * 1000:.1f} ms"
+            )
+            break
+    out["cpu_ratio_vs_bare_broadcast"] = (_r(ratio, 2), note)
+
+    # 3. baseline
+    speedup = None
+    note = not_run if not base else "no size where both have a sustained rate"
+    for size in sorted(base, reverse=True):
+        b = base[size].get("max_sustained")
+        r = auth.get(size, {}).get("max_sustained")
+        if b and r:
+            speedup = r["delivered_msgs_per_s"] / b["delivered_msgs_per_s"]
+            note = (
+                f"C={size}: highest sustained (p95 <= {cfg['latency_limit_ms']:g} ms, no drops) "
+                f"delivered rate, relay {r['delivered_msgs_per_s']:,.0f}/s vs "
+                f"one-query-per-subscriber {b['delivered_msgs_per_s']:,.1f}/s"
+            )
+            break
+        cap = base[size].get("capacity")
+        if r and not b and cap and cap["delivered_msgs_per_s"]:
+            low = base[size]["lowest_offered"]
+            speedup = r["delivered_msgs_per_s"] / cap["delivered_msgs_per_s"]
+            note = (
+                f"C={size}: the baseline sustained none of the offered rates with p95 <= "
+                f"{cfg['latency_limit_ms']:g} ms (lowest tried {low:,.1f} msgs/s: one change takes "
+                "it longer than that to authorize); against its capacity (what it delivered when "
+                "offered "
+                f"{cap['offered_msgs_per_s']:,.0f} msgs/s, whatever the latency: "
+                f"{cap['delivered_msgs_per_s']:,.1f}/s), the relay's "
+                f"{r['delivered_msgs_per_s']:,.0f}/s is this many times more: "
+                "a lower bound of the speedup"
+            )
+            break
+    out["speedup_vs_per_subscriber_db_auth"] = (_r(speedup, 1), note)
+
+    # 4. write path
+    for writers in (1, 16):
+        key = f"write_throughput_ratio_{writers}_writer" + ("s" if writers > 1 else "")
+        w = write.get(f"writers_{writers}") if write else None
+        if w and w.get("ratio") is not None:
+            quiet = write.get(f"writers_{writers}_no_listener") or {}
+            out[key] = (
+                _r(w["ratio"], 3),
+                f"pgbench, one-row autocommit INSERTs, {writers} client(s), "
+                f"{write['duration_s']:g} s x {write['repeats']} (median), the relay listening: "
+                f"published {w['published_inserts_per_s']:,.0f}/s, "
+                f"unpublished {w['unpublished_inserts_per_s']:,.0f}/s"
+                + (
+                    f"; with no listener at all the ratio is {quiet['ratio']:.3f}"
+                    if quiet.get("ratio") is not None
+                    else ""
+                ),
+            )
+        else:
+            out[key] = (None, write.get("error") or errors.get("write_path") or not_run)
+    return {k: out[k] for k in KEYS}
+
+
+TARGETS = (
+    # key, comparison, target, words
+    ("authorized_msgs_per_s_max", ">=", 30_000, "at least 30,000 authorized messages/s delivered"),
+    ("p95_ms_at_10k_msgs_per_s", "<", 50, "p95 under 50 ms at 10,000 messages/s"),
+    ("connections_max_held", ">=", 10_000, "10,000 connections held"),
+    ("rss_kb_per_connection", "<", 40, "under 40 KB RSS per connection"),
+    (
+        "cpu_ratio_vs_bare_broadcast",
+        "<=",
+        2.0,
+        "relay CPU per message at most 2x the bare broadcast",
+    ),
+    (
+        "write_throughput_ratio_1_writer",
+        ">=",
+        0.8,
+        "published inserts at least 80% of unpublished (1 writer)",
+    ),
+)
+
+
+def targets(keys: dict[str, tuple[float | None, str]], sizes: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    largest = max(sizes) if sizes else 0
+    for key, op, target, words in TARGETS:
+        value = keys[key][0]
+        if key == "connections_max_held" and largest < target:
+            met = None
+            miss = (
+                f"not tried: this run's largest size is {largest:,} connections "
+                "(--full tries 10,000)"
+            )
+        elif value is None:
+            met = None
+            miss = "not measured"
+        else:
+            met = {">=": value >= target, "<": value < target, "<=": value <= target}[op]
+            if met:
+                miss = None
+            elif op == ">=":
+                miss = f"{value:,.3g} is {(1 - value / target) * 100:.0f}% under {target:,}"
+            else:
+                miss = f"{value:,.3g} is {(value / target - 1) * 100:.0f}% over {target:,}"
+        row = {
+            "target": words,
+            "key": key,
+            "value": value,
+            "goal": f"{op} {target:,}",
+            "met": met,
+            "missed_by": miss,
+        }
+        if (
+            largest
+            and largest < 10_000
+            and key in ("p95_ms_at_10k_msgs_per_s", "rss_kb_per_connection")
+        ):
+            row["measured_at"] = f"{largest:,} connections, not 10,000"
+        rows.append(row)
+    return rows
+
+
+# --- Files ------------------------------------------------------------------------------
+
+
+def write_all(
+    results: dict[str, Any], curves: dict[str, np.ndarray], update_readme: bool
+) -> dict[str, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    keys = headline(results)
+    document: dict[str, Any] = {
+        "schema": 1,
+        "mode": results["mode"],
+        "date": results["date"],
+        "commit": results["git"]["commit"],
+        "dirty": results["git"]["dirty"],
+        "dirty_outside_bench": results["git"]["dirty_outside_bench"],
+        "machine": results["machine"],
+        "postgres": results.get("postgres"),
+    }
+    for key, (value, note) in keys.items():
+        document[key] = value
+        document[f"{key}_note"] = note
+    document["targets"] = targets(keys, [int(k) for k in (results.get("authorized") or {})])
+    document["how"] = results["how"]
+    document["config"] = results["config"]
+    document["duration_s"] = results.get("duration_s")
+    document["merged"] = results.get("merged", [])
+    document["errors"] = results.get("errors", {})
+    document["scenarios"] = {
+        k: results.get(k) for k in ("authorized", "ceiling", "baseline", "write_path")
+    }
+    mode = results["mode"]
+    files: dict[str, Path] = {}
+    json_text = json.dumps(document, indent=2, default=_default) + "\n"
+    files["json"] = RESULTS / "latest.json"
+    files["json"].write_text(json_text)
+    plots = plot_all(results, curves, prefix="latest")
+    files.update(plots)
+    md = markdown(document, keys, plots)
+    files["md"] = RESULTS / "latest.md"
+    files["md"].write_text(md)
+    # A copy per mode: the README shows the last full run, whatever ran since.
+    for name, path in list(files.items()):
+        copy = path.with_name(path.name.replace("latest", mode, 1))
+        if name == "md":
+            copy.write_text(md.replace("latest-", f"{mode}-"))
+        else:
+            shutil.copyfile(path, copy)
+    if update_readme:
+        readme_block(document, keys, mode)
+    return files
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value))
+
+
+def _gc(gc: dict[str, Any] | None) -> str:
+    if not gc:
+        return "—"
+    if not gc["full_collections"]:
+        return "0"
+    return f"{gc['full_collections']} ({gc['full_max_ms']:.0f} ms)"
+
+
+def _header(*names: str) -> list[str]:
+    return ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}{unit}"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def machine_line(document: dict[str, Any]) -> str:
+    m = document["machine"]
+    pg = document.get("postgres") or {}
+    version = (pg.get("version") or "").split(" on ")[0]
+    commit = (document["commit"] or "?")[:12]
+    dirty = " (tree dirty outside bench/)" if document["dirty_outside_bench"] else ""
+    return (
+        f"{m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['ram_gib']} GiB RAM, "
+        f"Linux {m['kernel']}, Python {m['python']}, {version}"
+        f"{' (embedded)' if pg.get('embedded') else ''}; commit `{commit}`{dirty}; "
+        f"{document['mode']} run of {document['date']}"
+    )
+
+
+def headline_table(
+    document: dict[str, Any], keys: dict[str, tuple[float | None, str]]
+) -> list[str]:
+    goals = {t["key"]: t for t in document["targets"]}
+    lines = ["| Figure | Value | Target | Met |", "|---|---:|---|---|"]
+    names = {
+        "authorized_msgs_per_s_max": "Authorized messages/s delivered (max, p95 ≤ 100 ms)",
+        "p95_ms_at_10k_msgs_per_s": "p95 commit→client at 10,000 msgs/s (ms)",
+        "p99_ms_at_10k_msgs_per_s": "p99 commit→client at 10,000 msgs/s (ms)",
+        "connections_max_held": "Connections held (largest size tried)",
+        "rss_kb_per_connection": "Relay RSS per connection (KB)",
+        "cpu_ratio_vs_bare_broadcast": "Relay CPU per message ÷ bare broadcast",
+        "speedup_vs_per_subscriber_db_auth": "Speedup over one DB query per subscriber",
+        "write_throughput_ratio_1_writer": "Published ÷ unpublished inserts/s, 1 writer",
+        "write_throughput_ratio_16_writers": "Published ÷ unpublished inserts/s, 16 writers",
+        "joins_per_s": "Connection storm: joins/s",
+    }
+    for key, (value, _) in keys.items():
+        goal = goals.get(key)
+        met = (
+            ""
+            if goal is None
+            else {
+                True: "yes",
+                False: f"**no**: {goal['missed_by']}",
+                None: goal["missed_by"] or "",
+            }[goal["met"]]
+        )
+        if goal is not None and goal.get("measured_at"):
+            met += f" (at {goal['measured_at']})"
+        digits = 3 if key.startswith("write_") else 2 if "ratio" in key or "rss" in key else 1
+        lines.append(
+            f"| {names[key]} | {_fmt(value, digits)} | {goal['goal'] if goal else ''} | {met} |"
+        )
+    return lines
+
+
+def sizes_table(document: dict[str, Any]) -> list[str]:
+    auth = document["scenarios"].get("authorized") or {}
+    lines = _header(
+        "Connections",
+        "Max sustained delivered msgs/s",
+        "p95 there (ms)",
+        "p50 / p95 / p99 at 10k msgs/s (ms)",
+        "Relay CPU per 1,000 msgs at 10k (ms)",
+        "Relay CPU at 10k",
+        "RSS KB per connection",
+        "Drops",
+        "Joins/s",
+        "All subscribed in (s)",
+    )
+    for size in sorted(auth, key=int):
+        a = auth[size]
+        top = a.get("max_sustained")
+        ref = a.get("at_reference_rate")
+        lat = ref["latency_ms"] if ref else None
+        drops = sum(s["drops"] for s in a["steps"])
+        cpu = (
+            ref["server_cpu_s_per_1k_msgs"] * 1000
+            if ref and ref["server_cpu_s_per_1k_msgs"]
+            else None
+        )
+        pcts = " / ".join(_fmt(lat[q]) for q in ("p50", "p95", "p99")) if lat else "—"
+        lines.append(
+            _row(
+                f"{int(size):,}",
+                _fmt(top["delivered_msgs_per_s"] if top else None),
+                _fmt(top["latency_ms"]["p95"] if top else None),
+                pcts,
+                _fmt(cpu),
+                _fmt(ref["cpu_utilization"]["server"] * 100 if ref else None, 0, "%"),
+                _fmt(a["rss_kb_per_connection"]),
+                drops,
+                _fmt(a["storm"]["joins_per_s"], 0),
+                _fmt(a["storm"]["last_subscribed_s"], 2),
+            )
+        )
+    return lines
+
+
+def steps_table(document: dict[str, Any]) -> list[str]:
+    lines = _header(
+        "Server",
+        "C",
+        "Offered msgs/s",
+        "Delivered msgs/s",
+        "p50",
+        "p95",
+        "p99",
+        "Server CPU",
+        "Server CPU per 1,000 msgs (ms)",
+        "Clients CPU",
+        "PostgreSQL CPU",
+        "Other processes CPU",
+        "Drops",
+        "Relay full GCs in window (longest)",
+        "Sustained",
+    )
+    for scenario in ("authorized", "ceiling", "baseline"):
+        for size, data in sorted(
+            (document["scenarios"].get(scenario) or {}).items(), key=lambda kv: int(kv[0])
+        ):
+            for s in data["steps"]:
+                lat = s["latency_ms"]
+                u = s["cpu_utilization"]
+                per = s["server_cpu_s_per_1k_msgs"]
+                lines.append(
+                    _row(
+                        s["server"],
+                        f"{int(size):,}",
+                        f"{s['offered_msgs_per_s']:,.0f}",
+                        f"{s['delivered_msgs_per_s']:,.0f}",
+                        _fmt(lat["p50"]),
+                        _fmt(lat["p95"]),
+                        _fmt(lat["p99"]),
+                        f"{u['server']:.0%}",
+                        _fmt(per * 1000 if per else None, 2),
+                        f"{u['clients']:.0%}",
+                        f"{u['postgres']:.0%}",
+                        f"{s['other_processes_cpu_utilization']:.0%}",
+                        s["drops"],
+                        _gc(s.get("gc")),
+                        "yes" if s["sustained"] else "no: " + "; ".join(s["missed"]),
+                    )
+                )
+    return lines
+
+
+def comparison_tables(document: dict[str, Any]) -> list[str]:
+    auth = document["scenarios"].get("authorized") or {}
+    ceil = document["scenarios"].get("ceiling") or {}
+    base = document["scenarios"].get("baseline") or {}
+    lines: list[str] = []
+    if ceil:
+        lines += _header(
+            "C",
+            "Offered msgs/s",
+            "Relay CPU per 1,000 msgs (ms)",
+            "Bare broadcast CPU per 1,000 msgs (ms)",
+            "Ratio",
+            "Relay p95 (ms)",
+            "Bare p95 (ms)",
+        )
+        for size, c in sorted(ceil.items(), key=lambda kv: int(kv[0])):
+            relay_steps = auth.get(size, {}).get("steps", []) + (
+                [auth[size]["profile"]["step"]] if auth.get(size, {}).get("profile") else []
+            )
+            for s in c["steps"]:
+                r = next(
+                    (
+                        x
+                        for x in relay_steps
+                        if abs(x["offered_msgs_per_s"] - s["offered_msgs_per_s"]) < 1
+                    ),
+                    None,
+                )
+                rc = r["server_cpu_s_per_1k_msgs"] if r else None
+                cc = s["server_cpu_s_per_1k_msgs"]
+                lines.append(
+                    _row(
+                        f"{int(size):,}",
+                        f"{s['offered_msgs_per_s']:,.0f}",
+                        _fmt(rc * 1000 if rc else None, 2),
+                        _fmt(cc * 1000 if cc else None, 2),
+                        _fmt(rc / cc if rc and cc else None, 2),
+                        _fmt(r["latency_ms"]["p95"] if r else None),
+                        _fmt(s["latency_ms"]["p95"]),
+                    )
+                )
+        lines.append("")
+    if base:
+        lines += _header(
+            "C",
+            "Baseline max sustained msgs/s",
+            "Baseline capacity msgs/s (overloaded)",
+            "Relay max sustained msgs/s",
+            "Speedup",
+            "Baseline CPU per 1,000 msgs, process + its PostgreSQL backends (ms)",
+            "Relay's, process + its backend (ms)",
+        )
+        for size, b in sorted(base.items(), key=lambda kv: int(kv[0])):
+            bt = b.get("max_sustained")
+            cap = b.get("capacity")
+            rt = auth.get(size, {}).get("max_sustained")
+            speed = None
+            if rt and bt:
+                speed = f"{rt['delivered_msgs_per_s'] / bt['delivered_msgs_per_s']:,.0f}x"
+            elif rt and cap and cap["delivered_msgs_per_s"]:
+                speed = f"over {rt['delivered_msgs_per_s'] / cap['delivered_msgs_per_s']:,.0f}x"
+            src = bt or cap
+            bc = src["server_and_db_cpu_s_per_1k_msgs"] if src else None
+            rc = rt["server_and_db_cpu_s_per_1k_msgs"] if rt else None
+            lines.append(
+                f"| {int(size):,} | {_fmt(bt['delivered_msgs_per_s'] if bt else None)} "
+                f"| {_fmt(cap['delivered_msgs_per_s'] if cap else None)} "
+                f"| {_fmt(rt['delivered_msgs_per_s'] if rt else None)} | {speed or '—'} "
+                f"| {_fmt(bc * 1000 if bc else None, 1)} | {_fmt(rc * 1000 if rc else None, 2)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def write_table(document: dict[str, Any]) -> list[str]:
+    w = document["scenarios"].get("write_path") or {}
+    if not w or "writers_1" not in w:
+        return [f"Not measured: {w.get('error', 'the scenario did not run')}"] if w else []
+    lines = [
+        f"{w.get('tool', '')}; {w.get('tables', '')}.",
+        "",
+        "| Writers | Listener | Unpublished inserts/s | Published inserts/s | Ratio |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for writers in (1, 16):
+        for suffix, words in (("", "the relay"), ("_no_listener", "none")):
+            x = w.get(f"writers_{writers}{suffix}")
+            if not x:
+                continue
+            lines.append(
+                f"| {writers} | {words} | {_fmt(x['unpublished_inserts_per_s'], 0)} "
+                f"| {_fmt(x['published_inserts_per_s'], 0)} | {_fmt(x['ratio'], 3)} |"
+            )
+    return lines
+
+
+def profile_lines(document: dict[str, Any]) -> list[str]:
+    auth = document["scenarios"].get("authorized") or {}
+    profiled = [(s, a["profile"]) for s, a in auth.items() if a.get("profile")]
+    if not profiled:
+        return ["No profile in this run."]
+    size, p = profiled[-1]
+    step = p.get("step") or {}
+    lines = [
+        f"py-spy, {p['samples']:,} busy samples at 100 Hz, C={int(size):,}, offered "
+        f"{step.get('offered_msgs_per_s', 0):,.0f} msgs/s "
+        f"(relay CPU {step.get('cpu_utilization', {}).get('server', 0):.0%}).",
+        "",
+        "| Where (innermost frame's file) | Share of busy samples |",
+        "|---|---:|",
+    ]
+    lines += [f"| {a['area']} | {a['share']:.1%} |" for a in p["areas"][:12]]
+    lines += [
+        "",
+        "| Function (self: innermost Python frame) | File | Self | Inclusive |",
+        "|---|---|---:|---:|",
+    ]
+    inclusive = {(r["function"], r["file"]): r["share"] for r in p["inclusive"]}
+    for r in p["self"][:15]:
+        inc = inclusive.get((r["function"], r["file"]))
+        inclusive_share = "" if inc is None else f"{inc:.1%}"
+        lines.append(_row(f"`{r['function']}`", r["file"], f"{r['share']:.1%}", inclusive_share))
+    lines += ["", "| Function (inclusive) | File | Inclusive |", "|---|---|---:|"]
+    # Without the entry points (module, cli, event loop runner): they hold everything.
+    lines += [
+        f"| `{r['function']}` | {r['file']} | {r['share']:.1%} |"
+        for r in p["inclusive"]
+        if r["share"] < 0.95
+    ]
+    return lines
+
+
+def markdown(
+    document: dict[str, Any], keys: dict[str, tuple[float | None, str]], plots: dict[str, Path]
+) -> str:
+    how = document["how"]
+    out = [
+        f"# Nexus Relay benchmark: {document['mode']} run",
+        "",
+        f"Machine: {machine_line(document)}.",
+        "",
+        f"Cores: {how['cores']}",
+        "",
+        *[
+            f"Measured again and merged in (`--merge`): {', '.join(m['scenarios'])} "
+            f"(C={', '.join(str(s) for s in m.get('sizes', []))}) at "
+            f"{m['date']} (commit `{(m['git']['commit'] or '?')[:12]}`)"
+            + (f": {m['why']}" if m.get("why") else "")
+            + ".\n"
+            for m in document.get("merged", [])
+        ],
+        "## Headline",
+        "",
+        *headline_table(document, keys),
+        "",
+        "Notes:",
+        "",
+        *[f"- `{k}`: {note}" for k, (_, note) in keys.items()],
+        "",
+        "## 1. Authorized fan-out, and 5. connection storm",
+        "",
+        f"Workload: {how['workload']}",
+        "",
+        *sizes_table(document),
+        "",
+        "Every step of the ladders:",
+        "",
+        *steps_table(document),
+        "",
+        "## 2. Ceiling and 3. Supabase-style baseline",
+        "",
+        *comparison_tables(document),
+        "## 4. Write path",
+        "",
+        *write_table(document),
+        "",
+        "## Profile of the relay under load",
+        "",
+        *profile_lines(document),
+        "",
+        "## Plots",
+        "",
+        *[f"![{name}]({path.name})" for name, path in plots.items()],
+        "",
+    ]
+    if document.get("errors"):
+        out += ["## Errors", "", *[f"- {k}: {v}" for k, v in document["errors"].items()], ""]
+    return "\n".join(out)
+
+
+def readme_block(
+    document: dict[str, Any], keys: dict[str, tuple[float | None, str]], mode: str
+) -> None:
+    readme = BENCH / "README.md"
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    text = readme.read_text() if readme.exists() else f"{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        text += f"\n{begin}\n{end}\n"
+    block = [
+        begin,
+        f"Measured on {machine_line(document)}. {document['how']['cores']}",
+        "",
+        *headline_table(document, keys),
+        "",
+        *sizes_table(document),
+        "",
+        f"![Throughput and latency against connections](results/{mode}-vs-connections.png)",
+        f"![Latency CDF](results/{mode}-latency-cdf.png)",
+        "",
+        f"All figures, notes and every step: [results/{mode}.md](results/{mode}.md), "
+        f"[results/{mode}.json](results/{mode}.json).",
+        end,
+    ]
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(head + "\n".join(block) + tail)
+
+
+def curves_from_raw(raw: Path, results: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The CDF curves of a finished run, from its raw step files (``--report-only``)."""
+    saved = raw / "curves.npz"
+    if saved.exists():
+        with np.load(saved) as data:
+            return {name: data[name] for name in data.files}
+    ref = results["config"]["reference_rate"]
+    curves: dict[str, np.ndarray] = {}
+
+    def latencies(step: dict[str, Any]) -> np.ndarray:
+        path = raw / f"{step['name']}.npy"
+        if not path.exists():
+            return np.array([])
+        commit, recv = np.load(path)
+        if "window" in step:
+            w0, w1 = step["window"]
+        else:  # older runs: the writer's first commit starts the warm-up
+            w0 = float(commit.min()) + step["warmup_s"]
+            w1 = w0 + step["window_s"]
+        inside = (commit >= w0) & (commit < w1)
+        return np.asarray((recv[inside] - commit[inside]) * 1000.0)
+
+    for kind, label in (("authorized", "relay"), ("ceiling", "ceiling"), ("baseline", "baseline")):
+        for size, data in sorted((results.get(kind) or {}).items(), key=lambda kv: int(kv[0])):
+            at_ref = next(
+                (s for s in data["steps"] if abs(s["offered_msgs_per_s"] - ref) < 1), None
+            )
+            if at_ref is not None and kind != "baseline":
+                curves[f"{label} C={size} @ {ref:,.0f} msgs/s"] = latencies(at_ref)
+            top = data.get("max_sustained")
+            if top is not None and top is not at_ref and kind != "ceiling":
+                name = f"{label} C={size} @ {top['offered_msgs_per_s']:,.0f} msgs/s (max)"
+                curves[name] = latencies(top)
+    return curves
+
+
+# --- Plots ---------------------------------------------------------------------------------
+
+
+def plot_all(
+    results: dict[str, Any], curves: dict[str, np.ndarray], prefix: str
+) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files: dict[str, Path] = {}
+    title = f"Nexus Relay, {results['mode']} run, {results['date'][:10]}"
+
+    # Latency CDF
+    if curves:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for name, values in curves.items():
+            if len(values) == 0:
+                continue
+            xs = np.sort(np.maximum(values, 0.01))
+            ys = np.arange(1, len(xs) + 1) / len(xs)
+            if len(xs) > 5000:
+                idx = np.unique(np.linspace(0, len(xs) - 1, 5000).astype(int))
+                xs, ys = xs[idx], ys[idx]
+            style = "-" if name.startswith("relay") else "--" if name.startswith("ceiling") else ":"
+            ax.plot(xs, ys, style, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("commit → client receive (ms, log scale; an upper bound)")
+        ax.set_ylabel("fraction of messages")
+        for q in (0.5, 0.95, 0.99):
+            ax.axhline(q, color="grey", lw=0.5)
+        ax.set_title(f"Latency CDF — {title}")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(True, which="both", alpha=0.3)
+        path = RESULTS / f"{prefix}-latency-cdf.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files["latency-cdf"] = path
+
+    # Throughput and latency against connections
+    auth = {int(k): v for k, v in (results.get("authorized") or {}).items()}
+    base = {int(k): v for k, v in (results.get("baseline") or {}).items()}
+    ceil = {int(k): v for k, v in (results.get("ceiling") or {}).items()}
+    if auth:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+        sizes = sorted(auth)
+        tops = [
+            auth[s]["max_sustained"]["delivered_msgs_per_s"]
+            if auth[s].get("max_sustained")
+            else np.nan
+            for s in sizes
+        ]
+        left.plot(sizes, tops, "o-", label="relay (authorized)")
+        if base:
+            bs = sorted(base)
+            left.plot(
+                bs,
+                [
+                    base[s]["max_sustained"]["delivered_msgs_per_s"]
+                    if base[s].get("max_sustained")
+                    else np.nan
+                    for s in bs
+                ],
+                "s:",
+                label="one DB query per subscriber (baseline)",
+            )
+        left.set_xscale("log")
+        left.set_yscale("log")
+        left.set_xlabel("connections")
+        left.set_ylabel("max delivered msgs/s with p95 ≤ 100 ms")
+        left.axhline(30_000, color="grey", lw=0.8, ls="--", label="target 30,000")
+        left.legend(fontsize=8)
+        left.grid(True, which="both", alpha=0.3)
+        ref = results["config"]["reference_rate"]
+        for q, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
+            ys = [
+                auth[s]["at_reference_rate"]["latency_ms"][q]
+                if auth[s].get("at_reference_rate")
+                else np.nan
+                for s in sizes
+            ]
+            right.plot(sizes, ys, style, label=f"relay {q}")
+        if ceil:
+            cs = sorted(ceil)
+            ys = []
+            for s in cs:
+                step = next(
+                    (x for x in ceil[s]["steps"] if abs(x["offered_msgs_per_s"] - ref) < 1), None
+                )
+                ys.append(step["latency_ms"]["p95"] if step else np.nan)
+            right.plot(cs, ys, "x--", label="bare broadcast p95")
+        right.axhline(50, color="grey", lw=0.8, ls="--", label="target p95 50 ms")
+        right.set_xscale("log")
+        right.set_xlabel("connections")
+        right.set_ylabel(f"latency at {ref:,.0f} msgs/s (ms)")
+        right.legend(fontsize=8)
+        right.grid(True, which="both", alpha=0.3)
+        fig.suptitle(f"Throughput and latency against connections — {title}")
+        fig.tight_layout()
+        path = RESULTS / f"{prefix}-vs-connections.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files["vs-connections"] = path
+
+        # p95 against delivered rate, every step
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for scenario, marker in (("authorized", "o-"), ("ceiling", "x--"), ("baseline", "s:")):
+            for size, data in sorted(
+                (results.get(scenario) or {}).items(), key=lambda kv: int(kv[0])
+            ):
+                steps = sorted(data["steps"], key=lambda s: s["offered_msgs_per_s"])
+                xs = [s["delivered_msgs_per_s"] for s in steps]
+                ys = [s["latency_ms"]["p95"] or np.nan for s in steps]
+                name = {"authorized": "relay", "ceiling": "bare broadcast", "baseline": "baseline"}[
+                    scenario
+                ]
+                ax.plot(xs, ys, marker, label=f"{name} C={int(size):,}")
+        ax.axhline(100, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("delivered msgs/s")
+        ax.set_ylabel("p95 commit → client (ms)")
+        ax.set_title(f"Latency against throughput — {title}")
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        path = RESULTS / f"{prefix}-rate-ladder.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files["rate-ladder"] = path
+    return files

@@ -1,0 +1,327 @@
+"""The two comparison servers, speaking just enough of protocol v1 for the load clients.
+
+    python -m bench.servers ceiling  --port P --database-url URL
+    python -m bench.servers baseline --port P --database-url URL
+
+Both accept the same connections as the relay (``auth``, then ``subscribe`` to
+tables; ``ready`` and ``subscribed`` replies), LISTEN to the same channel
+(``relay_changes``), fed by the same writers, and send the same change frames
+(with ``commit_timestamp``) to the same subscribers, with ``websockets`` on
+uvloop like the relay.
+
+- **ceiling**: the least work that delivers this traffic. The token is read
+  without verification; each change is decoded, routed by a dictionary
+  lookup (payments: the users of ``from_id`` and ``to_id``; notifications:
+  the user, or the tenant's users when ``user_id`` is null), encoded once and
+  sent with ``websockets.broadcast``. No policy, no index, no history, no
+  per-subscriber decision.
+- **baseline** (Supabase-style): the token is verified (HS256); each
+  subscription is a row of ``bench_walrus.subscription`` (its claims), as in
+  Supabase's ``realtime.subscription``; each change is authorized by
+  ``bench_walrus.apply_rls``, which runs one query per subscriber of the table
+  as that subscriber (``role`` = authenticated, ``request.jwt.claims`` = its
+  claims, ``SELECT 1 FROM table WHERE id = $1`` under RLS), in commit order,
+  one change at a time, as WALRUS does; the frame goes to the subscribers
+  whose query returned the row.
+
+stdin takes JSON-line commands: ``stats`` and ``reset`` (drop the backlog of
+changes not yet processed: the baseline falls behind by design).
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+import psycopg
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from bench.common import JWT_AUDIENCE, JWT_SECRET, NOTIFICATIONS, PAYMENTS
+
+SUBPROTOCOL = "nexus-relay.v1"
+
+
+def qualified(name: str) -> str:
+    return name if "." in name else f"public.{name}"
+
+
+class Server:
+    def __init__(self, mode: str, database_url: str) -> None:
+        self.mode = mode
+        self.database_url = database_url
+        self.sent = 0
+        self.changes = 0
+        self.dropped = 0
+        self.connections = 0
+        self.intake: deque[str] = deque()
+        self.wake = asyncio.Event()
+        # ceiling routes
+        self.pay_by_tenant: dict[str, set[ServerConnection]] = {}
+        self.notif_by_tenant: dict[str, set[ServerConnection]] = {}
+        self.notif_by_user: dict[str, set[ServerConnection]] = {}
+        # baseline: subscription id -> connection
+        self.by_subscription: dict[int, ServerConnection] = {}
+        self.db: psycopg.AsyncConnection[Any] | None = None  # baseline: apply_rls
+        self.registry: psycopg.AsyncConnection[Any] | None = None  # baseline: subscriptions
+
+    # --- Connections ---------------------------------------------------------------
+
+    async def handle(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        routes: list[tuple[dict[str, set[ServerConnection]], str]] = []
+        subscriptions: list[int] = []
+        try:
+            first = orjson.loads(await ws.recv())
+            token = first.get("token", "")
+            claims = self.claims(token)
+            if claims is None:
+                await ws.send(
+                    orjson.dumps(
+                        {
+                            "type": "error",
+                            "ref": first.get("ref"),
+                            "code": "unauthorized",
+                            "message": "bad token",
+                        }
+                    ).decode()
+                )
+                return
+            meta = claims.get("app_metadata") or {}
+            user, tenant = meta.get("user_id"), meta.get("tenant_id")
+            await ws.send(
+                orjson.dumps(
+                    {
+                        "type": "ready",
+                        "ref": first.get("ref"),
+                        "version": 1,
+                        "user": claims.get("sub"),
+                    }
+                ).decode()
+            )
+            async for message in ws:
+                frame = orjson.loads(message)
+                if frame.get("type") != "subscribe":
+                    continue
+                table = qualified(str(frame.get("table")))
+                if self.mode == "ceiling":
+                    if table == PAYMENTS:
+                        target = self.pay_by_tenant.setdefault(tenant, set())
+                        target.add(ws)
+                        routes.append((self.pay_by_tenant, tenant))
+                    elif table == NOTIFICATIONS:
+                        self.notif_by_tenant.setdefault(tenant, set()).add(ws)
+                        self.notif_by_user.setdefault(user, set()).add(ws)
+                        routes += [(self.notif_by_tenant, tenant), (self.notif_by_user, user)]
+                    sid = len(routes)
+                else:
+                    assert self.registry is not None
+                    cursor = await self.registry.execute(
+                        "INSERT INTO bench_walrus.subscription (entity, claims)"
+                        " VALUES (%s::regclass, %s) RETURNING id",
+                        (table, json.dumps(claims)),
+                    )
+                    row = await cursor.fetchone()
+                    sid = int(row[0])  # type: ignore[index]
+                    subscriptions.append(sid)
+                    self.by_subscription[sid] = ws
+                await ws.send(
+                    orjson.dumps(
+                        {
+                            "type": "subscribed",
+                            "ref": frame.get("ref"),
+                            "id": f"s{sid}",
+                            "table": table,
+                        }
+                    ).decode()
+                )
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections -= 1
+            for index, key in routes:
+                members = index.get(key)
+                if members is not None:
+                    members.discard(ws)
+            for sid in subscriptions:
+                self.by_subscription.pop(sid, None)
+            if subscriptions and self.registry is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await self.registry.execute(
+                        "DELETE FROM bench_walrus.subscription WHERE id = ANY(%s)", (subscriptions,)
+                    )
+
+    def claims(self, token: str) -> dict[str, Any] | None:
+        import jwt
+
+        try:
+            if self.mode == "ceiling":
+                return dict(jwt.decode(token, options={"verify_signature": False}))
+            return dict(jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience=JWT_AUDIENCE))
+        except jwt.PyJWTError:
+            return None
+
+    # --- Changes ---------------------------------------------------------------------
+
+    async def listen(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self.database_url, autocommit=True, application_name=f"bench-{self.mode}"
+        ) as conn:
+            await conn.execute("LISTEN relay_changes")
+            async for notify in conn.notifies():
+                if self.mode == "ceiling":
+                    self.ceiling(notify.payload)
+                else:
+                    self.intake.append(notify.payload)
+                    self.wake.set()
+
+    def frame(self, data: dict[str, Any]) -> bytes:
+        self.changes += 1
+        body = {
+            "table": data["table"],
+            "op": data["op"],
+            "commit_timestamp": data["ts"],
+            "position": f"bench:{self.changes}",
+        }
+        if "new" in data:
+            body["new"] = data["new"]
+        if "old" in data:
+            body["old"] = data["old"]
+        return b'{"type":"change","subscriptions":["s"],' + orjson.dumps(body)[1:]
+
+    def ceiling(self, payload: str) -> None:
+        data = orjson.loads(payload)
+        row = data.get("new") or data.get("old")
+        if row is None:
+            return
+        table = data.get("table")
+        if table == PAYMENTS:
+            targets: set[ServerConnection] = set()
+            for tenant in (row.get("from_id"), row.get("to_id")):
+                members = self.pay_by_tenant.get(tenant)
+                if members:
+                    targets |= members
+        elif table == NOTIFICATIONS:
+            if row.get("user_id") is None:
+                targets = self.notif_by_tenant.get(row.get("tenant_id")) or set()
+            else:
+                targets = self.notif_by_user.get(row.get("user_id")) or set()
+        else:
+            return
+        if targets:
+            broadcast(targets, self.frame(data), text=True)
+            self.sent += len(targets)
+
+    async def process(self) -> None:
+        """Baseline: one change at a time, in commit order, authorized by apply_rls."""
+        assert self.db is not None
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.intake:
+                payload = self.intake.popleft()
+                data = orjson.loads(payload)
+                row = data.get("new") or data.get("old")
+                if row is None or data.get("table") not in (PAYMENTS, NOTIFICATIONS):
+                    continue
+                cursor = await self.db.execute(
+                    "SELECT bench_walrus.apply_rls(%s::regclass, %s)", (data["table"], row["id"])
+                )
+                result = await cursor.fetchone()
+                visible = result[0] if result else []
+                targets = [self.by_subscription[s] for s in visible if s in self.by_subscription]
+                if targets:
+                    broadcast(targets, self.frame(data), text=True)
+                    self.sent += len(targets)
+
+    # --- Control ----------------------------------------------------------------------
+
+    async def control(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            command = json.loads(line)
+            if command.get("cmd") == "reset":
+                self.dropped += len(self.intake)
+                self.intake.clear()
+            reply = {
+                "sent": self.sent,
+                "changes": self.changes,
+                "backlog": len(self.intake),
+                "dropped": self.dropped,
+                "connections": self.connections,
+            }
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+
+    async def run(self, port: int) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        tasks = [asyncio.create_task(self.listen())]
+        if self.mode == "baseline":
+            self.db = await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, application_name="bench-baseline"
+            )
+            self.registry = await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, application_name="bench-baseline-registry"
+            )
+            await self.registry.execute("DELETE FROM bench_walrus.subscription")
+            tasks.append(asyncio.create_task(self.process()))
+        async with serve(
+            self.handle,
+            "127.0.0.1",
+            port,
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            compression=None,
+            max_queue=16,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=5,
+            backlog=4096,  # as the relay's (relay/server.py)
+        ):
+            await asyncio.sleep(0.3)  # the LISTEN is up before clients come
+            print(json.dumps({"serving": port, "started": time.time()}), flush=True)
+            control = asyncio.create_task(self.control())
+            await stop.wait()
+            control.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in (self.db, self.registry):
+            if conn is not None:
+                await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=("ceiling", "baseline"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--database-url", required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    server = Server(args.mode, args.database_url)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(server.run(args.port))
+    else:
+        uvloop.run(server.run(args.port))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
