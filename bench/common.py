@@ -260,6 +260,7 @@ class CpuSample:
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     import urllib.error
+    import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback

@@ -198,14 +198,22 @@ def headline(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
         w = write.get(f"writers_{writers}") if write else None
         if w and w.get("ratio") is not None:
             quiet = write.get(f"writers_{writers}_no_listener") or {}
+            own_core = write.get(f"writers_{writers}_relay_own_core") or {}
             out[key] = (
                 _r(w["ratio"], 3),
                 f"pgbench, one-row autocommit INSERTs, {writers} client(s), "
-                f"{write['duration_s']:g} s x {write['repeats']} (median), the relay listening: "
-                f"published {w['published_inserts_per_s']:,.0f}/s, "
+                f"{write['duration_s']:g} s x {write['repeats']} (median), the relay listening "
+                f"on the same 2 CPUs: published {w['published_inserts_per_s']:,.0f}/s, "
                 f"unpublished {w['unpublished_inserts_per_s']:,.0f}/s"
                 + (
-                    f"; with no listener at all the ratio is {quiet['ratio']:.3f}"
+                    f"; with the relay on a core of its own and PostgreSQL on the other "
+                    f"(as in production, the relay off the database host) the ratio is "
+                    f"{own_core['ratio']:.3f}"
+                    if own_core.get("ratio") is not None
+                    else ""
+                )
+                + (
+                    f"; with no listener at all (the trigger and NOTIFY alone) {quiet['ratio']:.3f}"
                     if quiet.get("ratio") is not None
                     else ""
                 ),
@@ -589,7 +597,11 @@ def write_table(document: dict[str, Any]) -> list[str]:
         "|---:|---|---:|---:|---:|",
     ]
     for writers in (1, 16):
-        for suffix, words in (("", "the relay"), ("_no_listener", "none")):
+        for suffix, words in (
+            ("", "the relay, same CPUs"),
+            ("_relay_own_core", "the relay, own core"),
+            ("_no_listener", "none"),
+        ):
             x = w.get(f"writers_{writers}{suffix}")
             if not x:
                 continue
