@@ -18,6 +18,7 @@ Bench-only objects, in that database only:
 import contextlib
 import os
 import secrets
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -235,3 +236,11 @@ def pgbench_path() -> Path | None:
     for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), reverse=True):
         return candidate
     return None
+
+
+def pgbench_version(pgbench: Path) -> str:
+    """What `pgbench --version` says (e.g. "pgbench (PostgreSQL) 18.4"): no machine path."""
+    result = subprocess.run(  # noqa: S603 - the pgbench found above
+        [str(pgbench), "--version"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() or pgbench.name

@@ -149,7 +149,7 @@ class RelayServer(Server):
     def start(self) -> "RelayServer":
         self.env = {
             "RELAY_DATABASE_URL": self.db.url,
-            "RELAY_POLICY_FILE": str(common.POLICY_FILE),
+            "RELAY_POLICY_FILE": str(common.POLICY_FILE.relative_to(common.ROOT)),
             "RELAY_JWT_SECRET": common.JWT_SECRET,
             "RELAY_PORT": str(self.port),
             "RELAY_OPS_PORT": str(self.ops_port),

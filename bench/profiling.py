@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.common import ROOT
+
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 # Which part of the system a frame belongs to, by its file.
@@ -54,7 +56,7 @@ def short(frame: str) -> tuple[str, str]:
     if not match:
         return frame, ""
     file = match.group("file")
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", f"{ROOT}/", "lib/python3.11/"):
         if marker in file:
             file = file.split(marker, 1)[1]
     return match.group("func"), file

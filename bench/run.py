@@ -99,8 +99,10 @@ def how(cfg: Config) -> dict[str, Any]:
             f"CPU {common.LOAD_CPUS[0]} ran the load: PostgreSQL, the writer, "
             f"{cfg.client_processes} load-client processes and the orchestrator "
             "(sched_setaffinity). Other developers' processes were not pinned and may run on "
-            "either: each step records their CPU use. The write-path scenario ran unpinned "
-            "(PostgreSQL and pgbench on both CPUs, the relay listening)."
+            "either: each step records their CPU use. The write-path scenario ran three ways: "
+            "no listener and the relay listening with everything unpinned (PostgreSQL and "
+            "pgbench on both CPUs), then the relay on CPU 0 and PostgreSQL and pgbench on "
+            "CPU 1."
             if cfg.pin
             else "Not pinned: every process shared both CPUs."
         ),

@@ -22,7 +22,7 @@ import numpy as np
 
 from bench import common, profiling
 from bench.common import CHILDREN, log
-from bench.database import Database, pgbench_path
+from bench.database import Database, pgbench_path, pgbench_version
 from bench.harness import BareServer, Config, Fleet, RelayServer, Server, StepResult, measured_step
 
 
@@ -200,7 +200,8 @@ def authorized(ctx: Context, size: int, largest: bool) -> dict[str, Any]:
             "max_sustained": top.summary if top else None,
             "at_reference_rate": ref.summary if ref else None,
             "steps": [s.summary for s in steps],
-            "relay_env": relay.env | {"RELAY_JWT_SECRET": "(bench secret)"},
+            "relay_env": relay.env
+            | {"RELAY_JWT_SECRET": "(bench secret)", "RELAY_DATABASE_URL": "(the bench database)"},
             "profile": profile_summary,
         }
     finally:
@@ -356,7 +357,7 @@ def write_path(ctx: Context) -> dict[str, Any]:
         return float(np.median(values)) if values else None
 
     summary: dict[str, Any] = {
-        "tool": f"pgbench ({pgbench}), -n -c W -j min(W,2), "
+        "tool": f"{pgbench_version(pgbench)}, -n -c W -j min(W,2), "
         "one INSERT per transaction (autocommit)",
         "tables": "bench_write_published / bench_write_unpublished: LIKE nexus_payments "
         "INCLUDING ALL (columns, defaults, checks, indexes; no foreign keys); "
