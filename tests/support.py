@@ -1,9 +1,10 @@
 """Helpers shared by the tests: timeouts, acting as a user, listening."""
 
+import contextlib
 import json
 import os
+import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -25,7 +26,7 @@ def claims(user_id: str | None, tenant_id: str | None, **extra: Any) -> dict[str
     }
 
 
-@contextmanager
+@contextlib.contextmanager
 def as_user(
     conn: psycopg.Connection[Any], user_id: str | None, tenant_id: str | None
 ) -> Iterator[psycopg.Connection[Any]]:
@@ -67,6 +68,16 @@ class Listener:
         self.conn.close()
 
 
+def _end_with_the_tests() -> None:  # pragma: no cover - runs in the child, before exec
+    """Ask Linux to send the child SIGTERM when the test process dies, even by
+    SIGKILL (a CI timeout), so that no relay or portal outlives a killed run. The
+    signal follows the thread that started the child: start them from the main one."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+
+
 class Process:
     """A child process whose output the test reads line by line, with timeouts."""
 
@@ -86,6 +97,7 @@ class Process:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=_end_with_the_tests,
         )
 
         def pump() -> None:
