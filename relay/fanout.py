@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from relay import protocol
+from relay import policy, protocol
 from relay.changes import Change, Row, TableReset
 from relay.errors import ClientError, CloseCode, ErrorCode
 from relay.history import Gap, History
@@ -292,8 +292,8 @@ class Fanout:
         default); subscriptions to a table no longer published are ended.
         """
         self.tables = dict(tables)
-        problems = self.policies.check_against(self.tables)
-        self.broken_policies = {p.split(":", 1)[0].removeprefix("policy of ") for p in problems}
+        found = self.policies.problems(self.tables)
+        self.broken_policies = {name for name, _ in found}
         for session in self.sessions.values():
             for subscription in list(session.subscriptions.values()):
                 name = subscription.table.name
@@ -304,7 +304,7 @@ class Fanout:
                         protocol.unsubscribed(None, subscription.id, "table_unpublished")
                     )
                     self._mark(session)
-        return problems
+        return policy.describe_problems(found)
 
     # --- The stream ----------------------------------------------------------------
 

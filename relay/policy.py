@@ -360,35 +360,43 @@ class PolicySet:
     policy_roles: frozenset[str] = field(default_factory=lambda: frozenset({"authenticated"}))
 
     def check_against(self, tables: Mapping[str, Table]) -> list[str]:
-        """Problems of the policies with the published tables, in words; empty if none.
+        """Problems of the policies with the published tables, in words; empty if none."""
+        return describe_problems(self.problems(tables))
+
+    def problems(self, tables: Mapping[str, Table]) -> list[tuple[str, str]]:
+        """(table, problem) for each problem of the policies with the published tables.
 
         A policy must name columns (and parents) that its table has, and
         compare only text columns, since claims and literals are text.
         """
-        problems = []
+        found = []
         for name, policy in self.tables.items():
             table = tables.get(name)
             if table is None:
                 continue  # not published (yet): nobody can subscribe to it anyway
-            compared = {id(o) for o in _compared(policy.expr)}
-            for operand in operands(policy.expr):
-                problem = _operand_problem(operand, table, id(operand) in compared)
+            for operand, compared in _operands_in(policy.expr):
+                problem = _operand_problem(operand, table, compared)
                 if problem:
-                    problems.append(f"policy of {name}: {problem}")
-        return problems
+                    found.append((name, problem))
+        return found
 
 
-def _compared(expr: Expr) -> list[Operand]:
-    """The operands of comparisons (``is null`` takes a column of any type)."""
+def describe_problems(found: list[tuple[str, str]]) -> list[str]:
+    return [f"policy of {name}: {problem}" for name, problem in found]
+
+
+def _operands_in(expr: Expr) -> list[tuple[Operand, bool]]:
+    """Each operand, and whether a comparison uses it (``is null`` takes a column
+    of any type)."""
     match expr:
         case Compare(left, _, right):
-            return [left, right]
-        case IsNull():
-            return []
+            return [(left, True), (right, True)]
+        case IsNull(operand, _):
+            return [(operand, False)]
         case And(items) | Or(items):
-            return [o for item in items for o in _compared(item)]
+            return [pair for item in items for pair in _operands_in(item)]
         case Not(item):
-            return _compared(item)
+            return _operands_in(item)
     raise AssertionError(expr)  # pragma: no cover
 
 

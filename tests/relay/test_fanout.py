@@ -461,6 +461,20 @@ def test_a_policy_that_does_not_fit_its_table_denies_it() -> None:
     assert error["code"] == "table_not_allowed"
 
 
+def test_a_table_name_with_a_colon_is_denied_when_its_policy_does_not_fit(
+    tmp_path: Path,
+) -> None:
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(
+        'version = 1\n[claims.tenant_id]\npath = "app_metadata.tenant_id"\n'
+        '[tables."items:archive"]\nvisible = "owner = claims.tenant_id"\n'
+    )
+    fanout = Fanout(policy.load(policy_file), VERIFIER, Limits(), 100)
+    problems = fanout.set_tables({"public.items:archive": table("items:archive", "id")})
+    assert problems == ["policy of public.items:archive: no column 'owner'"]
+    assert fanout.broken_policies == {"public.items:archive"}
+
+
 def test_the_relay_full() -> None:
     fanout = make_fanout(max_connections=1)
     signed_in(fanout, BOB)
