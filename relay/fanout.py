@@ -196,7 +196,7 @@ class Fanout:
     def file(self, subscription: Subscription) -> None:
         identity = subscription.session.identity
         assert identity is not None
-        self.index.add(subscription, subscription.index_keys(identity.claims))
+        self.index.add(subscription, subscription.index_keys(identity))
 
     def unfile(self, subscription: Subscription) -> None:
         self.index.remove(subscription)
@@ -319,7 +319,7 @@ class Fanout:
 
     def reset_table(self, reset: TableReset) -> None:
         """The table was truncated, or some of its changes were not sent."""
-        self._gap(reset.table, reset.reason, self.index.of_table(reset.table))
+        self.gap_table(reset.table, reset.reason)
 
     def gap_table(self, table: str, reason: str) -> None:
         """Changes of ``table`` may have been lost (a large change that could not be read)."""
@@ -417,15 +417,11 @@ class Fanout:
           row is not revealed.
         """
         op = change.op
-        if op == "UPDATE":
-            if "UPDATE" not in subscription.events:
-                return None
-        elif op not in subscription.events:
+        if op not in subscription.events:
             return None
         session = subscription.session
         identity = session.identity
-        if identity is None:
-            return None
+        assert identity is not None  # filed only once signed in, removed on close
         key = identity.key
         seen = visibility.get(key)
         if seen is None:

@@ -3,6 +3,5 @@
 from typing import NewType
 
 UserId = NewType("UserId", str)
-TenantId = NewType("TenantId", str)
 SubscriptionId = NewType("SubscriptionId", str)
 ConnectionId = NewType("ConnectionId", str)

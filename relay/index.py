@@ -22,6 +22,7 @@ from relay.tables import Table
 
 if TYPE_CHECKING:
     from relay.session import Session
+    from relay.tokens import Identity
 
 Path = tuple[str, ...]
 Key = tuple[Path, Any]
@@ -38,18 +39,18 @@ class Subscription:
     select: tuple[str, ...] | None  # None: every column
     filter: Filter | None
     keys: list[Key] | None = field(default=None)  # None: unbounded
-    prefix: bytes = field(default=b"")  # a change frame's start, when this is its only subscription
+    prefix: bytes = field(init=False)  # a change frame's start, when this is its only subscription
 
     def __post_init__(self) -> None:
         self.prefix = change_prefix([self.id_json])
 
-    def index_keys(self, claims: Any) -> list[Key] | None:
-        """Where to file this subscription for a subscriber with these claims."""
+    def index_keys(self, identity: "Identity") -> list[Key] | None:
+        """Where to file this subscription for this subscriber."""
         if self.filter is not None and self.filter.keys:
             return list(self.filter.keys)
-        if self.session.bypass or self.policy.keys is None:
+        if identity.bypass or self.policy.keys is None:
             return None
-        return [(path, claims.get(name)) for path, name in self.policy.keys]
+        return [(path, identity.claims.get(name)) for path, name in self.policy.keys]
 
 
 def _reader(path: Path) -> Callable[[Change], list[Any]]:
@@ -62,7 +63,9 @@ def _reader(path: Path) -> Callable[[Change], list[Any]]:
             if change.new is not None:
                 values.append(change.new.get(column))
             if change.old is not None:
-                values.append(change.old.get(column))
+                old = change.old.get(column)
+                if not values or old != values[0]:  # an UPDATE that kept it: once
+                    values.append(old)
             return values
 
         return row_values

@@ -37,7 +37,7 @@ from typing import Any
 
 from relay.errors import ConfigError
 from relay.logic import Truth, all_of, any_of, negation
-from relay.tables import STRING, Table
+from relay.tables import STRING, Table, qualified
 
 Row = Mapping[str, Any]
 Parents = Mapping[str, Row | None]
@@ -463,7 +463,7 @@ def from_dict(data: Mapping[str, Any]) -> PolicySet:
 
     tables = {}
     for raw_name, spec in _table(data, "tables").items():
-        name = raw_name if "." in raw_name else f"public.{raw_name}"
+        name = qualified(raw_name)
         if (
             not isinstance(spec, Mapping)
             or set(spec) != {"visible"}

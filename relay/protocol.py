@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from relay.changes import OPS
 from relay.errors import ClientError, CloseCode, ErrorCode
 
 SUBPROTOCOL = "nexus-relay.v1"
@@ -19,7 +20,7 @@ VERSION = 1
 
 Ref = str | int | None
 MAX_REF_LENGTH = 64
-EVENTS = frozenset(("INSERT", "UPDATE", "DELETE"))
+EVENTS = OPS  # what a subscription may ask for: every operation of a change
 
 
 @dataclass(frozen=True, slots=True)

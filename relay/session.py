@@ -47,10 +47,6 @@ class Session:
         self._bucket = self._bucket_capacity
         self._bucket_time = now
 
-    @property
-    def bypass(self) -> bool:
-        return self.identity is not None and self.identity.bypass
-
     # --- Input ---------------------------------------------------------------
 
     def receive(self, data: str | bytes, now: float) -> None:
@@ -299,7 +295,7 @@ class Session:
         replay = fanout.plan_replay(subscription, since, request.resume_token) if since else None
         resumed = replay is not None and replay.lost is None
         assert self.identity is not None
-        covered_from = replay.covered_from if replay is not None and resumed else fanout.offset
+        covered_from = replay.covered_from if resumed and replay is not None else fanout.offset
         self.outbox.append(
             protocol.subscribed(
                 request.ref,

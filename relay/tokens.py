@@ -90,14 +90,6 @@ class TokenVerifier:
         self.issuer = issuer
         self.leeway = leeway
 
-    def unverified_kid(self, token: str) -> str | None:
-        """The token's key id, to fetch a JWKS that lacks it. Says nothing of validity."""
-        try:
-            kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError:
-            return None
-        return kid if isinstance(kid, str) else None
-
     def verify(self, token: str) -> Identity:
         """The identity of a valid token; ``AuthError`` with a plain reason otherwise."""
         if not isinstance(token, str) or not token:
