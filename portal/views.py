@@ -43,7 +43,6 @@ class Viewer:
 
     user: SignedIn
     display_name: str
-    email: str
     tenant_name: str
     tenant_kind: str
     unread: int
@@ -77,7 +76,6 @@ class Views:
             await conn.execute(
                 select(
                     schema.users.c.display_name,
-                    schema.users.c.email,
                     schema.tenants.c.name.label("tenant_name"),
                     schema.tenants.c.kind,
                 )
@@ -88,9 +86,7 @@ class Views:
         if row is None:  # the user is gone
             request.session.clear()
             raise HTTPException(401)
-        return Viewer(
-            user, row.display_name, row.email, row.tenant_name, row.kind, await unread(conn)
-        )
+        return Viewer(user, row.display_name, row.tenant_name, row.kind, await unread(conn))
 
     def answer_form(
         self,
