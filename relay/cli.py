@@ -67,9 +67,13 @@ def _check_policy(path: Path, database_url: str | None) -> int:
         print(f"  {name}: visible when {table_policy.source}")
     if database_url is None:
         return 0
+    import psycopg
+    from psycopg.rows import dict_row
+
     from relay.diagnose import published_tables
 
-    problems = policies.check_against(published_tables(database_url))
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        problems = policies.check_against(published_tables(conn))
     for problem in problems:
         print(f"  problem: {problem}")
     return 1 if problems else 0

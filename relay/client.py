@@ -19,6 +19,7 @@ both to ``subscribe`` to receive what it missed.
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -48,13 +49,26 @@ class RelayClosed(Exception):
         self.reason = reason
 
 
+@dataclass(slots=True)
+class _ResumePoint:
+    """Where a subscription resumes from on a new connection."""
+
+    position: str | None  # the last position it received (None: not known yet)
+    token: str
+    replaying: bool  # until "replayed": its replay is still arriving
+
+    def caught_up(self, position: str) -> None:
+        self.position = position
+        self.replaying = False
+
+
 class RelayClient:
     def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
         self.ready: dict[str, Any] = {}
         self.position: str | None = None  # of the last change received
         # subscription id -> [resume position, resume token, resume pending]
-        self._resume: dict[str, list[Any]] = {}
+        self._resume: dict[str, _ResumePoint] = {}
         self._refs = itertools.count(1)
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -128,14 +142,15 @@ class RelayClient:
             frame["resume_token"] = resume_token
         reply = await self.request(frame, timeout)
         state = self._resume[reply["id"]]
-        if state[2]:  # still replaying: until "replayed", resume from where we were
-            state[0] = since
+        if state.replaying:  # until "replayed", resume from where we were
+            state.position = since
         return reply
 
     def resume_point(self, subscription_id: str) -> tuple[str, str]:
         """``(since, resume_token)`` to resume this subscription on a new connection."""
-        position, token, _ = self._resume[subscription_id]
-        return position, token
+        state = self._resume[subscription_id]
+        assert state.position is not None  # set at the ack, or by subscribe() when resuming
+        return state.position, state.token
 
     async def unsubscribe(self, subscription_id: str, timeout: float = 10.0) -> None:
         await self.request({"type": "unsubscribe", "id": subscription_id}, timeout)
@@ -178,11 +193,11 @@ class RelayClient:
                     if frame.get("type") == "subscribed":
                         # Here, not in subscribe(): its replay may follow before it resumes.
                         resuming = frame["resumed"]
-                        self._resume[frame["id"]] = [
+                        self._resume[frame["id"]] = _ResumePoint(
                             None if resuming else frame["position"],
                             frame["resume_token"],
                             resuming,
-                        ]
+                        )
                     future.set_result(frame)
                     continue
                 self._track(frame)
@@ -203,16 +218,14 @@ class RelayClient:
             self.position = frame["position"]
             for subscription_id in frame["subscriptions"]:
                 state = self._resume.get(subscription_id)
-                if state is not None and not state[2]:
-                    state[0] = frame["position"]
+                if state is not None and not state.replaying:
+                    state.position = frame["position"]
         elif kind == "replayed" and frame["id"] in self._resume:
-            self._resume[frame["id"]][0] = frame["position"]
-            self._resume[frame["id"]][2] = False
+            self._resume[frame["id"]].caught_up(frame["position"])
         elif kind == "gap":
             for subscription_id in frame["subscriptions"]:
                 if subscription_id in self._resume:
-                    self._resume[subscription_id][0] = frame["position"]
-                    self._resume[subscription_id][2] = False
+                    self._resume[subscription_id].caught_up(frame["position"])
 
     # --- Lifetime -----------------------------------------------------------------
 

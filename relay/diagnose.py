@@ -10,17 +10,17 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from relay import policy, tables
-from relay.errors import ConfigError
+from relay.errors import ConfigError, first_line
 
 
-def published_tables(database_url: str) -> dict[str, tables.Table]:
-    with psycopg.connect(database_url, row_factory=dict_row) as conn:
-        return tables.from_rows(conn.execute("SELECT * FROM relay.published_tables").fetchall())
+def published_tables(conn: psycopg.Connection[dict[str, Any]]) -> dict[str, tables.Table]:
+    return tables.from_rows(conn.execute("SELECT * FROM relay.published_tables").fetchall())
 
 
 class _Report:
@@ -60,9 +60,7 @@ def run(database_url: str | None, policy_file: Path | None, ops_url: str | None)
                         "run the migrations: alembic upgrade head",
                     )
                 else:
-                    published = tables.from_rows(
-                        conn.execute("SELECT * FROM relay.published_tables").fetchall()
-                    )
+                    published = published_tables(conn)
                     if not published:
                         report.problem(
                             "no table is published", "SELECT relay.publish('your_table')"
@@ -103,7 +101,7 @@ def run(database_url: str | None, policy_file: Path | None, ops_url: str | None)
                         )
         except psycopg.Error as exc:
             report.problem(
-                f"cannot connect: {str(exc).strip().splitlines()[0]}",
+                f"cannot connect: {first_line(exc)}",
                 "check the URL and the server",
             )
 

@@ -88,3 +88,9 @@ class ClientError(RelayError):
 
 class AuthError(ClientError):
     """A token refused."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for a log line or a report (PostgreSQL's run long)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

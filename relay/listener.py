@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 
 from relay import changes, tables
 from relay.changes import Change, LargeChangeRef, TableReset
-from relay.errors import ChangeError
+from relay.errors import ChangeError, first_line
 from relay.fanout import Fanout
 
 logger = logging.getLogger("relay.listener")
@@ -51,7 +51,10 @@ CONNECT_OPTIONS: dict[str, Any] = {
 
 @dataclass(frozen=True, slots=True)
 class _Reconnected:
-    """Marker in the intake queue: what came before is from the previous connection."""
+    """Marker in the intake queue: what came before is from the previous connection,
+    or (``overflow``) was dropped because fan-out fell too far behind."""
+
+    overflow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,24 +72,22 @@ class Listener:
         *,
         intake_limit: int = 100_000,
         large_change_retention: float = 3600.0,
-        observe_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.database_url = database_url
         self.fanout = fanout
         self.flush = flush
         self.intake_limit = intake_limit
         self.large_change_retention = large_change_retention
-        self.observe_latency = observe_latency
+        self.observe_latency: Callable[[float], None] | None = None  # set by the metrics
         self.intake: deque[_Received | _Reconnected] = deque()
         self._wake = asyncio.Event()
         self.first_load = asyncio.Event()  # set once the published tables are known
         self.connected = False
-        self.tables_loaded = False
         self.reconnects = 0
-        self.dropped = 0
         self.queue_usage: float | None = None
         self.backend_pid: int | None = None
         self._reader: psycopg.AsyncConnection[dict[str, Any]] | None = None
+        self._reader_lock = asyncio.Lock()  # one reconnect at a time: none leaked
 
     # --- Intake ----------------------------------------------------------------
 
@@ -99,9 +100,9 @@ class Listener:
                 conn = await psycopg.AsyncConnection.connect(self.database_url, **CONNECT_OPTIONS)
             except psycopg.OperationalError as exc:
                 attempt += 1
-                delay = min(10.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
+                delay = _backoff(attempt, 0.1)
                 logger.warning(
-                    "cannot connect to PostgreSQL (%s); retrying in %.1f s", _first_line(exc), delay
+                    "cannot connect to PostgreSQL (%s); retrying in %.1f s", first_line(exc), delay
                 )
                 await asyncio.sleep(delay)
                 continue
@@ -121,21 +122,20 @@ class Listener:
                     async for notify in conn.notifies():
                         self._enqueue(_Received(notify.channel, notify.payload))
             except psycopg.Error as exc:
-                logger.warning("lost the LISTEN connection: %s", _first_line(exc))
+                logger.warning("lost the LISTEN connection: %s", first_line(exc))
             finally:
                 if self.connected:
                     self.reconnects += 1
                 self.connected = False
             attempt += 1
-            await asyncio.sleep(min(10.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311
+            await asyncio.sleep(_backoff(attempt, 0.05))
 
     def _enqueue(self, item: "_Received | _Reconnected") -> None:
         if len(self.intake) >= self.intake_limit:
             # Fan-out is far behind: drop the backlog rather than memory, and
             # say so. The marker makes every subscriber re-fetch.
-            self.dropped += len(self.intake)
             self.intake.clear()
-            self.intake.append(_Reconnected())
+            self.intake.append(_Reconnected(overflow=True))
             logger.error(
                 "intake queue over %d notifications: dropped, subscribers told gap",
                 self.intake_limit,
@@ -166,10 +166,8 @@ class Listener:
 
     async def _handle(self, item: "_Received | _Reconnected") -> None:
         if isinstance(item, _Reconnected):
-            overflow = self.dropped > 0
-            self.fanout.gap_all("overflow" if overflow else "listener_reconnected")
-            self.dropped = 0
-            if overflow:
+            self.fanout.gap_all("overflow" if item.overflow else "listener_reconnected")
+            if item.overflow:
                 # The dropped backlog may have held a publish or unpublish.
                 await self.reload_tables()
             return
@@ -202,7 +200,7 @@ class Listener:
             )
             row = await cursor.fetchone()
         except psycopg.Error as exc:
-            logger.error("cannot read large change %s: %s", ref.id, _first_line(exc))
+            logger.error("cannot read large change %s: %s", ref.id, first_line(exc))
             row = None
         if row is None:
             if ref.table:
@@ -213,17 +211,18 @@ class Listener:
         return changes.decode(row["payload"])
 
     async def _reader_connection(self) -> psycopg.AsyncConnection[dict[str, Any]]:
-        if self._reader is None or self._reader.closed or self._reader.broken:
-            self._reader = await psycopg.AsyncConnection.connect(
-                self.database_url, row_factory=dict_row, **CONNECT_OPTIONS
-            )
-        return self._reader
+        async with self._reader_lock:
+            if self._reader is None or self._reader.closed or self._reader.broken:
+                self._reader = await psycopg.AsyncConnection.connect(
+                    self.database_url, row_factory=dict_row, **CONNECT_OPTIONS
+                )
+            return self._reader
 
     async def reload_tables(self) -> None:
         try:
             await self._load_tables(await self._reader_connection())
         except psycopg.Error as exc:
-            logger.error("cannot reload the published tables: %s", _first_line(exc))
+            logger.error("cannot reload the published tables: %s", first_line(exc))
 
     async def _load_tables(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with conn.cursor(row_factory=dict_row) as cursor:
@@ -232,7 +231,6 @@ class Listener:
         problems = self.fanout.set_tables(tables.from_rows(rows))
         for problem in problems:
             logger.error("%s: subscriptions to this table are refused", problem)
-        self.tables_loaded = True
         self.first_load.set()
         logger.info("published tables: %s", ", ".join(sorted(self.fanout.tables)) or "none")
 
@@ -256,7 +254,7 @@ class Listener:
                         (self.large_change_retention,),
                     )
             except psycopg.Error as exc:
-                logger.warning("housekeeping query failed: %s", _first_line(exc))
+                logger.warning("housekeeping query failed: %s", first_line(exc))
                 self.queue_usage = None
             await asyncio.sleep(interval)
 
@@ -272,5 +270,6 @@ def _age(timestamp: str) -> float:
         return 0.0
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _backoff(attempt: int, base: float) -> float:
+    """Seconds before retry ``attempt``: doubling from ``base``, at most 10, with jitter."""
+    return min(10.0, base * 2.0**attempt) * random.uniform(0.5, 1.0)  # noqa: S311

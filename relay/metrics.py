@@ -5,7 +5,7 @@ listener; this collector reads them at scrape time. Only the commit-to-send
 latency is a Prometheus histogram, observed once per change.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -28,27 +28,27 @@ class RelayCollector(Collector):
             "relay_connections", "Open WebSocket connections.", len(fanout.sessions)
         )
         yield GaugeMetricFamily("relay_subscriptions", "Live subscriptions.", fanout.index.count)
-        changes = CounterMetricFamily(
-            "relay_changes", "Changes received from PostgreSQL.", labels=["table", "op"]
+        yield _labelled(
+            "relay_changes",
+            "Changes received from PostgreSQL.",
+            ["table", "op"],
+            stats.changes_in.items(),
         )
-        for (table, op), count in sorted(stats.changes_in.items()):
-            changes.add_metric([table, op], count)
-        yield changes
         yield CounterMetricFamily(
             "relay_messages_sent", "Change messages sent to clients.", stats.messages_out
         )
-        gaps = CounterMetricFamily(
-            "relay_gaps", "Gaps reported to clients, by reason.", labels=["reason"]
+        yield _labelled(
+            "relay_gaps",
+            "Gaps reported to clients, by reason.",
+            ["reason"],
+            (((reason,), count) for reason, count in stats.gaps.items()),
         )
-        for reason, count in sorted(stats.gaps.items()):
-            gaps.add_metric([reason], count)
-        yield gaps
-        disconnects = CounterMetricFamily(
-            "relay_disconnects", "Connections ended, by reason.", labels=["reason"]
+        yield _labelled(
+            "relay_disconnects",
+            "Connections ended, by reason.",
+            ["reason"],
+            (((reason,), count) for reason, count in stats.disconnects.items()),
         )
-        for reason, count in sorted(stats.disconnects.items()):
-            disconnects.add_metric([reason], count)
-        yield disconnects
         yield GaugeMetricFamily(
             "relay_listener_connected",
             "1 while the LISTEN connection is up.",
@@ -86,3 +86,13 @@ def registry(fanout: "Fanout", listener: "Listener") -> tuple[CollectorRegistry,
         registry=reg,
     )
     return reg, latency
+
+
+def _labelled(
+    name: str, documentation: str, labels: list[str], counts: Iterable[tuple[tuple[str, ...], int]]
+) -> CounterMetricFamily:
+    """A counter with one sample per label values, in a stable order."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, count in sorted(counts):
+        family.add_metric(list(values), count)
+    return family

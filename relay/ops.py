@@ -18,7 +18,7 @@ def ops_app(fanout: "Fanout", listener: "Listener", registry: CollectorRegistry)
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
-        ready = listener.connected and listener.tables_loaded
+        ready = listener.connected and listener.first_load.is_set()
         return JSONResponse(
             {
                 "ready": ready,

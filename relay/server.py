@@ -104,8 +104,7 @@ class RelayServer:
                     self._schedule(session)
             if session.close_request is not None:
                 code, error, _ = session.close_request
-                reason = error.value
-                await connection.close(code, error.value)
+                await connection.close(code, error.value)  # begun by flush_session: waits
         except ConnectionClosed as exc:
             if (
                 exc.rcvd is None
