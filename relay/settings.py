@@ -53,9 +53,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
 
-    def text(name: str, default: str | None = None) -> str | None:
-        value = env.get(name, "").strip()
-        return value or default
+    def text(name: str) -> str | None:
+        return env.get(name, "").strip() or None
+
+    def text_or(name: str, default: str) -> str:
+        return text(name) or default
 
     def number(name: str, default: float, minimum: float = 0) -> float:
         raw = text(name)
@@ -101,7 +103,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             ) from exc
     jwks_file = text("RELAY_JWKS_FILE")
     algorithms = listing("RELAY_JWT_ALGORITHMS")
-    log_format = (text("RELAY_LOG_FORMAT", "json") or "json").lower()
+    log_format = text_or("RELAY_LOG_FORMAT", Settings.log_format).lower()
     if log_format not in ("json", "text"):
         raise ConfigError("RELAY_LOG_FORMAT must be json or text")
     defaults = Limits()
@@ -109,25 +111,25 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         database_url=database_url,
         policy_file=Path(policy_file),
-        host=text("RELAY_HOST", "127.0.0.1") or "127.0.0.1",
-        port=integer("RELAY_PORT", 8765),
-        path=text("RELAY_PATH", "/") or "/",
-        ops_host=text("RELAY_OPS_HOST", "127.0.0.1") or "127.0.0.1",
-        ops_port=integer("RELAY_OPS_PORT", 8766),
+        host=text_or("RELAY_HOST", Settings.host),
+        port=integer("RELAY_PORT", Settings.port),
+        path=text_or("RELAY_PATH", Settings.path),
+        ops_host=text_or("RELAY_OPS_HOST", Settings.ops_host),
+        ops_port=integer("RELAY_OPS_PORT", Settings.ops_port),
         allowed_origins=listing("RELAY_ALLOWED_ORIGINS"),
         jwt_secret=secret,
         jwks_file=Path(jwks_file) if jwks_file else None,
         jwks_url=text("RELAY_JWKS_URL"),
-        jwks_refresh=number("RELAY_JWKS_REFRESH_S", 300.0, 10),
+        jwks_refresh=number("RELAY_JWKS_REFRESH_S", Settings.jwks_refresh, 10),
         jwt_algorithms=algorithms or None,
         # Checked by default: a token for another application (another
         # Supabase project sharing a secret, say) is not one for the relay.
         # "none" turns the check off.
         jwt_audience=None
-        if (audience := text("RELAY_JWT_AUDIENCE", "nexus-relay")) == "none"
+        if (audience := text_or("RELAY_JWT_AUDIENCE", "nexus-relay")) == "none"
         else audience,
         jwt_issuer=text("RELAY_JWT_ISSUER"),
-        jwt_leeway=number("RELAY_JWT_LEEWAY_S", 30.0),
+        jwt_leeway=number("RELAY_JWT_LEEWAY_S", Settings.jwt_leeway),
         limits=Limits(
             max_connections=integer("RELAY_MAX_CONNECTIONS", defaults.max_connections, 1),
             max_unauthenticated=integer(
@@ -152,13 +154,17 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
                 "RELAY_TOKEN_EXPIRY_WARNING_S", defaults.token_expiry_warning
             ),
         ),
-        max_send_buffer_bytes=integer("RELAY_MAX_SEND_BUFFER_BYTES", 1024 * 1024, 4096),
-        ping_interval=number("RELAY_PING_INTERVAL_S", 20.0, 1),
-        ping_timeout=number("RELAY_PING_TIMEOUT_S", 20.0, 1),
-        history_size=integer("RELAY_HISTORY_SIZE", 10_000),
-        history_max_bytes=integer("RELAY_HISTORY_MAX_BYTES", 64 * 1024 * 1024, 0),
-        intake_limit=integer("RELAY_INTAKE_LIMIT", 100_000, 100),
-        large_change_retention=number("RELAY_LARGE_CHANGE_RETENTION_S", 3600.0, 60),
-        log_level=(text("RELAY_LOG_LEVEL", "INFO") or "INFO").upper(),
+        max_send_buffer_bytes=integer(
+            "RELAY_MAX_SEND_BUFFER_BYTES", Settings.max_send_buffer_bytes, 4096
+        ),
+        ping_interval=number("RELAY_PING_INTERVAL_S", Settings.ping_interval, 1),
+        ping_timeout=number("RELAY_PING_TIMEOUT_S", Settings.ping_timeout, 1),
+        history_size=integer("RELAY_HISTORY_SIZE", Settings.history_size),
+        history_max_bytes=integer("RELAY_HISTORY_MAX_BYTES", Settings.history_max_bytes, 0),
+        intake_limit=integer("RELAY_INTAKE_LIMIT", Settings.intake_limit, 100),
+        large_change_retention=number(
+            "RELAY_LARGE_CHANGE_RETENTION_S", Settings.large_change_retention, 60
+        ),
+        log_level=text_or("RELAY_LOG_LEVEL", Settings.log_level).upper(),
         log_format=log_format,
     )
