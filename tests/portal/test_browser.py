@@ -68,6 +68,16 @@ def notify(
     )
 
 
+def unread(db: Conn) -> int:
+    """Alice's unread notifications: her own and her tenant's."""
+    row = db.execute(
+        "SELECT count(*) FROM nexus_notifications WHERE read_at IS NULL"
+        " AND tenant_id = 'TNT-ALPHA001' AND (user_id = 'USR-ALIC0001' OR user_id IS NULL)"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def no_csp_violations(*sessions: Session) -> None:
     for session in sessions:
         violations = [e for e in session.console_errors if "Content Security Policy" in e]
@@ -113,12 +123,7 @@ def test_2_a_payment_status_change_shows_in_both_tenants_tables(people: Person, 
 def test_3_a_notification_for_alice_increments_her_badge(people: Person, pdb: Conn) -> None:
     a = alice(people)
     notify(pdb, "TNT-ALPHA001", "USR-ALIC0001", unique("Unread before the page loads"))
-    row = pdb.execute(
-        "SELECT count(*) FROM nexus_notifications WHERE read_at IS NULL"
-        " AND tenant_id = 'TNT-ALPHA001' AND (user_id = 'USR-ALIC0001' OR user_id IS NULL)"
-    ).fetchone()
-    assert row is not None
-    before = int(row[0])
+    before = unread(pdb)
     # The badge as the server wrote it, before the realtime client refreshes it.
     response = a.page.goto(f"{a.portal.url}/nexus/")
     assert response is not None
@@ -144,10 +149,12 @@ def test_4_a_high_priority_notification_shows_a_toast(people: Person, pdb: Conn)
     title = unique("Payment PAY-AB000001 is overdue")
     notify(pdb, "TNT-ALPHA001", None, title, "high", "Please approve it today.")
     toast = a.page.locator("#toast-container .toast")
+    badge = a.page.locator("#notification-badge")
     expect(toast).to_contain_text(title)
     expect(toast).to_contain_text("Please approve it today.")
+    expect(badge).to_have_text(str(unread(pdb)))  # refreshed for the first one
     notify(pdb, "TNT-ALPHA001", None, unique("Just so you know"), "normal")
-    expect(a.page.locator("#notification-badge")).not_to_have_text("")
+    expect(badge).to_have_text(str(unread(pdb)))  # the second one has arrived
     expect(toast).to_have_count(1)  # normal priority: badge only, no toast
 
 
