@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay.client import RelayClient, RelayRequestError
 from tests.relay.conftest import ALICE, BOB, Connect
-from tests.support import JWT_SECRET, WAIT, RelayProcess, eventually, mint
+from tests.support import JWT_SECRET, WAIT, RelayProcess, mint
 
 SUBPROTOCOL = "nexus-relay.v1"
 
@@ -266,7 +266,7 @@ class JwksServer:
 
     def __init__(self, keys: list[dict[str, Any]]) -> None:
         self.keys = keys
-        self.fetches = 0
+        self.fetched = threading.Event()  # set once a fetch has been answered
         self.url = ""
 
 
@@ -276,13 +276,13 @@ def jwks_server(idp_keys: dict[str, Any]) -> Iterator[JwksServer]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            endpoint.fetches += 1
             body = json.dumps({"keys": endpoint.keys}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            endpoint.fetched.set()
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -308,10 +308,10 @@ async def test_rs256_tokens_from_a_jwks_url(
         # the relay fetch the JWKS again, and the next one gets in.
         new_key = rsa_key()
         jwks_server.keys = [jwk(new_key, "rsa-2", "RS256")]
-        fetched = jwks_server.fetches
+        jwks_server.fetched.clear()
         error, _, code = await refused(idp, idp_token(new_key, "rsa-2", "RS256"))
         assert (error["message"], code) == ("no key matches the token's key id", 4001)
-        eventually(lambda: jwks_server.fetches > fetched)
+        assert jwks_server.fetched.wait(WAIT), "the relay did not fetch the JWKS again"
         token = idp_token(new_key, "rsa-2", "RS256")
         async with await RelayClient.connect(idp.url, token, timeout=WAIT) as client:
             assert client.ready["user"] == "USR-ALIC0001"
