@@ -216,6 +216,7 @@ DECLARE
     ref_table regclass;
     ref_column text;
     ref_type text;
+    parent_query text;
 BEGIN
     SELECT array_agg(DISTINCT upper(e) ORDER BY upper(e)) INTO wanted FROM unnest(events) AS e;
     IF wanted IS NULL OR NOT wanted <@ ARRAY['INSERT', 'UPDATE', 'DELETE'] THEN
@@ -247,11 +248,11 @@ BEGIN
             RAISE EXCEPTION 'relay.publish: %.% is not a single-column foreign key', tbl, fk_column
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
+        parent_query := format('SELECT pg_catalog.row_to_json(p)::text FROM %s AS p WHERE p.%I = $1::%s',
+                               ref_table, ref_column, ref_type);
+        -- relay.read_parent runs the first (FOR SHARE) if the writer may lock, else the second.
         args := args || alias || fk_column || ref_table::text
-            || format('SELECT pg_catalog.row_to_json(p)::text FROM %s AS p WHERE p.%I = $1::%s FOR SHARE',
-                      ref_table, ref_column, ref_type)
-            || format('SELECT pg_catalog.row_to_json(p)::text FROM %s AS p WHERE p.%I = $1::%s',
-                      ref_table, ref_column, ref_type);
+            || (parent_query || ' FOR SHARE') || parent_query;
     END LOOP;
 
     PERFORM relay.unpublish_triggers(tbl);
