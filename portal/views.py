@@ -228,7 +228,7 @@ class Views:
     async def case_thread(self, request: Request) -> Response:
         case_id = request.path_params["case_id"]
         async with self.db.as_user(signed(request).claims) as conn:
-            if not await case_rows(conn, case_id=case_id):
+            if not await case_exists(conn, case_id):
                 raise HTTPException(404)
             messages = await thread(conn, case_id)
         return self.render(request, "partials/thread.html", messages=messages, me=signed(request))
@@ -245,7 +245,7 @@ class Views:
         elif len(body) > MESSAGE_LIMIT:
             error = f"A message is at most {MESSAGE_LIMIT:,} characters."
         async with self.db.as_user(user.claims) as conn:
-            if not await case_rows(conn, case_id=case_id):
+            if not await case_exists(conn, case_id):
                 raise HTTPException(404)
             if error is None:
                 await conn.execute(
@@ -521,21 +521,11 @@ async def dashboard_counts(conn: AsyncConnection, user: SignedIn) -> dict[str, i
 async def case_rows(
     conn: AsyncConnection, case_id: str | None = None, limit: int = 200
 ) -> list[Any]:
-    cases, tenants, messages = schema.cases, schema.tenants, schema.case_messages
+    cases, tenants = schema.cases, schema.tenants
     client = tenants.alias("client")
     vendor = tenants.alias("vendor")
-    last_message = (
-        select(func.max(messages.c.created_at))
-        .where(messages.c.case_id == cases.c.id)
-        .scalar_subquery()
-    )
     query = (
-        select(
-            cases,
-            client.c.name.label("client_name"),
-            vendor.c.name.label("vendor_name"),
-            last_message.label("last_message_at"),
-        )
+        select(cases, client.c.name.label("client_name"), vendor.c.name.label("vendor_name"))
         .outerjoin(client, client.c.id == cases.c.client_id)
         .outerjoin(vendor, vendor.c.id == cases.c.vendor_id)
         .order_by(cases.c.updated_at.desc(), cases.c.id)
@@ -544,6 +534,12 @@ async def case_rows(
     if case_id is not None:
         query = query.where(cases.c.id == case_id)
     return list((await conn.execute(query)).all())
+
+
+async def case_exists(conn: AsyncConnection, case_id: str) -> bool:
+    """Whether the case exists for the user (RLS hides other tenants' cases)."""
+    found = await conn.scalar(select(schema.cases.c.id).where(schema.cases.c.id == case_id))
+    return found is not None
 
 
 THREAD_LENGTH = 500  # the latest messages a thread shows
