@@ -191,13 +191,13 @@ class Views:
     async def dashboard(self, request: Request) -> Response:
         async with self.db.as_user(signed(request).claims) as conn:
             viewer = await self.viewer(request, conn)
-            counts = await dashboard_counts(conn, viewer.user)
+            counts = await dashboard_counts(conn)
             recent = await case_rows(conn, limit=5)
         return self.render(request, "dashboard.html", viewer=viewer, counts=counts, cases=recent)
 
     async def dashboard_counts_partial(self, request: Request) -> Response:
         async with self.db.as_user(signed(request).claims) as conn:
-            counts = await dashboard_counts(conn, signed(request))
+            counts = await dashboard_counts(conn)
         return self.render(request, "partials/dashboard_counts.html", counts=counts)
 
     # --- Cases --------------------------------------------------------------------------
@@ -501,7 +501,7 @@ async def unread(conn: AsyncConnection) -> int:
     return int(count or 0)
 
 
-async def dashboard_counts(conn: AsyncConnection, user: SignedIn) -> dict[str, int]:
+async def dashboard_counts(conn: AsyncConnection) -> dict[str, int]:
     cases = schema.cases
     open_cases = await conn.scalar(
         select(func.count()).select_from(cases).where(cases.c.status.in_(("open", "in_progress")))
