@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -383,21 +384,18 @@ class Views:
         check_csrf(request, form)
         other = str(form.get("tenant_id", "")).strip().upper()
         error = None
-        async with self.db.as_user(user.claims) as conn:
-            viewer = await self.viewer(request, conn)
-            if (
-                not other.startswith("TNT-")
-                or not other[4:].isalnum()
-                or not 4 <= len(other) - 4 <= 32
-            ):
-                error = "A tenant id looks like TNT-ACME0001."
-            elif other == user.tenant_id:
-                error = "That is your own tenant."
-            else:
+        if not other.startswith("TNT-") or not other[4:].isalnum() or not 4 <= len(other) - 4 <= 32:
+            error = "A tenant id looks like TNT-ACME0001."
+        elif other == user.tenant_id:
+            error = "That is your own tenant."
+        rows: list[Any] = []  # an error answer shows no list
+        if error is None:
+            async with self.db.as_user(user.claims) as conn:
+                kind = await conn.scalar(
+                    select(schema.tenants.c.kind).where(schema.tenants.c.id == user.tenant_id)
+                )
                 client, vendor = (
-                    (user.tenant_id, other)
-                    if viewer.tenant_kind == "client"
-                    else (other, user.tenant_id)
+                    (user.tenant_id, other) if kind == "client" else (other, user.tenant_id)
                 )
                 try:
                     async with conn.begin_nested():
@@ -410,13 +408,12 @@ class Views:
                             )
                         )
                 except IntegrityError as exc:
-                    duplicate = "unique" in str(exc.orig).lower()
                     error = (
                         "You already have a relationship with that tenant."
-                        if duplicate
-                        else ("There is no tenant with that id.")
+                        if isinstance(exc.orig, psycopg.errors.UniqueViolation)
+                        else "There is no tenant with that id."
                     )
-            rows = await relationship_rows(conn, user)
+                rows = await relationship_rows(conn, user)
         return self.answer_form(
             request,
             error=error,
