@@ -134,16 +134,16 @@ class Views:
 
         wait = self.throttle.retry_after(keys)
         if wait > 0:
-            response = self.render(
+            seconds = int(wait) + 1
+            return self.render(
                 request,
                 "login.html",
                 429,
+                {"Retry-After": str(seconds)},
                 email=email,
                 next=next_path,
-                error=f"Too many failed sign-ins. Try again in {int(wait) + 1} seconds.",
+                error=f"Too many failed sign-ins. Try again in {seconds} seconds.",
             )
-            response.headers["Retry-After"] = str(int(wait) + 1)
-            return response
         attempted_at = self.throttle.attempt(keys)  # counted before checking: no racing it
         user = None
         if email and password:
