@@ -196,13 +196,14 @@ class ServerProcess:
         self.env = {**os.environ, **env}
         self.process: Process | None = None
 
-    def start(self) -> "Self":
+    def start(self, until: str | None = None) -> "Self":
+        """Start it and wait until it prints ``until`` (by default, that it is ready)."""
         import sys
 
         program = str(Path(sys.executable).parent / self.command[0])
         self.process = Process([program, *self.command[1:]], env=self.env)
         try:
-            self.process.wait_for(self.ready_line, timeout=4 * WAIT)
+            self.process.wait_for(until or self.ready_line, timeout=4 * WAIT)
         except BaseException:
             self.process.kill()
             raise

@@ -114,12 +114,11 @@ async def test_a_slow_client_is_dropped_and_slows_nobody(
 
 
 async def test_shutdown_closes_connections_with_going_away(
-    relay_database: str, connect: Connect
+    own_relay: RelayProcess, connect: Connect
 ) -> None:
-    relay = RelayProcess(relay_database).start()
-    client = await connect(ALICE, target=relay)
+    client = await connect(ALICE, target=own_relay)
     await client.subscribe("nexus_payments")
-    stopping = asyncio.get_running_loop().run_in_executor(None, relay.stop, signal.SIGTERM)
+    stopping = asyncio.get_running_loop().run_in_executor(None, own_relay.stop, signal.SIGTERM)
     closing = await client.next_event(WAIT)
     assert closing == {
         "type": "closing",
@@ -162,26 +161,13 @@ async def test_metrics_follow_connections_and_subscriptions(
     assert metrics['relay_disconnects_total{reason="client_closed"}'] == 1
 
 
-def test_readyz_is_503_while_postgresql_is_unreachable(relay_database: str, tmp_path: Any) -> None:
+def test_readyz_is_503_while_postgresql_is_unreachable(relay_database: str) -> None:
     relay = RelayProcess(relay_database, RELAY_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
-    relay.process = None
-    import sys
-    from pathlib import Path
-
-    from tests.support import Process
-
-    process = Process([str(Path(sys.executable).parent / "nexus-relay"), "serve"], env=relay.env)
+    # Without PostgreSQL it never serves clients: wait for its ops server instead.
+    relay.start(until="Uvicorn running on")
     try:
-        process.wait_for("cannot connect to PostgreSQL", timeout=2 * WAIT)
-        status, body = eventually(lambda: _get_or_none(relay, "/readyz"))
+        status, body = relay.get("/readyz")
         assert status == 503
         assert json.loads(body)["listener_connected"] is False
     finally:
-        process.kill()
-
-
-def _get_or_none(relay: RelayProcess, path: str) -> tuple[int, str] | None:
-    try:
-        return relay.get(path)
-    except OSError:
-        return None
+        relay.kill()
