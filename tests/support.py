@@ -17,6 +17,13 @@ WAIT = 5.0 * float(os.environ.get("TEST_TIMEOUT_SCALE", "1"))
 
 CHANGES_CHANNEL = "relay_changes"
 
+# Users of the demo data (portal/demo_data.py), as (user id, tenant id): Alice
+# and Carol share a tenant.
+ALICE = ("USR-ALIC0001", "TNT-ALPHA001")
+CAROL = ("USR-CARO0001", "TNT-ALPHA001")
+BOB = ("USR-BOB00001", "TNT-BETA0001")
+GRACE = ("USR-GRAC0001", "TNT-GAMMA001")
+
 
 def claims(user_id: str | None, tenant_id: str | None, **extra: Any) -> dict[str, Any]:
     return {

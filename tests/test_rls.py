@@ -7,14 +7,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support import as_user
+from tests.support import ALICE, BOB, CAROL, GRACE, as_user
 
 Conn = psycopg.Connection[Any]
-
-ALICE = ("USR-ALIC0001", "TNT-ALPHA001")
-CAROL = ("USR-CARO0001", "TNT-ALPHA001")
-BOB = ("USR-BOB00001", "TNT-BETA0001")
-GRACE = ("USR-GRAC0001", "TNT-GAMMA001")
 
 NEXUS_TABLES = (
     "nexus_tenants",

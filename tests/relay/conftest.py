@@ -10,11 +10,6 @@ import pytest
 from relay.client import RelayClient
 from tests.support import WAIT, RelayProcess, mint
 
-ALICE = ("USR-ALIC0001", "TNT-ALPHA001")
-CAROL = ("USR-CARO0001", "TNT-ALPHA001")
-BOB = ("USR-BOB00001", "TNT-BETA0001")
-GRACE = ("USR-GRAC0001", "TNT-GAMMA001")
-
 Connect = Callable[..., Awaitable[RelayClient]]
 
 

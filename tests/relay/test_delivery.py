@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from relay.client import RelayClient
-from tests.relay.conftest import ALICE, BOB, CAROL, GRACE, Connect, changes_of, until_fence
-from tests.support import WAIT, RelayProcess, mint
+from tests.relay.conftest import Connect, changes_of, until_fence
+from tests.support import ALICE, BOB, CAROL, GRACE, WAIT, RelayProcess, mint
 
 Conn = psycopg.Connection[Any]
 

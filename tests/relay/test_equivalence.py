@@ -33,9 +33,9 @@ from relay import policy, tables
 from relay.changes import Change, decode
 from relay.fanout import Fanout, Limits
 from relay.tokens import TokenVerifier
-from tests.support import JWT_SECRET, Listener, claims, mint
+from tests.support import JWT_SECRET, POLICY_FILE, Listener, as_user, mint
 
-POLICIES = policy.load(Path(__file__).resolve().parents[2] / "portal" / "relay-policy.toml")
+POLICIES = policy.load(Path(POLICY_FILE))
 VERIFIER = TokenVerifier(
     claims=POLICIES.claims, bypass_roles=POLICIES.bypass_roles, secret=JWT_SECRET
 )
@@ -212,14 +212,8 @@ def visible(
 ) -> dict[tuple[str, str], bool]:
     """What PostgreSQL's RLS lets each of ``who`` SELECT of the row, now."""
     result = {}
-    conn = database.rls
     for user, tenant in who:
-        with conn.transaction():
-            conn.execute("SET LOCAL ROLE authenticated")
-            conn.execute(
-                "SELECT set_config('request.jwt.claims', %s, true)",
-                (json.dumps(claims(user, tenant)),),
-            )
+        with as_user(database.rls, user, tenant) as conn:
             row = conn.execute(f"SELECT count(*) FROM {table} WHERE id = %s", (row_id,)).fetchone()
         result[(user, tenant)] = bool(row and row[0])
     return result

@@ -14,9 +14,9 @@ from relay.fanout import Fanout, Limits
 from relay.session import Session
 from relay.tables import Column, Table
 from relay.tokens import TokenVerifier
-from tests.support import JWT_SECRET, mint
+from tests.support import ALICE, BOB, CAROL, GRACE, JWT_SECRET, POLICY_FILE, mint
 
-POLICIES = policy.load(Path(__file__).resolve().parents[2] / "portal" / "relay-policy.toml")
+POLICIES = policy.load(Path(POLICY_FILE))
 VERIFIER = TokenVerifier(
     claims=POLICIES.claims, bypass_roles=POLICIES.bypass_roles, secret=JWT_SECRET
 )
@@ -44,11 +44,6 @@ TABLES = {
         table("nexus_case_messages", "id case_id body", {"case": "case_id"}),
     )
 }
-
-ALICE = ("USR-ALIC0001", "TNT-ALPHA001")
-CAROL = ("USR-CARO0001", "TNT-ALPHA001")
-BOB = ("USR-BOB00001", "TNT-BETA0001")
-GRACE = ("USR-GRAC0001", "TNT-GAMMA001")
 
 
 def make_fanout(history: int = 100, **limits: Any) -> Fanout:

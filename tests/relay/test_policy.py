@@ -8,6 +8,7 @@ import pytest
 from relay import policy
 from relay.errors import ConfigError
 from relay.tables import Column, Table
+from tests.support import POLICY_FILE
 
 CLAIMS = {"tenant_id": "T1", "user_id": "U1"}
 
@@ -200,7 +201,7 @@ def test_policies_are_checked_against_the_published_tables(tmp_path: Path) -> No
 
 
 def test_the_nexus_policy_file_loads() -> None:
-    policies = policy.load(Path(__file__).resolve().parents[2] / "portal" / "relay-policy.toml")
+    policies = policy.load(Path(POLICY_FILE))
     assert {
         "public.nexus_notifications",
         "public.nexus_case_messages",

@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from relay.client import RelayClient
-from tests.relay.conftest import ALICE, BOB, Connect
-from tests.support import WAIT, RelayProcess, eventually, mint
+from tests.relay.conftest import Connect
+from tests.support import ALICE, BOB, WAIT, RelayProcess, eventually, mint
 
 Conn = psycopg.Connection[Any]
 

@@ -19,8 +19,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay.client import RelayClient, RelayRequestError
-from tests.relay.conftest import ALICE, BOB, Connect
-from tests.support import JWT_SECRET, WAIT, RelayProcess, mint
+from tests.relay.conftest import Connect
+from tests.support import ALICE, BOB, JWT_SECRET, WAIT, RelayProcess, mint
 
 SUBPROTOCOL = "nexus-relay.v1"
 
