@@ -13,9 +13,16 @@ from tests.support import POLICY_FILE, WAIT, RelayProcess
 CLI = str(Path(sys.executable).parent / "nexus-relay")
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``nexus-relay`` with these arguments (and this environment, if given)."""
     return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, timeout=4 * WAIT, check=False
+        [CLI, *args], capture_output=True, text=True, timeout=4 * WAIT, check=False, env=env
+    )
+
+
+def diagnose(url: str, relay: RelayProcess) -> subprocess.CompletedProcess[str]:
+    return run(
+        "diagnose", "--database-url", url, "--policy-file", POLICY_FILE, "--ops-url", relay.ops_url
     )
 
 
@@ -49,14 +56,7 @@ def test_a_broken_policy_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_serve_without_settings_says_which_is_missing() -> None:
-    result = subprocess.run(
-        [CLI, "serve"],
-        capture_output=True,
-        text=True,
-        timeout=4 * WAIT,
-        check=False,
-        env={"PATH": ""},
-    )
+    result = run("serve", env={"PATH": ""})
     assert result.returncode == 2
     assert "RELAY_DATABASE_URL (or DATABASE_URL) is not set" in result.stderr
 
@@ -66,15 +66,7 @@ def test_diagnose_a_healthy_deployment_then_a_broken_one(new_database: Callable[
     migrations.upgrade(url)
     relay = RelayProcess(url).start()
     try:
-        result = run(
-            "diagnose",
-            "--database-url",
-            url,
-            "--policy-file",
-            POLICY_FILE,
-            "--ops-url",
-            relay.ops_url,
-        )
+        result = diagnose(url, relay)
         assert result.returncode == 0, result.stdout
         assert "ok       public.nexus_payments publishes DELETE, INSERT, UPDATE" in result.stdout
         assert "No problem found." in result.stdout
@@ -82,21 +74,11 @@ def test_diagnose_a_healthy_deployment_then_a_broken_one(new_database: Callable[
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE open_secrets (id int PRIMARY KEY)")
             conn.execute("SELECT relay.publish('open_secrets')")
-        result = run(
-            "diagnose",
-            "--database-url",
-            url,
-            "--policy-file",
-            POLICY_FILE,
-            "--ops-url",
-            relay.ops_url,
-        )
+        result = diagnose(url, relay)
         assert result.returncode == 1
         assert "PROBLEM  public.open_secrets is published but has no policy" in result.stdout
     finally:
         relay.stop()
-    result = run(
-        "diagnose", "--database-url", url, "--policy-file", POLICY_FILE, "--ops-url", relay.ops_url
-    )
+    result = diagnose(url, relay)
     assert "no relay is connected to this database" in result.stdout
     assert f"cannot reach {relay.ops_url}" in result.stdout
