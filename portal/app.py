@@ -20,7 +20,7 @@ from portal import auth
 from portal.database import Database
 from portal.security import BodyLimit, SecurityHeaders
 from portal.settings import PortalSettings
-from portal.views import Endpoint, Views
+from portal.views import MESSAGE_LIMIT, PAYMENT_ACTIONS, Endpoint, Views
 
 logger = logging.getLogger("portal")
 
@@ -57,7 +57,11 @@ def create_app(settings: PortalSettings) -> Starlette:
         raise SystemExit(f"{htmx_path} is missing: install the front-end packages with `npm ci`.")
     db = Database(settings.database_url)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals["relay_config_url"] = "/nexus/api/realtime-config"
+    templates.env.globals.update(
+        relay_config_url="/nexus/api/realtime-config",
+        message_limit=MESSAGE_LIMIT,
+        payment_actions=PAYMENT_ACTIONS,
+    )
     views = Views(settings, db, templates)
 
     async def htmx(request: Request) -> Response:

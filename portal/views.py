@@ -67,6 +67,7 @@ class Views:
         **context: Any,
     ) -> Response:
         context.setdefault("csrf_token", csrf_token(request))
+        context.setdefault("me", getattr(request.state, "user", None))  # set by login_required
         return self.templates.TemplateResponse(
             request, template, context, status_code=status_code, headers=headers
         )
@@ -218,12 +219,7 @@ class Views:
                 raise HTTPException(404)
             messages = await thread(conn, case_id)
         return self.render(
-            request,
-            "case_detail.html",
-            viewer=viewer,
-            case=found[0],
-            messages=messages,
-            message_limit=MESSAGE_LIMIT,
+            request, "case_detail.html", viewer=viewer, case=found[0], messages=messages
         )
 
     async def case_thread(self, request: Request) -> Response:
@@ -232,7 +228,7 @@ class Views:
             if not await case_exists(conn, case_id):
                 raise HTTPException(404)
             messages = await thread(conn, case_id)
-        return self.render(request, "partials/thread.html", messages=messages, me=signed(request))
+        return self.render(request, "partials/thread.html", messages=messages)
 
     async def post_message(self, request: Request) -> Response:
         case_id = request.path_params["case_id"]
@@ -265,7 +261,6 @@ class Views:
             page=request.url_for("case_detail", case_id=case_id).path,
             partial="partials/thread.html",
             messages=messages,
-            me=user,
         )
 
     # --- Payments ------------------------------------------------------------------------
@@ -274,20 +269,12 @@ class Views:
         async with self.db.as_user(signed(request).claims) as conn:
             viewer = await self.viewer(request, conn)
             rows = await payment_rows(conn)
-        return self.render(
-            request, "payments.html", viewer=viewer, payments=rows, actions=PAYMENT_ACTIONS
-        )
+        return self.render(request, "payments.html", viewer=viewer, payments=rows)
 
     async def payments_list(self, request: Request) -> Response:
         async with self.db.as_user(signed(request).claims) as conn:
             rows = await payment_rows(conn)
-        return self.render(
-            request,
-            "partials/payments_list.html",
-            payments=rows,
-            actions=PAYMENT_ACTIONS,
-            me=signed(request),
-        )
+        return self.render(request, "partials/payments_list.html", payments=rows)
 
     async def payment_status(self, request: Request) -> Response:
         payment_id = request.path_params["payment_id"]
@@ -321,8 +308,6 @@ class Views:
             page=request.url_for("payments").path,
             partial="partials/payments_list.html",
             payments=rows,
-            actions=PAYMENT_ACTIONS,
-            me=user,
         )
 
     # --- Notifications ---------------------------------------------------------------------

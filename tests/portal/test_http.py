@@ -354,3 +354,19 @@ def test_an_oversized_request_is_refused(alice: httpx.Client) -> None:
         "/nexus/cases/CASE-AB000001/messages", data={"body": "x" * 70_000, "csrf_token": token}
     )
     assert response.status_code == 413
+
+
+def test_ones_own_messages_and_payments_show_as_such_on_pages_and_partials(
+    alice: httpx.Client,
+) -> None:
+    thread = "/nexus/cases/CASE-AB000001"
+    for path in (thread, f"{thread}/thread"):
+        text = alice.get(path).text
+        assert 'class="message mine" id="MSG-AB00000001"' in text, path
+        assert 'class="message " id="MSG-AB00000002"' in text, path  # Bob's
+    assert 'maxlength="10000"' in alice.get(thread).text  # the message form's limit
+    htmx = {"X-CSRF-Token": csrf_of(alice, "/nexus/"), "HX-Request": "true"}
+    posted = alice.post(f"{thread}/messages", data={"body": "Mine, again"}, headers=htmx)
+    assert 'class="message mine" id="MSG-AB00000001"' in posted.text
+    for path in ("/nexus/payments", "/nexus/payments/list"):  # Alice's tenant is the payer
+        assert "/nexus/payments/PAY-AB000001/status" in alice.get(path).text, path
