@@ -3,11 +3,13 @@
 import contextlib
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
+import httpx
 import psycopg
 
 # Every wait in the tests is a multiple of this unit, scaled for slow machines
@@ -199,15 +201,16 @@ class ServerProcess:
     command: list[str]
     ready_line: str
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], bin_dir: Path | None = None) -> None:
         self.env = {**os.environ, **env}
         self.process: Process | None = None
+        self.bin_dir = bin_dir  # where its program is; default: beside this Python
 
     def start(self, until: str | None = None) -> "Self":
         """Start it and wait until it prints ``until`` (by default, that it is ready)."""
         import sys
 
-        program = str(Path(sys.executable).parent / self.command[0])
+        program = str((self.bin_dir or Path(sys.executable).parent) / self.command[0])
         self.process = Process([program, *self.command[1:]], env=self.env)
         try:
             self.process.wait_for(until or self.ready_line, timeout=4 * WAIT)
@@ -238,6 +241,7 @@ class RelayProcess(ServerProcess):
         database_url: str,
         port: int | None = None,
         ops_port: int | None = None,
+        bin_dir: Path | None = None,
         **settings: str,
     ) -> None:
         self.database_url = database_url
@@ -253,7 +257,8 @@ class RelayProcess(ServerProcess):
                 "RELAY_OPS_PORT": str(self.ops_port),
                 "RELAY_LOG_FORMAT": "text",
                 **settings,
-            }
+            },
+            bin_dir,
         )
 
     @property
@@ -292,7 +297,12 @@ class PortalProcess(ServerProcess):
     ready_line = "Uvicorn running"
 
     def __init__(
-        self, database_url: str, relay_url: str, port: int | None = None, **settings: str
+        self,
+        database_url: str,
+        relay_url: str,
+        port: int | None = None,
+        bin_dir: Path | None = None,
+        **settings: str,
     ) -> None:
         self.port = port or free_port()
         self.command = ["nexus-portal", "serve", "--port", str(self.port)]
@@ -305,7 +315,8 @@ class PortalProcess(ServerProcess):
                 "NEXUS_COOKIE_SECURE": "false",
                 "NEXUS_LOG_LEVEL": "info",
                 **settings,
-            }
+            },
+            bin_dir,
         )
 
     @property
@@ -326,3 +337,28 @@ def eventually(check: Any, timeout: float = WAIT, interval: float = 0.05) -> Any
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {check}")
         time.sleep(interval)
+
+
+# --- The portal over HTTP --------------------------------------------------------------
+
+
+def client(portal: PortalProcess, address: str | None = None) -> httpx.Client:
+    headers = {"X-Forwarded-For": address} if address else {}
+    return httpx.Client(base_url=portal.url, timeout=WAIT, headers=headers, follow_redirects=False)
+
+
+def csrf_of(http: httpx.Client, path: str = "/nexus/login") -> str:
+    page = http.get(path)
+    match = re.search(r'name="nexus-csrf-token" content="([^"]+)"', page.text)
+    assert match, page.text[:500]
+    return match.group(1)
+
+
+def signed_in(portal: PortalProcess, email: str, password: str) -> httpx.Client:
+    http = client(portal)
+    token = csrf_of(http)
+    response = http.post(
+        "/nexus/login", data={"email": email, "password": password, "csrf_token": token}
+    )
+    assert response.status_code == 303, response.text[:300]
+    return http

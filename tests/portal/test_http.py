@@ -9,29 +9,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.support import JWT_SECRET, WAIT, PortalProcess
-
-
-def client(portal: PortalProcess, address: str | None = None) -> httpx.Client:
-    headers = {"X-Forwarded-For": address} if address else {}
-    return httpx.Client(base_url=portal.url, timeout=WAIT, headers=headers, follow_redirects=False)
-
-
-def csrf_of(http: httpx.Client, path: str = "/nexus/login") -> str:
-    page = http.get(path)
-    match = re.search(r'name="nexus-csrf-token" content="([^"]+)"', page.text)
-    assert match, page.text[:500]
-    return match.group(1)
-
-
-def signed_in(portal: PortalProcess, email: str, password: str) -> httpx.Client:
-    http = client(portal)
-    token = csrf_of(http)
-    response = http.post(
-        "/nexus/login", data={"email": email, "password": password, "csrf_token": token}
-    )
-    assert response.status_code == 303, response.text[:300]
-    return http
+from tests.support import JWT_SECRET, WAIT, PortalProcess, client, csrf_of, signed_in
 
 
 @pytest.fixture
