@@ -6,8 +6,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from relay import logs, policy
-from relay.errors import ConfigError
+from relay import logs
+from relay.core import policy
+from relay.core.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,16 +48,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve() -> int:
-    from relay import app, settings
+    from relay import service, settings
 
     config = settings.from_env()
     logs.configure(config.log_level, config.log_format)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is installed where it builds
-        asyncio.run(app.serve(config))
+        run = asyncio.run
     else:
-        uvloop.run(app.serve(config))
+        run = uvloop.run
+    try:
+        run(service.serve(config))
+    except service.TaskFailed as exc:
+        print(f"nexus-relay: stopped: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from relay.protocol import SUBPROTOCOL
+from relay.core.protocol import SUBPROTOCOL
 
 
 class RelayRequestError(Exception):

@@ -27,10 +27,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from relay import changes, tables
-from relay.changes import Change, LargeChangeRef, TableReset
-from relay.errors import ChangeError, first_line
-from relay.fanout import Fanout
+from relay.core import changes, tables
+from relay.core.changes import Change, LargeChangeRef, TableReset
+from relay.core.errors import ChangeError, first_line
+from relay.core.fanout import Fanout
 
 logger = logging.getLogger("relay.listener")
 
@@ -82,6 +82,7 @@ class Listener:
         self.intake: deque[_Received | _Reconnected] = deque()
         self._wake = asyncio.Event()
         self.first_load = asyncio.Event()  # set once the published tables are known
+        self.processing = False  # while process() runs: readiness depends on it
         self.connected = False
         self.reconnects = 0
         self.queue_usage: float | None = None
@@ -146,23 +147,27 @@ class Listener:
     # --- Processing --------------------------------------------------------------
 
     async def process(self) -> None:
-        """Drain the intake in order, forever."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            handled = 0
-            while self.intake:
-                item = self.intake.popleft()
-                try:
-                    await self._handle(item)
-                except Exception:  # a bug must not stop the stream
-                    logger.exception("could not handle a notification; subscribers told gap")
-                    self.fanout.gap_all("relay_error")
-                handled += 1
-                if handled % BATCH == 0:
-                    self.flush()
-                    await asyncio.sleep(0)
-            self.flush()
+        """Drain the intake in order, forever.
+
+        A change that fails is logged with its traceback, counted, and told to
+        its subscribers as a gap; processing goes on. Anything else that
+        escapes ends the task, and the relay with it (it runs supervised).
+        """
+        self.processing = True
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                handled = 0
+                while self.intake:
+                    await self._handle(self.intake.popleft())
+                    handled += 1
+                    if handled % BATCH == 0:
+                        self.flush()
+                        await asyncio.sleep(0)
+                self.flush()
+        finally:
+            self.processing = False
 
     async def _handle(self, item: "_Received | _Reconnected") -> None:
         if isinstance(item, _Reconnected):
@@ -185,6 +190,18 @@ class Listener:
             logger.error("unreadable change on %s: %s", CHANGES_CHANNEL, exc)
             self.fanout.gap_all("unreadable_change")
             return
+        try:
+            self._dispatch(notification)
+        except Exception:  # a bug must cost this change, not the stream
+            table = notification.table if isinstance(notification, Change | TableReset) else None
+            logger.exception("could not process a change of %s; its subscribers told gap", table)
+            self.fanout.stats.errors["change"] += 1
+            if table is None:
+                self.fanout.gap_all("relay_error")
+            else:
+                self.fanout.gap_table(table, "relay_error")
+
+    def _dispatch(self, notification: changes.Notification) -> None:
         if isinstance(notification, Change):
             self.fanout.ingest(notification)
             if self.observe_latency is not None:

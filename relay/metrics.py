@@ -6,26 +6,24 @@ latency is a Prometheus histogram, observed once per change.
 """
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from relay.fanout import Fanout
-    from relay.listener import Listener
+from relay.core.fanout import Fanout
+from relay.listener import Listener
 
 
 class RelayCollector(Collector):
-    def __init__(self, fanout: "Fanout", listener: "Listener") -> None:
+    def __init__(self, fanout: Fanout, listener: Listener) -> None:
         self.fanout = fanout
         self.listener = listener
 
     def collect(self) -> Iterator[Metric]:
         fanout, listener, stats = self.fanout, self.listener, self.fanout.stats
         yield GaugeMetricFamily(
-            "relay_connections", "Open WebSocket connections.", len(fanout.sessions)
+            "relay_connections", "Open WebSocket connections.", len(fanout.connections)
         )
         yield GaugeMetricFamily("relay_subscriptions", "Live subscriptions.", fanout.index.count)
         yield _labelled(
@@ -49,6 +47,12 @@ class RelayCollector(Collector):
             ["reason"],
             (((reason,), count) for reason, count in stats.disconnects.items()),
         )
+        yield _labelled(
+            "relay_errors",
+            "Unexpected exceptions, logged with their traceback, by where they happened.",
+            ["where"],
+            (((where,), count) for where, count in stats.errors.items()),
+        )
         yield GaugeMetricFamily(
             "relay_listener_connected",
             "1 while the LISTEN connection is up.",
@@ -71,11 +75,11 @@ class RelayCollector(Collector):
                 listener.queue_usage,
             )
         yield GaugeMetricFamily(
-            "relay_stream_offset", "Offset of the latest change or gap.", fanout.offset
+            "relay_stream_offset", "Offset of the latest change or gap.", fanout.stream.offset
         )
 
 
-def registry(fanout: "Fanout", listener: "Listener") -> tuple[CollectorRegistry, Histogram]:
+def registry(fanout: Fanout, listener: Listener) -> tuple[CollectorRegistry, Histogram]:
     """A registry of its own (several relays may share a process in tests)."""
     reg = CollectorRegistry(auto_describe=True)
     reg.register(RelayCollector(fanout, listener))

@@ -20,10 +20,10 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Origin, Subprotocol
 
-from relay import protocol
-from relay.errors import CloseCode, ErrorCode
-from relay.fanout import Fanout
-from relay.session import Session
+from relay.core import protocol
+from relay.core.errors import CloseCode, ErrorCode
+from relay.core.fanout import Fanout
+from relay.core.session import Session
 
 logger = logging.getLogger("relay.server")
 
@@ -126,17 +126,33 @@ class RelayServer:
     # --- Output ----------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write every session's pending frames; called after each batch of changes."""
+        """Write every session's pending frames; called after each batch of changes.
+
+        A failure to write to one connection costs that connection, logged and
+        counted, never the others nor the stream.
+        """
         for session in self.fanout.take_dirty():
-            self.flush_session(session)
+            try:
+                self.flush_session(session)
+            except Exception:
+                logger.exception(
+                    "session %s: cannot write its frames; connection dropped", session.id
+                )
+                self.fanout.stats.errors["flush"] += 1
+                session.close(
+                    CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL_ERROR, "the relay failed to write"
+                )
+                session.data_to_send()
+                connection = self.connections.get(session)
+                if connection is not None:
+                    connection.transport.abort()
 
     def flush_session(self, session: Session) -> None:
-        frames = session.outbox
+        frames = session.data_to_send()
         if not frames:
             return
         connection = self.connections.get(session)
         if connection is None or connection.protocol.state is not State.OPEN:
-            frames.clear()
             return
         transport = connection.transport
         if (
@@ -144,18 +160,16 @@ class RelayServer:
             and session.close_request is None
         ):
             session.drop_slow()
-            frames.clear()  # its buffer is full: the close frame would not get through
+            session.data_to_send()  # its buffer is full: the close frame would not get through
             self._close_soon(session, connection)
             return
-        protocol = connection.protocol
+        websocket = connection.protocol  # websockets' sans-I/O protocol
         for frame in frames:
-            protocol.send_text(frame)
-        frames.clear()
-        session.outbox_bytes = 0
+            websocket.send_text(frame)
         # One write, so one system call, for all of a session's frames of this
         # batch (websockets' send_data makes one per frame: the relay's largest
         # cost under load). An empty chunk asks for a half-close, as in send_data.
-        chunks = protocol.data_to_send()
+        chunks = websocket.data_to_send()
         data = b"".join(chunks)
         if data:
             transport.write(data)
@@ -202,12 +216,10 @@ class RelayServer:
         if self.server is not None:
             for session in list(self.connections):
                 if session.close_request is None:
-                    session.outbox.append(
-                        protocol.closing(
-                            CloseCode.GOING_AWAY,
-                            ErrorCode.GOING_AWAY,
-                            "the relay is shutting down; reconnect",
-                        )
+                    session.close(
+                        CloseCode.GOING_AWAY,
+                        ErrorCode.GOING_AWAY,
+                        "the relay is shutting down; reconnect",
                     )
                     self.flush_session(session)
             self.server.close(close_connections=True)

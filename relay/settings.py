@@ -9,8 +9,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay.errors import ConfigError
-from relay.fanout import Limits
+from relay.core.errors import ConfigError
+from relay.core.limits import Limits
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """How tokens are verified (relay.core.tokens.TokenVerifier)."""
+
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwks_refresh: float = 300.0
+    algorithms: tuple[str, ...] | None = None
+    audience: str | None = "nexus-relay"
+    issuer: str | None = None
+    leeway: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -24,15 +38,7 @@ class Settings:
     ops_host: str = "127.0.0.1"
     ops_port: int = 8766
     allowed_origins: tuple[str, ...] = ()
-    # Tokens
-    jwt_secret: str | None = field(default=None, repr=False)
-    jwks_file: Path | None = None
-    jwks_url: str | None = None
-    jwks_refresh: float = 300.0
-    jwt_algorithms: tuple[str, ...] | None = None
-    jwt_audience: str | None = "nexus-relay"
-    jwt_issuer: str | None = None
-    jwt_leeway: float = 30.0
+    tokens: TokenSettings = field(default_factory=TokenSettings)
     # Limits
     limits: Limits = field(default_factory=Limits)
     max_send_buffer_bytes: int = 1024 * 1024
@@ -49,18 +55,20 @@ class Settings:
     log_format: str = "json"
 
 
-def from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``env`` (default: ``os.environ``)."""
-    env = os.environ if env is None else env
+class _Environment:
+    """Typed reads of environment variables; a bad value is a ``ConfigError`` naming it."""
 
-    def text(name: str) -> str | None:
-        return env.get(name, "").strip() or None
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
 
-    def text_or(name: str, default: str) -> str:
-        return text(name) or default
+    def text(self, name: str) -> str | None:
+        return self.env.get(name, "").strip() or None
 
-    def number(name: str, default: float, minimum: float = 0) -> float:
-        raw = text(name)
+    def text_or(self, name: str, default: str) -> str:
+        return self.text(name) or default
+
+    def number(self, name: str, default: float, minimum: float = 0) -> float:
+        raw = self.text(name)
         if raw is None:
             return default
         try:
@@ -71,29 +79,63 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
         return value
 
-    def integer(name: str, default: int, minimum: int = 0) -> int:
-        value = number(name, default, minimum)
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+        value = self.number(name, default, minimum)
         if value != int(value):
             raise ConfigError(f"{name} must be a whole number")
         return int(value)
 
-    def listing(name: str) -> tuple[str, ...]:
-        raw = text(name) or ""
+    def listing(self, name: str) -> tuple[str, ...]:
+        raw = self.text(name) or ""
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
-    database_url = text("RELAY_DATABASE_URL") or text("DATABASE_URL")
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default: ``os.environ``)."""
+    read = _Environment(os.environ if env is None else env)
+    database_url = read.text("RELAY_DATABASE_URL") or read.text("DATABASE_URL")
     if database_url is None:
         raise ConfigError(
             "RELAY_DATABASE_URL (or DATABASE_URL) is not set: which PostgreSQL to listen to?"
         )
-    policy_file = text("RELAY_POLICY_FILE")
+    policy_file = read.text("RELAY_POLICY_FILE")
     if policy_file is None:
         raise ConfigError(
             "RELAY_POLICY_FILE is not set: without policies nobody may subscribe to anything"
         )
+    log_format = read.text_or("RELAY_LOG_FORMAT", Settings.log_format).lower()
+    if log_format not in ("json", "text"):
+        raise ConfigError("RELAY_LOG_FORMAT must be json or text")
+    return Settings(
+        database_url=database_url,
+        policy_file=Path(policy_file),
+        host=read.text_or("RELAY_HOST", Settings.host),
+        port=read.integer("RELAY_PORT", Settings.port),
+        path=read.text_or("RELAY_PATH", Settings.path),
+        ops_host=read.text_or("RELAY_OPS_HOST", Settings.ops_host),
+        ops_port=read.integer("RELAY_OPS_PORT", Settings.ops_port),
+        allowed_origins=read.listing("RELAY_ALLOWED_ORIGINS"),
+        tokens=_tokens(read),
+        limits=_limits(read),
+        max_send_buffer_bytes=read.integer(
+            "RELAY_MAX_SEND_BUFFER_BYTES", Settings.max_send_buffer_bytes, 4096
+        ),
+        ping_interval=read.number("RELAY_PING_INTERVAL_S", Settings.ping_interval, 1),
+        ping_timeout=read.number("RELAY_PING_TIMEOUT_S", Settings.ping_timeout, 1),
+        history_size=read.integer("RELAY_HISTORY_SIZE", Settings.history_size),
+        history_max_bytes=read.integer("RELAY_HISTORY_MAX_BYTES", Settings.history_max_bytes, 0),
+        intake_limit=read.integer("RELAY_INTAKE_LIMIT", Settings.intake_limit, 100),
+        large_change_retention=read.number(
+            "RELAY_LARGE_CHANGE_RETENTION_S", Settings.large_change_retention, 60
+        ),
+        log_level=read.text_or("RELAY_LOG_LEVEL", Settings.log_level).upper(),
+        log_format=log_format,
+    )
 
-    secret = text("RELAY_JWT_SECRET")
-    secret_file = text("RELAY_JWT_SECRET_FILE")
+
+def _tokens(read: _Environment) -> TokenSettings:
+    secret = read.text("RELAY_JWT_SECRET")
+    secret_file = read.text("RELAY_JWT_SECRET_FILE")
     if secret_file is not None:
         try:
             secret = Path(secret_file).read_text(encoding="utf-8").strip()
@@ -101,70 +143,44 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(
                 f"RELAY_JWT_SECRET_FILE: cannot read {secret_file}: {exc.strerror}"
             ) from exc
-    jwks_file = text("RELAY_JWKS_FILE")
-    algorithms = listing("RELAY_JWT_ALGORITHMS")
-    log_format = text_or("RELAY_LOG_FORMAT", Settings.log_format).lower()
-    if log_format not in ("json", "text"):
-        raise ConfigError("RELAY_LOG_FORMAT must be json or text")
-    defaults = Limits()
-
-    return Settings(
-        database_url=database_url,
-        policy_file=Path(policy_file),
-        host=text_or("RELAY_HOST", Settings.host),
-        port=integer("RELAY_PORT", Settings.port),
-        path=text_or("RELAY_PATH", Settings.path),
-        ops_host=text_or("RELAY_OPS_HOST", Settings.ops_host),
-        ops_port=integer("RELAY_OPS_PORT", Settings.ops_port),
-        allowed_origins=listing("RELAY_ALLOWED_ORIGINS"),
+    jwks_file = read.text("RELAY_JWKS_FILE")
+    # The audience is checked by default: a token for another application
+    # (another Supabase project sharing a secret, say) is not one for the
+    # relay. "none" turns the check off.
+    audience = read.text_or("RELAY_JWT_AUDIENCE", "nexus-relay")
+    return TokenSettings(
         jwt_secret=secret,
         jwks_file=Path(jwks_file) if jwks_file else None,
-        jwks_url=text("RELAY_JWKS_URL"),
-        jwks_refresh=number("RELAY_JWKS_REFRESH_S", Settings.jwks_refresh, 10),
-        jwt_algorithms=algorithms or None,
-        # Checked by default: a token for another application (another
-        # Supabase project sharing a secret, say) is not one for the relay.
-        # "none" turns the check off.
-        jwt_audience=None
-        if (audience := text_or("RELAY_JWT_AUDIENCE", "nexus-relay")) == "none"
-        else audience,
-        jwt_issuer=text("RELAY_JWT_ISSUER"),
-        jwt_leeway=number("RELAY_JWT_LEEWAY_S", Settings.jwt_leeway),
-        limits=Limits(
-            max_connections=integer("RELAY_MAX_CONNECTIONS", defaults.max_connections, 1),
-            max_unauthenticated=integer(
-                "RELAY_MAX_UNAUTHENTICATED", defaults.max_unauthenticated, 1
-            ),
-            max_outbox_bytes=integer("RELAY_MAX_OUTBOX_BYTES", defaults.max_outbox_bytes, 65536),
-            max_replay_bytes=integer("RELAY_MAX_REPLAY_BYTES", defaults.max_replay_bytes, 0),
-            max_connections_per_user=integer(
-                "RELAY_MAX_CONNECTIONS_PER_USER", defaults.max_connections_per_user, 1
-            ),
-            max_subscriptions_per_connection=integer(
-                "RELAY_MAX_SUBSCRIPTIONS_PER_CONNECTION",
-                defaults.max_subscriptions_per_connection,
-                1,
-            ),
-            max_messages_per_second=number(
-                "RELAY_MAX_MESSAGES_PER_SECOND", defaults.max_messages_per_second, 1
-            ),
-            max_frame_bytes=integer("RELAY_MAX_FRAME_BYTES", defaults.max_frame_bytes, 1024),
-            auth_timeout=number("RELAY_AUTH_TIMEOUT_S", defaults.auth_timeout, 0.1),
-            token_expiry_warning=number(
-                "RELAY_TOKEN_EXPIRY_WARNING_S", defaults.token_expiry_warning
-            ),
+        jwks_url=read.text("RELAY_JWKS_URL"),
+        jwks_refresh=read.number("RELAY_JWKS_REFRESH_S", TokenSettings.jwks_refresh, 10),
+        algorithms=read.listing("RELAY_JWT_ALGORITHMS") or None,
+        audience=None if audience == "none" else audience,
+        issuer=read.text("RELAY_JWT_ISSUER"),
+        leeway=read.number("RELAY_JWT_LEEWAY_S", TokenSettings.leeway),
+    )
+
+
+def _limits(read: _Environment) -> Limits:
+    default = Limits()
+    return Limits(
+        max_connections=read.integer("RELAY_MAX_CONNECTIONS", default.max_connections, 1),
+        max_unauthenticated=read.integer(
+            "RELAY_MAX_UNAUTHENTICATED", default.max_unauthenticated, 1
         ),
-        max_send_buffer_bytes=integer(
-            "RELAY_MAX_SEND_BUFFER_BYTES", Settings.max_send_buffer_bytes, 4096
+        max_outbox_bytes=read.integer("RELAY_MAX_OUTBOX_BYTES", default.max_outbox_bytes, 65536),
+        max_replay_bytes=read.integer("RELAY_MAX_REPLAY_BYTES", default.max_replay_bytes, 0),
+        max_connections_per_user=read.integer(
+            "RELAY_MAX_CONNECTIONS_PER_USER", default.max_connections_per_user, 1
         ),
-        ping_interval=number("RELAY_PING_INTERVAL_S", Settings.ping_interval, 1),
-        ping_timeout=number("RELAY_PING_TIMEOUT_S", Settings.ping_timeout, 1),
-        history_size=integer("RELAY_HISTORY_SIZE", Settings.history_size),
-        history_max_bytes=integer("RELAY_HISTORY_MAX_BYTES", Settings.history_max_bytes, 0),
-        intake_limit=integer("RELAY_INTAKE_LIMIT", Settings.intake_limit, 100),
-        large_change_retention=number(
-            "RELAY_LARGE_CHANGE_RETENTION_S", Settings.large_change_retention, 60
+        max_subscriptions_per_connection=read.integer(
+            "RELAY_MAX_SUBSCRIPTIONS_PER_CONNECTION", default.max_subscriptions_per_connection, 1
         ),
-        log_level=text_or("RELAY_LOG_LEVEL", Settings.log_level).upper(),
-        log_format=log_format,
+        max_messages_per_second=read.number(
+            "RELAY_MAX_MESSAGES_PER_SECOND", default.max_messages_per_second, 1
+        ),
+        max_frame_bytes=read.integer("RELAY_MAX_FRAME_BYTES", default.max_frame_bytes, 1024),
+        auth_timeout=read.number("RELAY_AUTH_TIMEOUT_S", default.auth_timeout, 0.1),
+        token_expiry_warning=read.number(
+            "RELAY_TOKEN_EXPIRY_WARNING_S", default.token_expiry_warning
+        ),
     )

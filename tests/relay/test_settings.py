@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.errors import ConfigError
+from relay.core.errors import ConfigError
 from relay.settings import from_env
 
 BASE = {"RELAY_DATABASE_URL": "postgresql://db/nexus", "RELAY_POLICY_FILE": "policy.toml"}
@@ -21,9 +21,9 @@ def test_defaults() -> None:
     assert settings.policy_file == Path("policy.toml")
     assert settings.allowed_origins == ()
     assert settings.limits.max_connections_per_user == 20
-    assert settings.jwt_algorithms is None
-    assert settings.jwt_audience == "nexus-relay"  # checked unless turned off
-    assert from_env({**BASE, "RELAY_JWT_AUDIENCE": "none"}).jwt_audience is None
+    assert settings.tokens.algorithms is None
+    assert settings.tokens.audience == "nexus-relay"  # checked unless turned off
+    assert from_env({**BASE, "RELAY_JWT_AUDIENCE": "none"}).tokens.audience is None
 
 
 def test_database_url_falls_back_to_database_url() -> None:
@@ -46,7 +46,7 @@ def test_values_are_read() -> None:
     )
     assert settings.port == 9000
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
-    assert settings.jwt_algorithms == ("RS256", "ES256")
+    assert settings.tokens.algorithms == ("RS256", "ES256")
     assert settings.limits.max_messages_per_second == 2.5
     assert settings.log_format == "text"
 
@@ -54,7 +54,8 @@ def test_values_are_read() -> None:
 def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("s" * 40 + "\n")
     assert (
-        from_env({**BASE, "RELAY_JWT_SECRET_FILE": str(tmp_path / "secret")}).jwt_secret == "s" * 40
+        from_env({**BASE, "RELAY_JWT_SECRET_FILE": str(tmp_path / "secret")}).tokens.jwt_secret
+        == "s" * 40
     )
     with pytest.raises(ConfigError, match="RELAY_JWT_SECRET_FILE: cannot read"):
         from_env({**BASE, "RELAY_JWT_SECRET_FILE": str(tmp_path / "missing")})

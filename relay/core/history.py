@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from relay.changes import Change
+from relay.core.changes import Change
 
 
 @dataclass(frozen=True, slots=True)

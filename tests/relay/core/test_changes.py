@@ -2,10 +2,11 @@
 
 import dataclasses
 
+import orjson
 import pytest
 
-from relay import changes
-from relay.errors import ChangeError
+from relay.core import changes
+from relay.core.errors import ChangeError
 
 
 def test_a_change() -> None:
@@ -63,3 +64,14 @@ def test_a_number_beyond_a_double_still_decodes() -> None:
     )
     assert isinstance(change, changes.Change)
     assert change.new == {"id": 1, "n": float("inf")}
+
+
+def test_a_huge_integer_beside_a_huge_number_is_read_as_orjson_reads_it() -> None:
+    huge = "9" * 400
+    change = changes.decode(
+        '{"v":1,"table":"public.t","op":"INSERT","xid":"1","ts":"t",'
+        f'"new":{{"id":1,"n":1e400,"m":{huge}}}}}'
+    )
+    assert isinstance(change, changes.Change)
+    assert change.new == {"id": 1, "n": float("inf"), "m": float("inf")}
+    assert orjson.dumps(change.new)  # encodable: frames carry it

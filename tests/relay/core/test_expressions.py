@@ -1,14 +1,10 @@
-"""The policy language: parsing, three-valued evaluation, index keys, the file."""
+"""The policy language: parsing, three-valued evaluation, claim bounds."""
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from relay import policy
-from relay.errors import ConfigError
-from relay.tables import Column, Table
-from tests.support import POLICY_FILE
+from relay.core import expressions
 
 CLAIMS = {"tenant_id": "T1", "user_id": "U1"}
 
@@ -66,7 +62,7 @@ def test_evaluation_follows_sql(
     claims: dict[str, Any],
     expected: bool | None,
 ) -> None:
-    assert policy.compile_expr(policy.parse(expression))(row, parents, claims) is expected
+    assert expressions.compile_expr(expressions.parse(expression))(row, parents, claims) is expected
 
 
 @pytest.mark.parametrize(
@@ -86,13 +82,13 @@ def test_evaluation_follows_sql(
 )
 def test_parse_errors_say_where(expression: str, message: str) -> None:
     with pytest.raises(
-        policy.ExpressionError, match=message.replace("(", r"\(").replace(")", r"\)")
+        expressions.ExpressionError, match=message.replace("(", r"\(").replace(")", r"\)")
     ):
-        policy.parse(expression)
+        expressions.parse(expression)
 
 
 @pytest.mark.parametrize(
-    ("expression", "keys"),
+    ("expression", "bounds"),
     [
         ("tenant_id = claims.tenant_id", [(("row", "tenant_id"), "tenant_id")]),
         ("claims.tenant_id = tenant_id", [(("row", "tenant_id"), "tenant_id")]),
@@ -114,98 +110,5 @@ def test_parse_errors_say_where(expression: str, message: str) -> None:
         ("a = 'x'", None),
     ],
 )
-def test_index_keys(expression: str, keys: list[Any] | None) -> None:
-    assert policy.index_keys(policy.parse(expression)) == keys
-
-
-VALID = """
-version = 1
-[claims.tenant_id]
-path = "app_metadata.tenant_id"
-pattern = "^TNT-[A-Z0-9]+$"
-[tables.items]
-visible = "tenant_id = claims.tenant_id"
-"""
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "policy.toml"
-    path.write_text(text)
-    return path
-
-
-def test_a_policy_file_loads(tmp_path: Path) -> None:
-    policies = policy.load(write(tmp_path, VALID))
-    assert set(policies.tables) == {"public.items"}  # a bare name is in public
-    assert policies.claims["tenant_id"].path == ("app_metadata", "tenant_id")
-    assert policies.bypass_roles == frozenset({"service_role"})
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("version = [", "is not valid TOML"),
-        ("[tables.x]\nvisible = \"a = 'b'\"", "'version = 1' is required"),
-        ("version = 1\nunknown = 2", "unknown top-level keys"),
-        ('version = 1\n[tables.x]\nvisible = "a = claims.nope"', "claims.nope is not declared"),
-        ('version = 1\n[tables.x]\nvisible = "a ="', "visible: expected a column"),
-        ("version = 1\n[tables.x]\nusing = \"a = 'b'\"", "needs exactly visible"),
-        ('version = 1\n[claims.t]\npath = "a.b"\npattern = "("', "pattern"),
-        ("version = 1\n[claims.t]\nwhere = 1", "needs path"),
-        ('version = 1\n[roles]\nbypass = "service_role"', "bypass must be a list"),
-    ],
-)
-def test_a_bad_policy_file_says_what_and_where(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message) as excinfo:
-        policy.load(write(tmp_path, text))
-    assert str(tmp_path / "policy.toml") in str(excinfo.value)
-
-
-def test_a_missing_policy_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read policy file"):
-        policy.load(tmp_path / "nope.toml")
-
-
-def table(**columns: str) -> Table:
-    return Table(
-        name="public.items",
-        events=frozenset({"INSERT"}),
-        primary_key=("id",),
-        columns={
-            name: Column(name, kind, "N" if kind == "integer" else "S")
-            for name, kind in columns.items()
-        },
-        parents={},
-    )
-
-
-def test_policies_are_checked_against_the_published_tables(tmp_path: Path) -> None:
-    policies = policy.load(write(tmp_path, VALID.replace("tenant_id = claims", "owner = claims")))
-    assert policies.check_against({"public.items": table(id="integer", owner="text")}) == []
-    assert policies.check_against({"public.items": table(id="integer")}) == [
-        "policy of public.items: no column 'owner'"
-    ]
-    assert policies.check_against({"public.items": table(id="integer", owner="integer")}) == [
-        "policy of public.items: column 'owner' is integer: policies compare text columns"
-    ]
-    # "is null" takes a column of any type.
-    nullable = policy.load(
-        write(tmp_path, VALID.replace("tenant_id = claims.tenant_id", "id is null"))
-    )
-    assert nullable.check_against({"public.items": table(id="integer")}) == []
-    parent = policy.load(
-        write(tmp_path, VALID.replace("tenant_id = claims", "parents.p.owner = claims"))
-    )
-    [problem] = parent.check_against({"public.items": table(id="integer")})
-    assert "no parent 'p'" in problem
-
-
-def test_the_nexus_policy_file_loads() -> None:
-    policies = policy.load(Path(POLICY_FILE))
-    assert {
-        "public.nexus_notifications",
-        "public.nexus_case_messages",
-        "public.nexus_payments",
-        "public.nexus_tenant_relationships",
-    } <= set(policies.tables)
-    assert all(p.keys for p in policies.tables.values())  # every Nexus policy is indexable
+def test_claim_bounds(expression: str, bounds: list[Any] | None) -> None:
+    assert expressions.claim_bounds(expressions.parse(expression)) == bounds

@@ -12,13 +12,13 @@
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 
-from relay.errors import ChangeError
+from relay.core.errors import ChangeError
+from relay.core.types import Parents, Row
 
-Row = dict[str, Any]
 Op = Literal["INSERT", "UPDATE", "DELETE"]
 
 OPS: frozenset[str] = frozenset(("INSERT", "UPDATE", "DELETE"))
@@ -32,14 +32,14 @@ class Change:
     old: Row | None  # None for INSERT
     # Rows that the table's published foreign keys point at, by alias. For an
     # UPDATE that changed such a key, old_parents has the old row's.
-    parents: dict[str, Row | None]
-    old_parents: dict[str, Row | None] | None
+    parents: Parents
+    old_parents: Parents | None
     xid: str
     timestamp: str  # the transaction's timestamp, ISO 8601
     size: int = 0  # bytes of the notification it came in: what holding it costs
 
     @property
-    def parents_of_old(self) -> dict[str, Row | None]:
+    def parents_of_old(self) -> Parents:
         return self.parents if self.old_parents is None else self.old_parents
 
 
@@ -66,7 +66,7 @@ def decode(payload: str | bytes) -> Notification:
         # orjson refuses numbers beyond a double's range (a numeric of 400
         # digits, say); the standard library reads them, as infinity.
         try:
-            data = json.loads(payload)
+            data = json.loads(payload, parse_int=_integer)
         except ValueError:
             raise ChangeError(f"not JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("v") != 1:
@@ -99,3 +99,10 @@ def decode(payload: str | bytes) -> Notification:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ChangeError(f"malformed change: {exc!r}") from exc
+
+
+def _integer(text: str) -> int | float:
+    """An integer as orjson reads it: beyond 64 bits, a float (orjson, which
+    encodes the frames, takes no larger integer)."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)

@@ -30,15 +30,15 @@ collation. Comparisons follow SQL: a NULL column matches no comparison, only
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.logic import Truth, all_of, any_of, negation
-from relay.tables import BOOLEAN, DATETIME, NUMERIC, Table
+from relay.core.tables import BOOLEAN, DATETIME, NUMERIC, Column, Table
+from relay.core.truth import Truth, all_of, any_of, negation
+from relay.core.types import Bound, Row
 
-Row = Mapping[str, Any]
 Match = Callable[[Row], Truth]
 
 OPERATORS = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike")
@@ -62,7 +62,7 @@ class Filter:
     match: Match
     # Top-level ``column=eq.value`` conditions on text columns: every matching
     # row has that value. The subscription index files the subscription there.
-    keys: list[tuple[tuple[str, ...], str]]
+    bounds: list[Bound]
 
 
 def parse(text: str, table: Table) -> Filter:
@@ -73,7 +73,7 @@ def parse(text: str, table: Table) -> Filter:
         raise FilterError(f"the filter is longer than {MAX_LENGTH} characters")
     parser = _Parser(table)
     matches: list[Match] = []
-    keys: list[tuple[tuple[str, ...], str]] = []
+    bounds: list[Bound] = []
     for part in _split(text, "&"):
         name, sep, rest = part.partition("=")
         if not sep:
@@ -86,15 +86,15 @@ def parse(text: str, table: Table) -> Filter:
         else:
             condition = parser.condition(name, rest)
             matches.append(condition.match)
-            if condition.key is not None:
-                keys.append((("row", name), condition.key))
-    return Filter(text, all_of(matches), keys)
+            if condition.bound is not None:
+                bounds.append((("row", name), condition.bound))
+    return Filter(text, all_of(matches), bounds)
 
 
 @dataclass(frozen=True)
 class _Condition:
     match: Match
-    key: str | None  # the value, for a positive eq on a text column
+    bound: str | None  # the value, for a positive eq on a text column
 
 
 class _Parser:
@@ -146,66 +146,76 @@ class _Parser:
             raise FilterError(f"{op!r} is not an operator; use one of {', '.join(OPERATORS)}")
         if not dot:
             raise FilterError(f"{column_name}={expression}: {op} needs a value, as {op}.<value>")
-        category = column.category
-        name = column_name
-
-        match: Match
-        key = None
+        bound = None
         if op == "is":
-            value = {"null": None, "true": True, "false": False, "unknown": None}.get(raw, raw)
-            if value == raw:
-                raise FilterError(f"{name}=is.{raw}: is takes null, true, false or unknown")
-            if value is None:
-                match = lambda row: row.get(name) is None  # noqa: E731
-            else:
-                match = lambda row: row.get(name) is value  # noqa: E731
+            match = _is(column, raw)
         elif op == "in":
-            if not (raw.startswith("(") and raw.endswith(")")):
-                raise FilterError(f"{name}=in.{raw}: write in.(a,b,c)")
-            values = [_unquote(v) for v in _split(raw[1:-1], ",")]
-            if len(values) > MAX_IN_VALUES:
-                raise FilterError(f"{name}=in.(...): at most {MAX_IN_VALUES} values")
-            coerced = [_coerce(v, category, name) for v in values]
-            convert = _converter(category)
-            if category == DATETIME:
-
-                def match(row: Row) -> Truth:
-                    value = convert(row.get(name))
-                    return None if value is None else value in coerced
-
-            else:
-                allowed = frozenset(coerced)
-
-                def match(row: Row) -> Truth:
-                    value = convert(row.get(name))
-                    return None if value is None else value in allowed
-
+            match = _in(column, raw)
         elif op in TEXT_OPERATORS:
-            if category in (NUMERIC, BOOLEAN, DATETIME):
-                raise FilterError(f"{name} is {column.type}: {op} needs a text column")
-            pattern = LikePattern(_unquote(raw), ignore_case=op == "ilike")
-
-            def match(row: Row) -> Truth:
-                value = row.get(name)
-                return None if not isinstance(value, str) else pattern.matches(value)
-
+            match = _like(column, op, raw)
         else:
-            value = _coerce(_unquote(raw), category, name)
-            compare = _COMPARE[op]
-            convert = _converter(category)
+            value = _coerce(_unquote(raw), column.category, column.name)
+            match = _compare(column, op, value)
+            if op == "eq" and not negated and column.category not in (NUMERIC, BOOLEAN, DATETIME):
+                bound = value
+        return _Condition(negation(match) if negated else match, bound)
 
-            def match(row: Row) -> Truth:
-                current = convert(row.get(name))
-                if current is None:
-                    return None
-                try:
-                    return compare(current, value)
-                except TypeError:  # e.g. a naive and an aware datetime
-                    return None
 
-            if op == "eq" and not negated and category not in (NUMERIC, BOOLEAN, DATETIME):
-                key = value
-        return _Condition(negation(match) if negated else match, key)
+def _is(column: Column, raw: str) -> Match:
+    name = column.name
+    value = {"null": None, "true": True, "false": False, "unknown": None}.get(raw, raw)
+    if value == raw:
+        raise FilterError(f"{name}=is.{raw}: is takes null, true, false or unknown")
+    if value is None:
+        return lambda row: row.get(name) is None
+    return lambda row: row.get(name) is value
+
+
+def _in(column: Column, raw: str) -> Match:
+    name, category = column.name, column.category
+    if not (raw.startswith("(") and raw.endswith(")")):
+        raise FilterError(f"{name}=in.{raw}: write in.(a,b,c)")
+    values = [_unquote(v) for v in _split(raw[1:-1], ",")]
+    if len(values) > MAX_IN_VALUES:
+        raise FilterError(f"{name}=in.(...): at most {MAX_IN_VALUES} values")
+    allowed = frozenset(_coerce(v, category, name) for v in values)
+    convert = _converter(category)
+
+    def match(row: Row) -> Truth:
+        value = convert(row.get(name))
+        return None if value is None else value in allowed
+
+    return match
+
+
+def _like(column: Column, op: str, raw: str) -> Match:
+    name = column.name
+    if column.category in (NUMERIC, BOOLEAN, DATETIME):
+        raise FilterError(f"{name} is {column.type}: {op} needs a text column")
+    pattern = LikePattern(_unquote(raw), ignore_case=op == "ilike")
+
+    def match(row: Row) -> Truth:
+        value = row.get(name)
+        return None if not isinstance(value, str) else pattern.matches(value)
+
+    return match
+
+
+def _compare(column: Column, op: str, value: Any) -> Match:
+    name = column.name
+    compare = _COMPARE[op]
+    convert = _converter(column.category)
+
+    def match(row: Row) -> Truth:
+        current = convert(row.get(name))
+        if current is None:
+            return None
+        try:
+            return compare(current, value)
+        except TypeError:  # e.g. a naive and an aware datetime
+            return None
+
+    return match
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {

@@ -7,9 +7,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from relay.errors import AuthError, ConfigError, ErrorCode
-from relay.policy import ClaimSpec
-from relay.tokens import TokenVerifier
+from relay.core.errors import AuthError, ConfigError, ErrorCode
+from relay.core.policy import ClaimSpec
+from relay.core.tokens import TokenVerifier
 from tests.support import JWT_SECRET, mint
 
 CLAIMS = {

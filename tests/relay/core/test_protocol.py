@@ -3,8 +3,8 @@
 import orjson
 import pytest
 
-from relay import protocol
-from relay.errors import CloseCode, ErrorCode
+from relay.core import protocol
+from relay.core.errors import CloseCode, ErrorCode
 
 
 def test_requests() -> None:

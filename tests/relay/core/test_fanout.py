@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay import policy
-from relay.changes import Change, TableReset
-from relay.fanout import Fanout, Limits
-from relay.session import Session
-from relay.tables import Column, Table
-from relay.tokens import TokenVerifier
+from relay.core import policy
+from relay.core.changes import Change, TableReset
+from relay.core.fanout import Fanout
+from relay.core.limits import Limits
+from relay.core.session import Session
+from relay.core.tables import Column, Table
+from relay.core.tokens import TokenVerifier
 from tests.support import ALICE, BOB, CAROL, GRACE, JWT_SECRET, POLICY_FILE, mint
 
 POLICIES = policy.load(Path(POLICY_FILE))
@@ -53,9 +54,7 @@ def make_fanout(history: int = 100, **limits: Any) -> Fanout:
 
 
 def taken(session: Session) -> list[dict[str, Any]]:
-    frames = [orjson.loads(f) for f in session.outbox]
-    session.outbox.clear()
-    return frames
+    return [orjson.loads(f) for f in session.data_to_send()]
 
 
 def send(session: Session, frame: dict[str, Any], now: float = NOW) -> list[dict[str, Any]]:
@@ -95,7 +94,7 @@ def test_an_insert_reaches_those_who_may_see_it() -> None:
     for session in (alice, bob):
         [frame] = taken(session)
         assert frame["op"] == "INSERT" and frame["new"]["id"] == "PAY-1"
-        assert frame["position"] == f"{fanout.epoch}:1"
+        assert frame["position"] == f"{fanout.stream.epoch}:1"
     assert taken(grace) == []
     assert set(fanout.take_dirty()) == {alice, bob}
 
@@ -250,7 +249,7 @@ def test_token_expiry_is_announced_then_enforced() -> None:
     bob.tick(expires_at)
     assert taken(bob)[0]["reason"] == "token_expired"
     assert bob.close_request is not None and bob.close_request[0] == 4003
-    assert fanout.connections_of(bob.identity.subject) == 0  # type: ignore[union-attr]
+    assert fanout.connections.of_user(bob.identity.subject) == 0  # type: ignore[union-attr]
 
 
 def test_a_refresh_with_new_claims_refiles_subscriptions() -> None:
@@ -276,7 +275,7 @@ def test_gaps_reach_the_subscribers_they_concern() -> None:
             "type": "gap",
             "subscriptions": [payments],
             "reason": "truncate",
-            "position": f"{fanout.epoch}:1",
+            "position": f"{fanout.stream.epoch}:1",
         }
     ]
     assert taken(grace) == []
@@ -286,7 +285,7 @@ def test_gaps_reach_the_subscribers_they_concern() -> None:
             "type": "gap",
             "subscriptions": [notifications],
             "reason": "listener_reconnected",
-            "position": f"{fanout.epoch}:2",
+            "position": f"{fanout.stream.epoch}:2",
         }
     ]
     assert fanout.stats.gaps == {"truncate": 1, "listener_reconnected": 1}
@@ -316,8 +315,11 @@ def test_a_resume_replays_what_was_missed_then_says_so() -> None:
     assert ack["resumed"] is True
     *replayed, end = frames
     assert [f["new"]["id"] for f in replayed] == ["PAY-1", "PAY-3"]  # not Gamma's
-    assert [f["position"] for f in replayed] == [f"{fanout.epoch}:1", f"{fanout.epoch}:3"]
-    assert end == {"type": "replayed", "id": ack["id"], "position": f"{fanout.epoch}:3"}
+    assert [f["position"] for f in replayed] == [
+        f"{fanout.stream.epoch}:1",
+        f"{fanout.stream.epoch}:3",
+    ]
+    assert end == {"type": "replayed", "id": ack["id"], "position": f"{fanout.stream.epoch}:3"}
     # The new token covers from the resume point: a resume of this one may start there.
     assert ack["resume_token"].startswith("0.")
 
@@ -327,7 +329,7 @@ def test_a_resume_needs_a_token_for_the_same_user_and_claims() -> None:
     bob = signed_in(fanout, BOB)
     ack, _ = ack_of(bob, "nexus_payments")
     fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
-    origin = f"{fanout.epoch}:0"
+    origin = f"{fanout.stream.epoch}:0"
     refusals = {
         "no token": (BOB, {}),
         "forged token": (BOB, {"resume_token": "0.AAAAAAAAAAAAAAAAAAAAAAAA"}),
@@ -415,7 +417,7 @@ def test_a_connection_that_queues_too_much_is_dropped() -> None:
     for n in range(200):
         fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
     assert bob.close_request is not None and bob.close_request[0] == 4008
-    assert len(bob.outbox) == 1  # its queue dropped; only the reason is left
+    assert [f["type"] for f in taken(bob)] == ["closing"]  # its queue dropped; only the reason
     assert fanout.index.count == 0
 
 
@@ -525,7 +527,8 @@ def test_index_delivers_exactly_what_checking_every_subscription_would(
         session = signed_in(fanout, (user, tenant), role=role)
         options = {"filter": row_filter} if row_filter else {}
         subscribe(session, "nexus_notifications", **options)
-        subscriptions.extend(session.subscriptions.values())
+        assert session.identity is not None
+        subscriptions += [(s, session.identity) for s in session.subscriptions.values()]
     change = Change(
         "public.nexus_notifications",
         op,  # type: ignore[arg-type]
@@ -537,7 +540,7 @@ def test_index_delivers_exactly_what_checking_every_subscription_would(
         "t",
     )
     by_index = fanout.index.candidates(change)
-    expected = {s for s in subscriptions if Fanout._decide(s, change, {}) is not None}
+    expected = {s for s, identity in subscriptions if s.receives(identity, change, {})}
     assert expected <= by_index
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay import filters
-from relay.tables import Column, Table
+from relay.core import filters
+from relay.core.tables import Column, Table
 
 TABLE = Table(
     name="public.payments",
@@ -108,13 +108,13 @@ def test_null_is_unknown(text: str, row: dict[str, Any], expected: bool | None) 
     assert filters.parse(text, TABLE).match(row) is expected
 
 
-def test_equality_on_text_gives_index_keys() -> None:
-    assert filters.parse("status=eq.pending&amount=gt.1", TABLE).keys == [
+def test_equality_on_text_bounds_the_rows() -> None:
+    assert filters.parse("status=eq.pending&amount=gt.1", TABLE).bounds == [
         (("row", "status"), "pending")
     ]
-    assert filters.parse("status=not.eq.pending", TABLE).keys == []
-    assert filters.parse("amount=eq.1", TABLE).keys == []
-    assert filters.parse("or=(status.eq.a,status.eq.b)", TABLE).keys == []
+    assert filters.parse("status=not.eq.pending", TABLE).bounds == []
+    assert filters.parse("amount=eq.1", TABLE).bounds == []
+    assert filters.parse("or=(status.eq.a,status.eq.b)", TABLE).bounds == []
 
 
 @pytest.mark.parametrize(

@@ -29,10 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portal import migrations
-from relay import policy, tables
-from relay.changes import Change, decode
-from relay.fanout import Fanout, Limits
-from relay.tokens import TokenVerifier
+from relay.core import policy, tables
+from relay.core.changes import Change, decode
+from relay.core.fanout import Fanout
+from relay.core.limits import Limits
+from relay.core.tokens import TokenVerifier
 from tests.support import JWT_SECRET, POLICY_FILE, Listener, as_user, mint
 
 POLICIES = policy.load(Path(POLICY_FILE))
@@ -279,7 +280,8 @@ def test_the_relay_decides_what_rls_decides(database: Database, scenario: Any) -
         session.receive(json.dumps({"type": "auth", "token": mint(user, tenant)}), 0)
         session.receive(json.dumps({"type": "subscribe", "table": table}), 0)
         [subscription] = session.subscriptions.values()
-        decision = Fanout._decide(subscription, change, {})
+        assert session.identity is not None
+        decision = subscription.receives(session.identity, change, {})
         relay = None if decision is None else (decision[0], decision[2])
         assert relay == expected(operation.op, before[(user, tenant)], after[(user, tenant)]), (
             f"{operation} as {user}/{tenant}: relay {relay}, "

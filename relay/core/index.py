@@ -1,56 +1,20 @@
 """The subscription index: from a change to the subscriptions that could see it.
 
-A subscription is filed under keys ``(path, value)`` that every row it may
+A subscription is filed under bounds ``(path, value)`` that every row it may
 receive satisfies, taken from its filter (``case_id=eq.CASE-1``) or else from
 its table's policy (``tenant_id = claims.tenant_id`` with the subscriber's
 claim). A change then looks up its own values under each path of its table,
 for its new and its old row, and reaches only those subscriptions, plus the
-ones that no key bounds (a service role without a filter, say). The policy and
-the filter are still evaluated in full for each candidate.
+ones that no bound narrows (a service role without a filter, say). The policy
+and the filter are still evaluated in full for each candidate.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from relay.changes import Change, Row
-from relay.filters import Filter
-from relay.ids import SubscriptionId
-from relay.policy import TablePolicy
-from relay.protocol import change_prefix
-from relay.tables import Table
-
-if TYPE_CHECKING:
-    from relay.session import Session
-    from relay.tokens import Identity
-
-Path = tuple[str, ...]
-Key = tuple[Path, Any]
-
-
-@dataclass(eq=False, slots=True)
-class Subscription:
-    id: SubscriptionId
-    id_json: bytes  # the id as a JSON string, for change frames
-    session: "Session"
-    table: Table
-    policy: TablePolicy
-    events: frozenset[str]
-    select: tuple[str, ...] | None  # None: every column
-    filter: Filter | None
-    keys: list[Key] | None = field(default=None)  # None: unbounded
-    prefix: bytes = field(init=False)  # a change frame's start, when this is its only subscription
-
-    def __post_init__(self) -> None:
-        self.prefix = change_prefix([self.id_json])
-
-    def index_keys(self, identity: "Identity") -> list[Key] | None:
-        """Where to file this subscription for this subscriber."""
-        if self.filter is not None and self.filter.keys:
-            return list(self.filter.keys)
-        if identity.bypass or self.policy.keys is None:
-            return None
-        return [(path, identity.claims.get(name)) for path, name in self.policy.keys]
+from relay.core.changes import Change
+from relay.core.subscription import Subscription
+from relay.core.types import Bound, Path, Row
 
 
 def _reader(path: Path) -> Callable[[Change], list[Any]]:
@@ -94,40 +58,47 @@ class _TableRoutes:
 class SubscriptionIndex:
     def __init__(self) -> None:
         self._tables: dict[str, _TableRoutes] = {}
-        self.count = 0
+        # Where each subscription is filed: its bounds, or None (unbounded).
+        self._filed: dict[Subscription, list[Bound] | None] = {}
 
-    def add(self, subscription: Subscription, keys: list[Key] | None) -> None:
+    @property
+    def count(self) -> int:
+        return len(self._filed)
+
+    def add(self, subscription: Subscription, bounds: list[Bound] | None) -> None:
+        """File ``subscription`` under ``bounds`` (None: it may see any row of its table)."""
+        assert subscription not in self._filed
         routes = self._tables.setdefault(subscription.table.name, _TableRoutes())
-        subscription.keys = keys
-        if keys is None:
+        self._filed[subscription] = bounds
+        if bounds is None:
             routes.unbounded.add(subscription)
-        else:
-            for path, value in keys:
-                if value is None:
-                    continue  # NULL equals nothing: no row reaches this key
-                if path not in routes.by_path:
-                    routes.by_path[path] = {}
-                    routes.readers[path] = _reader(path)
-                routes.by_path[path].setdefault(value, set()).add(subscription)
-        self.count += 1
+            return
+        for path, value in bounds:
+            if value is None:
+                continue  # NULL equals nothing: no row reaches this bound
+            if path not in routes.by_path:
+                routes.by_path[path] = {}
+                routes.readers[path] = _reader(path)
+            routes.by_path[path].setdefault(value, set()).add(subscription)
 
     def remove(self, subscription: Subscription) -> None:
-        routes = self._tables.get(subscription.table.name)
-        if routes is None:
+        """Unfile ``subscription``; nothing if it is not filed."""
+        if subscription not in self._filed:
             return
-        if subscription.keys is None:
+        bounds = self._filed.pop(subscription)
+        routes = self._tables[subscription.table.name]
+        if bounds is None:
             routes.unbounded.discard(subscription)
-        else:
-            for path, value in subscription.keys:
-                by_value = routes.by_path.get(path)
-                if by_value is None or value is None:
-                    continue
-                subscribers = by_value.get(value)
-                if subscribers is not None:
-                    subscribers.discard(subscription)
-                    if not subscribers:
-                        del by_value[value]
-        self.count -= 1
+            return
+        for path, value in bounds:
+            by_value = routes.by_path.get(path)
+            if by_value is None or value is None:
+                continue
+            subscribers = by_value.get(value)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del by_value[value]
 
     def candidates(self, change: Change) -> set[Subscription]:
         """Every subscription that could receive ``change``, and perhaps a few more."""

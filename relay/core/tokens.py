@@ -18,9 +18,9 @@ from typing import Any
 
 import jwt
 
-from relay.errors import AuthError, ConfigError, ErrorCode
-from relay.ids import UserId
-from relay.policy import ClaimSpec
+from relay.core.errors import AuthError, ConfigError, ErrorCode
+from relay.core.policy import ClaimSpec
+from relay.core.types import Claims, UserId
 
 HMAC_ALGORITHMS = frozenset(("HS256", "HS384", "HS512"))
 ASYMMETRIC_ALGORITHMS = frozenset(("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256"))
@@ -33,14 +33,14 @@ class Identity:
     subject: UserId  # the token's ``sub``: one user, across refreshes
     role: str
     bypass: bool  # the role sees every row (service_role)
-    claims: Mapping[str, str | None]  # the policy file's claims, by name
+    claims: Claims  # the policy file's claims, by name
     expires_at: float  # unix time
-    # What authorization depends on: equal keys, equal decisions. Computed
-    # once, since the fan-out compares it for every recipient of every change.
-    key: tuple[Any, ...] = field(init=False, compare=False)
+    # What authorization depends on: equal grants, equal decisions. Computed
+    # once, since the fan-out compares them for every recipient of every change.
+    grants: tuple[Any, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.bypass, tuple(sorted(self.claims.items()))))
+        object.__setattr__(self, "grants", (self.bypass, tuple(sorted(self.claims.items()))))
 
 
 class TokenVerifier:

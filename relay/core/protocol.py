@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from relay.changes import OPS
-from relay.errors import ClientError, CloseCode, ErrorCode
+from relay.core.changes import OPS
+from relay.core.errors import ClientError, CloseCode, ErrorCode
 
 SUBPROTOCOL = "nexus-relay.v1"
 VERSION = 1

@@ -1,0 +1,191 @@
+"""The relay service: the core and its shells, assembled from settings, run supervised.
+
+Its long-lived tasks (the LISTEN connection, the processing of changes,
+housekeeping, the ops endpoints, the JWKS refresh) run in one task group: if
+any of them ends with an exception, it is logged with its traceback, the relay
+shuts down, and ``run`` raises ``TaskFailed``, so that the process exits
+non-zero and its supervisor (systemd, Kubernetes) restarts it. Nothing fails
+in silence.
+"""
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+import jwt
+import uvicorn
+
+from relay import jwks, metrics
+from relay.core import policy
+from relay.core.fanout import Fanout
+from relay.core.tokens import TokenVerifier
+from relay.listener import Listener
+from relay.ops import ops_app
+from relay.server import RelayServer
+from relay.settings import Settings
+
+logger = logging.getLogger("relay")
+
+
+class TaskFailed(Exception):
+    """A long-lived task of the relay ended; the relay has shut down."""
+
+
+class _Stopped(Exception):
+    """Ends the task group when the relay is asked to stop."""
+
+
+class _OpsServer(uvicorn.Server):
+    """uvicorn for the ops endpoints, inside the relay's loop: the relay handles signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Relay:
+    def __init__(self, settings: Settings, jwk_set: jwt.PyJWKSet | None = None) -> None:
+        """Assemble the relay; ``jwk_set``: the keys fetched from the JWKS URL, if one is set."""
+        self.settings = settings
+        self.policies = policy.load(settings.policy_file)
+        tokens = settings.tokens
+        if tokens.jwks_file:
+            jwk_set = jwks.read_file(tokens.jwks_file)
+        self.verifier = TokenVerifier(
+            claims=self.policies.claims,
+            bypass_roles=self.policies.bypass_roles,
+            policy_roles=self.policies.policy_roles,
+            secret=tokens.jwt_secret,
+            jwks=jwk_set,
+            algorithms=tokens.algorithms,
+            audience=tokens.audience,
+            issuer=tokens.issuer,
+            leeway=tokens.leeway,
+        )
+        self.fanout = Fanout(
+            self.policies,
+            self.verifier,
+            settings.limits,
+            settings.history_size,
+            settings.history_max_bytes,
+        )
+        self.server = RelayServer(
+            self.fanout,
+            path=settings.path,
+            allowed_origins=settings.allowed_origins,
+            max_send_buffer_bytes=settings.max_send_buffer_bytes,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+        )
+        self.listener = Listener(
+            settings.database_url,
+            self.fanout,
+            self.server.flush,
+            intake_limit=settings.intake_limit,
+            large_change_retention=settings.large_change_retention,
+        )
+        self.registry, latency = metrics.registry(self.fanout, self.listener)
+        self.listener.observe_latency = latency.observe
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Serve until ``stopping`` is set (SIGINT, SIGTERM), then shut down gracefully.
+
+        Raises ``TaskFailed``, after shutting down, when a long-lived task failed.
+        """
+        ops = _OpsServer(
+            uvicorn.Config(
+                ops_app(self.fanout, self.listener, self.registry),
+                host=self.settings.ops_host,
+                port=self.settings.ops_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = {
+                    name: group.create_task(self._supervised(name, work), name=name)
+                    for name, work in self._tasks(ops).items()
+                }
+                await self._serve_clients()
+                await self.stopping.wait()
+                logger.info("shutting down: closing connections with 1001 (going away)")
+                await self.server.close()
+                ops.should_exit = True  # uvicorn closes its socket; cancelling would not
+                await tasks["ops"]
+                raise _Stopped  # ends the group: the other tasks are cancelled
+        except* _Stopped:
+            pass
+        except* Exception as failed:
+            raise TaskFailed(
+                ", ".join(f"{exc}" for exc in failed.exceptions) or "a task failed"
+            ) from failed
+        finally:
+            await self.server.close()
+            await self.listener.close()
+            logger.info("stopped")
+
+    def _tasks(self, ops: uvicorn.Server) -> dict[str, Coroutine[Any, Any, None]]:
+        tasks = {
+            "listen": self.listener.listen(),
+            "process": self.listener.process(),
+            "housekeeping": self.listener.housekeeping(),
+            "ops": ops.serve(),
+        }
+        tokens = self.settings.tokens
+        if tokens.jwks_url:
+            tasks["jwks"] = jwks.keep_fresh(self.verifier, tokens.jwks_url, tokens.jwks_refresh)
+        return tasks
+
+    async def _supervised(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work``, which should run until cancelled; its end is the relay's."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # uvicorn exits (SystemExit) when it cannot bind
+            logger.critical("the %s task failed; the relay stops", name, exc_info=True)
+            raise RuntimeError(f"the {name} task failed: {exc!r}") from exc
+        if not self.stopping.is_set():
+            logger.critical("the %s task ended; the relay stops", name)
+            raise RuntimeError(f"the {name} task ended")
+
+    async def _serve_clients(self) -> None:
+        """Accept clients once the published tables are known: before that, every
+        subscription would be refused as unknown."""
+        first_load = asyncio.ensure_future(self.listener.first_load.wait())
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait([first_load, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            first_load.cancel()
+            stopping.cancel()
+        if not self.listener.first_load.is_set():
+            return
+        settings = self.settings
+        await self.server.start(settings.host, settings.port)
+        logger.info(
+            "relay serving ws://%s:%s%s, ops on http://%s:%s (epoch %s)",
+            settings.host,
+            settings.port,
+            settings.path,
+            settings.ops_host,
+            settings.ops_port,
+            self.fanout.stream.epoch,
+        )
+
+
+async def serve(settings: Settings) -> None:
+    jwk_set = None
+    if settings.tokens.jwks_url and not settings.tokens.jwks_file:
+        jwk_set = await jwks.fetch_at_start(settings.tokens.jwks_url)
+    relay = Relay(settings, jwk_set)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, relay.stopping.set)
+    await relay.run()
