@@ -7,9 +7,9 @@ variable. Plain ``postgresql://`` URLs are run with the psycopg 3 driver.
 
 import os
 
+from alembic import context
 from sqlalchemy import create_engine, pool
 
-from alembic import context
 from portal.database_url import for_sqlalchemy
 
 config = context.config

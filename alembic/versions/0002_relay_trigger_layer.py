@@ -10,6 +10,7 @@ Revises: 0001
 from collections.abc import Sequence
 
 from alembic import op
+
 from relay import sql
 
 revision: str = "0002"
