@@ -1,4 +1,4 @@
-"""Signing in: passwords (argon2), sessions, failed-login slowdown, relay tokens."""
+"""Signing in: passwords (argon2), sessions, failed-login slowdown."""
 
 import contextlib
 import hashlib
@@ -8,7 +8,6 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import anyio
-import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, insert, select, update
@@ -16,7 +15,6 @@ from starlette.requests import HTTPConnection
 
 from portal import schema
 from portal.database import Claims, Database
-from portal.settings import PortalSettings
 
 HASHER = PasswordHasher()
 # Verified when the email is unknown, so that a wrong email costs as much time
@@ -201,23 +199,3 @@ class LoginThrottle:
         if attempts is not None:
             with contextlib.suppress(ValueError):  # already gone with the window
                 attempts.remove(attempted_at)
-
-
-def relay_token(user: SignedIn, settings: PortalSettings) -> tuple[str, int]:
-    """A short-lived token for the relay, with the claims its policies read."""
-    now = int(time.time())
-    expires_at = now + settings.relay_token_ttl
-    token = jwt.encode(
-        {
-            "sub": user.user_id,
-            "role": "authenticated",
-            "aud": settings.relay_audience,
-            "iss": "nexus-portal",
-            "iat": now,
-            "exp": expires_at,
-            "app_metadata": {"user_id": user.user_id, "tenant_id": user.tenant_id},
-        },
-        settings.relay_jwt_secret,
-        algorithm="HS256",
-    )
-    return token, expires_at

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from portal import demo_data, embedded_postgres, migrations
+from portal import demo_data, embedded_postgres, migrations, relay_token
 from portal.database_url import redacted, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,8 +85,8 @@ def servers(url: str, secret: dict[str, str], ports: Ports) -> list[Server]:
             "RELAY_DATABASE_URL": url,
             "RELAY_POLICY_FILE": str(ROOT / "portal" / "relay-policy.toml"),
             "RELAY_JWT_SECRET": secret["jwt_secret"],
-            "RELAY_JWT_AUDIENCE": "nexus-relay",
-            "RELAY_JWT_ISSUER": "nexus-portal",
+            "RELAY_JWT_AUDIENCE": relay_token.AUDIENCE,
+            "RELAY_JWT_ISSUER": relay_token.ISSUER,
             "RELAY_PORT": str(ports.relay),
             "RELAY_OPS_PORT": str(ports.relay_ops),
             "RELAY_ALLOWED_ORIGINS": f"http://127.0.0.1:{ports.portal},http://localhost:{ports.portal}",

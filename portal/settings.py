@@ -5,6 +5,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portal import relay_token
+
 # htmx, as `npm ci` installs it next to the checkout.
 CHECKOUT = Path(__file__).resolve().parent.parent
 DEFAULT_HTMX = CHECKOUT / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
@@ -20,8 +22,8 @@ class PortalSettings:
     session_secret: str = field(repr=False)
     relay_jwt_secret: str = field(repr=False)  # shared with the relay: RELAY_JWT_SECRET
     relay_url: str = "ws://127.0.0.1:8765/"  # as the browser reaches it
-    relay_token_ttl: int = 300
-    relay_audience: str = "nexus-relay"
+    relay_token_ttl: int = relay_token.LIFETIME
+    relay_audience: str = relay_token.AUDIENCE
     cookie_secure: bool = True
     session_max_age: int = 8 * 3600
     # Failed logins: after this many in the window, each further attempt waits.
@@ -66,8 +68,8 @@ def from_env(env: Mapping[str, str] | None = None) -> PortalSettings:
         session_secret=session_secret,
         relay_jwt_secret=relay_secret,
         relay_url=relay_url,
-        relay_token_ttl=integer("NEXUS_RELAY_TOKEN_TTL_S", 300, 30),
-        relay_audience=env.get("NEXUS_RELAY_AUDIENCE", "").strip() or "nexus-relay",
+        relay_token_ttl=integer("NEXUS_RELAY_TOKEN_TTL_S", relay_token.LIFETIME, 30),
+        relay_audience=env.get("NEXUS_RELAY_AUDIENCE", "").strip() or relay_token.AUDIENCE,
         cookie_secure=secure == "true",
         session_max_age=integer("NEXUS_SESSION_MAX_AGE_S", 8 * 3600, 60),
         login_free_failures=integer("NEXUS_LOGIN_FREE_FAILURES", 5),

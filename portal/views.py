@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from portal import auth, schema
+from portal import auth, relay_token, schema
 from portal.auth import SignedIn
 from portal.database import Database
 from portal.security import check_csrf, csrf_token
@@ -176,7 +176,13 @@ class Views:
             return JSONResponse(
                 {"error": "not signed in"}, 401, headers={"Cache-Control": "no-store"}
             )
-        token, expires_at = auth.relay_token(user, self.settings)
+        token, expires_at = relay_token.issue(
+            user.user_id,
+            user.tenant_id,
+            secret=self.settings.relay_jwt_secret,
+            audience=self.settings.relay_audience,
+            lifetime=self.settings.relay_token_ttl,
+        )
         return JSONResponse(
             {
                 "url": self.settings.relay_url,

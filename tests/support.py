@@ -12,6 +12,8 @@ from typing import Any, Self
 import httpx
 import psycopg
 
+from portal import relay_token
+
 # Every wait in the tests is a multiple of this unit, scaled for slow machines
 # by TEST_TIMEOUT_SCALE. A test waits for the event itself; the timeout only
 # bounds how long a failure takes to show.
@@ -164,27 +166,27 @@ def mint(
     user_id: str | None,
     tenant_id: str | None,
     *,
-    role: str = "authenticated",
+    role: str = relay_token.ROLE,
     expires_in: float = 600,
     secret: str = JWT_SECRET,
-    algorithm: str = "HS256",
+    algorithm: str = relay_token.ALGORITHM,
     **extra: Any,
 ) -> str:
-    """A token like the portal's: ``sub`` and ``app_metadata`` carry the user."""
-    import time
+    """A token of the portal's shape (portal/relay_token.py), but without ``iss``.
 
-    import jwt
-
-    payload: dict[str, Any] = {
-        "sub": user_id or "anonymous",
-        "aud": "nexus-relay",
-        "role": role,
-        "iat": int(time.time()),
-        "exp": int(time.time() + expires_in),
-        "app_metadata": {"user_id": user_id, "tenant_id": tenant_id},
-        **extra,
-    }
-    return jwt.encode(payload, secret, algorithm=algorithm)
+    ``sub`` is the user, ``anonymous`` without one. ``extra`` claims are added,
+    or replace the shape's (``aud``, ``iss``, ``nbf``, ``iat``...): with another
+    ``secret``, ``algorithm`` or a past ``expires_in``, a way to forge bad ones.
+    """
+    payload = relay_token.claims(
+        user_id,
+        tenant_id,
+        subject=user_id or "anonymous",
+        role=role,
+        issuer=None,
+        lifetime=expires_in,
+    )
+    return relay_token.encode({**payload, **extra}, secret, algorithm)
 
 
 def free_port() -> int:

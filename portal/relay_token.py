@@ -1,0 +1,73 @@
+"""The portal's link to the relay: the token that lets a signed-in browser subscribe.
+
+The relay verifies it with the secret both share (``RELAY_JWT_SECRET``), and
+checks ``aud`` and ``iss`` when it is told to (``RELAY_JWT_AUDIENCE``,
+``RELAY_JWT_ISSUER``; relay/tokens.py). Its policies (relay-policy.toml) read
+the user from ``app_metadata``, as the database's RLS reads it from
+``request.jwt.claims``; ``role`` picks the rows' policies (``authenticated``)
+or none (``service_role``).
+
+The tests mint their tokens with ``claims`` and ``encode`` too
+(tests/support.py), so that the shape lives here only. Imports nothing from
+the portal.
+"""
+
+import time
+from typing import Any
+
+import jwt
+
+ISSUER = "nexus-portal"
+AUDIENCE = "nexus-relay"  # the default of NEXUS_RELAY_AUDIENCE
+LIFETIME = 300  # seconds; the default of NEXUS_RELAY_TOKEN_TTL_S
+ROLE = "authenticated"
+ALGORITHM = "HS256"
+
+
+def claims(
+    user_id: str | None,
+    tenant_id: str | None,
+    *,
+    subject: str | None = None,
+    role: str = ROLE,
+    audience: str = AUDIENCE,
+    issuer: str | None = ISSUER,
+    lifetime: float = LIFETIME,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The claims of a token for this user, issued ``now`` (default: the current time).
+
+    ``sub`` is ``subject``, by default the user id; ``exp`` is ``lifetime``
+    seconds after ``now``; ``iss`` is left out when ``issuer`` is None. A None
+    id is a null claim, which the relay refuses (only the tests forge those).
+    """
+    now = time.time() if now is None else now
+    payload: dict[str, Any] = {
+        "sub": user_id if subject is None else subject,
+        "role": role,
+        "aud": audience,
+        "iat": int(now),
+        "exp": int(now + lifetime),
+        "app_metadata": {"user_id": user_id, "tenant_id": tenant_id},
+    }
+    if issuer is not None:
+        payload["iss"] = issuer
+    return payload
+
+
+def encode(payload: dict[str, Any], secret: str, algorithm: str = ALGORITHM) -> str:
+    """The signed token of these claims."""
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def issue(
+    user_id: str,
+    tenant_id: str,
+    *,
+    secret: str,
+    audience: str = AUDIENCE,
+    lifetime: int = LIFETIME,
+) -> tuple[str, int]:
+    """A token for this user from the portal, and when it expires (unix time)."""
+    payload = claims(user_id, tenant_id, audience=audience, lifetime=lifetime)
+    return encode(payload, secret), payload["exp"]
