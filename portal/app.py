@@ -1,6 +1,5 @@
 """The Nexus portal as an ASGI application."""
 
-import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,35 +19,11 @@ from portal import auth
 from portal.database import Database
 from portal.security import BodyLimit, SecurityHeaders
 from portal.settings import PortalSettings
-from portal.views import MESSAGE_LIMIT, PAYMENT_ACTIONS, Endpoint, Views
+from portal.views import MESSAGE_LIMIT, PAYMENT_ACTIONS, Views
 
 logger = logging.getLogger("portal")
 
 HERE = Path(__file__).resolve().parent
-
-
-def login_required(db: Database, endpoint: Endpoint) -> Endpoint:
-    """Only for a live session (checked in the database on every request).
-
-    Signed out: pages redirect to the login, htmx partials answer 401 with
-    HX-Redirect, posts 401.
-    """
-
-    @functools.wraps(endpoint)
-    async def guarded(request: Request) -> Response:
-        user = await auth.live_user(request, db)
-        if user is None:
-            if request.headers.get("hx-request") == "true":
-                login = request.url_for("login_page").path
-                return Response(status_code=401, headers={"HX-Redirect": login})
-            if request.method == "GET":
-                target = request.url_for("login_page").include_query_params(next=request.url.path)
-                return RedirectResponse(str(target.path) + "?" + str(target.query), 303)
-            raise HTTPException(401)
-        request.state.user = user
-        return await endpoint(request)
-
-    return guarded
 
 
 def create_app(settings: PortalSettings) -> Starlette:
@@ -109,55 +84,46 @@ def create_app(settings: PortalSettings) -> Starlette:
         yield
         await db.dispose()
 
-    page = functools.partial(login_required, db)
     routes = [
         Route("/", root),
         Route("/healthz", views.healthz),
         Route("/nexus/login", views.login_page, name="login_page"),
         Route("/nexus/login", views.login, methods=["POST"], name="login"),
-        Route("/nexus/logout", page(views.logout), methods=["POST"], name="logout"),
-        Route("/nexus/", page(views.dashboard), name="dashboard"),
-        Route(
-            "/nexus/dashboard/counts", page(views.dashboard_counts_partial), name="dashboard_counts"
-        ),
-        Route("/nexus/cases", page(views.cases), name="cases"),
-        Route("/nexus/cases/{case_id}", page(views.case_detail), name="case_detail"),
-        Route("/nexus/cases/{case_id}/thread", page(views.case_thread), name="case_thread"),
+        Route("/nexus/logout", views.logout, methods=["POST"], name="logout"),
+        Route("/nexus/", views.dashboard, name="dashboard"),
+        Route("/nexus/dashboard/counts", views.dashboard_counts_partial, name="dashboard_counts"),
+        Route("/nexus/cases", views.cases, name="cases"),
+        Route("/nexus/cases/{case_id}", views.case_detail, name="case_detail"),
+        Route("/nexus/cases/{case_id}/thread", views.case_thread, name="case_thread"),
         Route(
             "/nexus/cases/{case_id}/messages",
-            page(views.post_message),
+            views.post_message,
             methods=["POST"],
             name="post_message",
         ),
-        Route("/nexus/payments", page(views.payments), name="payments"),
-        Route("/nexus/payments/list", page(views.payments_list), name="payments_list"),
+        Route("/nexus/payments", views.payments, name="payments"),
+        Route("/nexus/payments/list", views.payments_list, name="payments_list"),
         Route(
             "/nexus/payments/{payment_id}/status",
-            page(views.payment_status),
+            views.payment_status,
             methods=["POST"],
             name="payment_status",
         ),
-        Route("/nexus/notifications", page(views.notifications), name="notifications"),
-        Route(
-            "/nexus/notifications/list", page(views.notifications_list), name="notifications_list"
-        ),
-        Route(
-            "/nexus/notifications/read", page(views.mark_read), methods=["POST"], name="read_all"
-        ),
+        Route("/nexus/notifications", views.notifications, name="notifications"),
+        Route("/nexus/notifications/list", views.notifications_list, name="notifications_list"),
+        Route("/nexus/notifications/read", views.mark_read, methods=["POST"], name="read_all"),
         Route(
             "/nexus/notifications/{notification_id}/read",
-            page(views.mark_read),
+            views.mark_read,
             methods=["POST"],
             name="mark_read",
         ),
-        Route("/nexus/relationships", page(views.relationships), name="relationships"),
-        Route(
-            "/nexus/relationships/list", page(views.relationships_list), name="relationships_list"
-        ),
-        Route("/nexus/relationships", page(views.invite), methods=["POST"], name="invite"),
+        Route("/nexus/relationships", views.relationships, name="relationships"),
+        Route("/nexus/relationships/list", views.relationships_list, name="relationships_list"),
+        Route("/nexus/relationships", views.invite, methods=["POST"], name="invite"),
         Route(
             "/nexus/relationships/{relationship_id}/{answer}",
-            page(views.answer_invite),
+            views.answer_invite,
             methods=["POST"],
             name="answer_invite",
         ),

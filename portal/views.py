@@ -7,7 +7,6 @@ elements with ``data-live`` (the tables whose changes refresh them) and
 ``hx-get`` (their partial); realtime-client.js does the rest.
 """
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,12 +22,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from portal import auth, relay_token, schema
+from portal.access import json_401, no_content, signed_in
 from portal.auth import SignedIn
 from portal.database import Database
 from portal.security import check_csrf, csrf_token
 from portal.settings import PortalSettings
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 MESSAGE_LIMIT = 10_000
 # The transitions a payer may make, and their button labels.
@@ -67,13 +65,12 @@ class Views:
         **context: Any,
     ) -> Response:
         context.setdefault("csrf_token", csrf_token(request))
-        context.setdefault("me", getattr(request.state, "user", None))  # set by login_required
+        context.setdefault("me", getattr(request.state, "user", None))  # set by @signed_in
         return self.templates.TemplateResponse(
             request, template, context, status_code=status_code, headers=headers
         )
 
-    async def viewer(self, request: Request, conn: AsyncConnection) -> Viewer:
-        user = signed(request)
+    async def viewer(self, request: Request, conn: AsyncConnection, user: SignedIn) -> Viewer:
         row = (
             await conn.execute(
                 select(
@@ -162,20 +159,15 @@ class Views:
         auth.start_session(request, user)
         return RedirectResponse(next_path or request.url_for("dashboard").path, 303)
 
-    async def logout(self, request: Request) -> Response:
+    @signed_in()
+    async def logout(self, request: Request, user: SignedIn) -> Response:
         check_csrf(request, await request.form())
-        await auth.end_session(
-            self.db, signed(request)
-        )  # a copy of the cookie is worth nothing now
+        await auth.end_session(self.db, user)  # a copy of the cookie is worth nothing now
         request.session.clear()
         return RedirectResponse(request.url_for("login_page").path, 303)
 
-    async def realtime_config(self, request: Request) -> Response:
-        user = await auth.live_user(request, self.db)
-        if user is None:
-            return JSONResponse(
-                {"error": "not signed in"}, 401, headers={"Cache-Control": "no-store"}
-            )
+    @signed_in(otherwise=json_401)
+    async def realtime_config(self, request: Request, user: SignedIn) -> Response:
         token, expires_at = relay_token.issue(
             user.user_id,
             user.tenant_id,
@@ -196,30 +188,34 @@ class Views:
 
     # --- Dashboard --------------------------------------------------------------------
 
-    async def dashboard(self, request: Request) -> Response:
-        async with self.db.as_user(signed(request).claims) as conn:
-            viewer = await self.viewer(request, conn)
+    @signed_in()
+    async def dashboard(self, request: Request, user: SignedIn) -> Response:
+        async with self.db.as_user(user.claims) as conn:
+            viewer = await self.viewer(request, conn, user)
             counts = await dashboard_counts(conn)
             recent = await case_rows(conn, limit=5)
         return self.render(request, "dashboard.html", viewer=viewer, counts=counts, cases=recent)
 
-    async def dashboard_counts_partial(self, request: Request) -> Response:
-        async with self.db.as_user(signed(request).claims) as conn:
+    @signed_in()
+    async def dashboard_counts_partial(self, request: Request, user: SignedIn) -> Response:
+        async with self.db.as_user(user.claims) as conn:
             counts = await dashboard_counts(conn)
         return self.render(request, "partials/dashboard_counts.html", counts=counts)
 
     # --- Cases --------------------------------------------------------------------------
 
-    async def cases(self, request: Request) -> Response:
-        async with self.db.as_user(signed(request).claims) as conn:
-            viewer = await self.viewer(request, conn)
+    @signed_in()
+    async def cases(self, request: Request, user: SignedIn) -> Response:
+        async with self.db.as_user(user.claims) as conn:
+            viewer = await self.viewer(request, conn, user)
             rows = await case_rows(conn)
         return self.render(request, "cases.html", viewer=viewer, cases=rows)
 
-    async def case_detail(self, request: Request) -> Response:
+    @signed_in()
+    async def case_detail(self, request: Request, user: SignedIn) -> Response:
         case_id = request.path_params["case_id"]
-        async with self.db.as_user(signed(request).claims) as conn:
-            viewer = await self.viewer(request, conn)
+        async with self.db.as_user(user.claims) as conn:
+            viewer = await self.viewer(request, conn, user)
             found = await case_rows(conn, case_id=case_id)
             if not found:
                 raise HTTPException(404)
@@ -228,17 +224,18 @@ class Views:
             request, "case_detail.html", viewer=viewer, case=found[0], messages=messages
         )
 
-    async def case_thread(self, request: Request) -> Response:
+    @signed_in()
+    async def case_thread(self, request: Request, user: SignedIn) -> Response:
         case_id = request.path_params["case_id"]
-        async with self.db.as_user(signed(request).claims) as conn:
+        async with self.db.as_user(user.claims) as conn:
             if not await case_exists(conn, case_id):
                 raise HTTPException(404)
             messages = await thread(conn, case_id)
         return self.render(request, "partials/thread.html", messages=messages)
 
-    async def post_message(self, request: Request) -> Response:
+    @signed_in()
+    async def post_message(self, request: Request, user: SignedIn) -> Response:
         case_id = request.path_params["case_id"]
-        user = signed(request)
         form = await request.form()
         check_csrf(request, form)
         body = str(form.get("body", "")).strip()
@@ -271,20 +268,22 @@ class Views:
 
     # --- Payments ------------------------------------------------------------------------
 
-    async def payments(self, request: Request) -> Response:
-        async with self.db.as_user(signed(request).claims) as conn:
-            viewer = await self.viewer(request, conn)
+    @signed_in()
+    async def payments(self, request: Request, user: SignedIn) -> Response:
+        async with self.db.as_user(user.claims) as conn:
+            viewer = await self.viewer(request, conn, user)
             rows = await payment_rows(conn)
         return self.render(request, "payments.html", viewer=viewer, payments=rows)
 
-    async def payments_list(self, request: Request) -> Response:
-        async with self.db.as_user(signed(request).claims) as conn:
+    @signed_in()
+    async def payments_list(self, request: Request, user: SignedIn) -> Response:
+        async with self.db.as_user(user.claims) as conn:
             rows = await payment_rows(conn)
         return self.render(request, "partials/payments_list.html", payments=rows)
 
-    async def payment_status(self, request: Request) -> Response:
+    @signed_in()
+    async def payment_status(self, request: Request, user: SignedIn) -> Response:
         payment_id = request.path_params["payment_id"]
-        user = signed(request)
         form = await request.form()
         check_csrf(request, form)
         wanted = str(form.get("status", ""))
@@ -318,33 +317,34 @@ class Views:
 
     # --- Notifications ---------------------------------------------------------------------
 
-    async def notifications(self, request: Request) -> Response:
-        async with self.db.as_user(signed(request).claims) as conn:
-            viewer = await self.viewer(request, conn)
+    @signed_in()
+    async def notifications(self, request: Request, user: SignedIn) -> Response:
+        async with self.db.as_user(user.claims) as conn:
+            viewer = await self.viewer(request, conn, user)
             rows = await notification_rows(conn)
         return self.render(request, "notifications.html", viewer=viewer, notifications=rows)
 
-    async def notifications_list(self, request: Request) -> Response:
-        async with self.db.as_user(signed(request).claims) as conn:
+    @signed_in()
+    async def notifications_list(self, request: Request, user: SignedIn) -> Response:
+        async with self.db.as_user(user.claims) as conn:
             rows = await notification_rows(conn)
         return self.render(request, "partials/notifications_list.html", notifications=rows)
 
-    async def unread_badge(self, request: Request) -> Response:
-        user = await auth.live_user(request, self.db)
-        if user is None:
-            return Response(status_code=204)
+    @signed_in(otherwise=no_content)
+    async def unread_badge(self, request: Request, user: SignedIn) -> Response:
         async with self.db.as_user(user.claims) as conn:
             count = await unread(conn)
         return self.render(request, "partials/badge.html", unread=count)
 
-    async def mark_read(self, request: Request) -> Response:
+    @signed_in()
+    async def mark_read(self, request: Request, user: SignedIn) -> Response:
         notification_id = request.path_params.get("notification_id")
         form = await request.form()
         check_csrf(request, form)
         condition: ColumnElement[bool] = schema.notifications.c.read_at.is_(None)
         if notification_id is not None:
             condition = and_(condition, schema.notifications.c.id == notification_id)
-        async with self.db.as_user(signed(request).claims) as conn:
+        async with self.db.as_user(user.claims) as conn:
             await conn.execute(
                 update(schema.notifications).where(condition).values(read_at=func.now())
             )
@@ -358,19 +358,21 @@ class Views:
 
     # --- Relationships ----------------------------------------------------------------------
 
-    async def relationships(self, request: Request) -> Response:
-        async with self.db.as_user(signed(request).claims) as conn:
-            viewer = await self.viewer(request, conn)
-            rows = await relationship_rows(conn, viewer.user)
+    @signed_in()
+    async def relationships(self, request: Request, user: SignedIn) -> Response:
+        async with self.db.as_user(user.claims) as conn:
+            viewer = await self.viewer(request, conn, user)
+            rows = await relationship_rows(conn, user)
         return self.render(request, "relationships.html", viewer=viewer, relationships=rows)
 
-    async def relationships_list(self, request: Request) -> Response:
-        async with self.db.as_user(signed(request).claims) as conn:
-            rows = await relationship_rows(conn, signed(request))
+    @signed_in()
+    async def relationships_list(self, request: Request, user: SignedIn) -> Response:
+        async with self.db.as_user(user.claims) as conn:
+            rows = await relationship_rows(conn, user)
         return self.render(request, "partials/relationships_list.html", relationships=rows)
 
-    async def invite(self, request: Request) -> Response:
-        user = signed(request)
+    @signed_in()
+    async def invite(self, request: Request, user: SignedIn) -> Response:
         form = await request.form()
         check_csrf(request, form)
         other = str(form.get("tenant_id", "")).strip().upper()
@@ -414,10 +416,10 @@ class Views:
             relationships=rows,
         )
 
-    async def answer_invite(self, request: Request) -> Response:
+    @signed_in()
+    async def answer_invite(self, request: Request, user: SignedIn) -> Response:
         relationship_id = request.path_params["relationship_id"]
         answer = request.path_params["answer"]
-        user = signed(request)
         form = await request.form()
         check_csrf(request, form)
         status = {"accept": "active", "decline": "declined"}.get(answer)
@@ -461,13 +463,6 @@ class Views:
 
 
 # --- Queries ---------------------------------------------------------------------------
-
-
-def signed(request: Request) -> SignedIn:
-    """The user that ``login_required`` checked for this request."""
-    user = getattr(request.state, "user", None)
-    assert isinstance(user, SignedIn), "route without login_required"
-    return user
 
 
 def safe_next(value: str | None) -> str | None:
