@@ -1,0 +1,36 @@
+"""The browser's link to the relay: where it is, and a short-lived token for it.
+
+realtime-client.js asks for this when it starts and again before the token
+expires; a 401 tells it that the user signed out, and it stays offline.
+"""
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from portal import relay_token
+from portal.access import json_401, signed_in
+from portal.auth import SignedIn
+from portal.views.rendering import Views
+
+
+class RealtimeViews(Views):
+    @signed_in(otherwise=json_401)
+    async def config(self, request: Request, user: SignedIn) -> Response:
+        """The relay's URL, a token for it and when that expires (unix time), never cached."""
+        token, expires_at = relay_token.issue(
+            user.user_id,
+            user.tenant_id,
+            secret=self.settings.relay_jwt_secret,
+            audience=self.settings.relay_audience,
+            lifetime=self.settings.relay_token_ttl,
+        )
+        return JSONResponse(
+            {
+                "url": self.settings.relay_url,
+                "token": token,
+                "expires_at": expires_at,
+                "user_id": user.user_id,
+                "tenant_id": user.tenant_id,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
