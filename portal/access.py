@@ -30,6 +30,8 @@ from portal.database import Database
 
 
 class HasDatabase(Protocol):
+    """What ``signed_in`` needs of the object whose endpoints it guards."""
+
     db: Database
 
 

@@ -26,6 +26,8 @@ _HASHING = anyio.CapacityLimiter(4)
 
 @dataclass(frozen=True)
 class SignedIn:
+    """A user and their session, as the cookie names them (``live_user`` checks it)."""
+
     user_id: str
     tenant_id: str
     session_id: str  # random; the database keeps its SHA-256 only
@@ -117,6 +119,7 @@ async def live_user(request: HTTPConnection, db: Database) -> SignedIn | None:
 
 
 async def end_session(db: Database, user: SignedIn) -> None:
+    """Revoke the session in the database: its cookie, and any copy of it, signs in no more."""
     async with db.as_user(user.claims) as conn:
         await conn.execute(
             update(schema.sessions)
@@ -126,6 +129,7 @@ async def end_session(db: Database, user: SignedIn) -> None:
 
 
 def start_session(request: HTTPConnection, user: SignedIn) -> None:
+    """Make the session cookie name this user, with a new CSRF token."""
     request.session.clear()  # nothing of the anonymous session carries over
     request.session.update(
         {

@@ -19,6 +19,8 @@ from portal.database_url import for_sqlalchemy
 
 @dataclass(frozen=True)
 class Claims:
+    """The user as RLS reads them from ``request.jwt.claims`` (the relay token's shape)."""
+
     user_id: str
     tenant_id: str
 
@@ -32,6 +34,8 @@ class Claims:
 
 
 class Database:
+    """The portal's connection pool; every query goes through ``as_user`` or ``for_login``."""
+
     def __init__(self, url: str) -> None:
         self.engine: AsyncEngine = create_async_engine(
             for_sqlalchemy(url), pool_size=10, max_overflow=10, pool_pre_ping=True

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def csrf_token(request: Request) -> str:
+    """The session's CSRF token, made now if the session has none."""
     token = request.session.get("csrf")
     if not isinstance(token, str):
         token = request.session["csrf"] = secrets.token_urlsafe(32)

@@ -57,6 +57,7 @@ class CaseViews(Views):
 
     @signed_in()
     async def post_message(self, request: Request, user: SignedIn) -> Response:
+        """Add the form's ``body`` to the case's thread; 422 if it is empty or too long."""
         case_id = request.path_params["case_id"]
         form = await request.form()
         check_csrf(request, form)

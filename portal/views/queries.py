@@ -47,6 +47,7 @@ async def viewer(conn: AsyncConnection, user: SignedIn) -> Viewer | None:
 
 
 async def unread(conn: AsyncConnection) -> int:
+    """The user's unread notifications (RLS: their own and their tenant's)."""
     count = await conn.scalar(
         select(func.count())
         .select_from(schema.notifications)
@@ -56,6 +57,7 @@ async def unread(conn: AsyncConnection) -> int:
 
 
 async def dashboard_counts(conn: AsyncConnection) -> dict[str, int]:
+    """Open cases, pending payments and unread notifications."""
     cases = schema.cases
     open_cases = await conn.scalar(
         select(func.count()).select_from(cases).where(cases.c.status.in_(("open", "in_progress")))

@@ -72,6 +72,7 @@ class RelationshipViews(Views):
 
     @signed_in()
     async def invite(self, request: Request, user: SignedIn) -> Response:
+        """Invite the tenant of the form's ``tenant_id``; 422 with the reason if that cannot be."""
         form = await request.form()
         check_csrf(request, form)
         other = str(form.get("tenant_id", "")).strip().upper()

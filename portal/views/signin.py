@@ -78,6 +78,7 @@ class SignInViews(Views):
 
     @signed_in()
     async def logout(self, request: Request, user: SignedIn) -> Response:
+        """End the session, in the database and the cookie; then to the login."""
         check_csrf(request, await request.form())
         await auth.end_session(self.db, user)  # a copy of the cookie is worth nothing now
         request.session.clear()
