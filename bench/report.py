@@ -7,11 +7,15 @@ where it was measured (connections, rate) or, when null, why it was not.
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.common import BENCH, RESULTS
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 KEYS = (
     "authorized_msgs_per_s_max",
@@ -31,7 +35,13 @@ def _r(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def headline(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+# A headline figure: its value (None when it was not measured) and its note.
+FigureAndNote = tuple[float | None, str]
+
+NOT_RUN = "not measured: the scenario did not run"
+
+
+def headline(results: dict[str, Any]) -> dict[str, FigureAndNote]:
     """Each key: (value, note)."""
     cfg = results["config"]
     ref = cfg["reference_rate"]
@@ -40,111 +50,133 @@ def headline(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
     base: dict[int, dict[str, Any]] = {int(k): v for k, v in results.get("baseline", {}).items()}
     write = results.get("write_path") or {}
     errors = results.get("errors", {})
-    out: dict[str, tuple[float | None, str]] = {}
-    not_run = "not measured: the scenario did not run"
+    p95, p99 = _latency_at_reference(auth, ref)
+    out: dict[str, FigureAndNote] = {
+        "authorized_msgs_per_s_max": _authorized_max(auth, cfg, errors),
+        "p95_ms_at_10k_msgs_per_s": p95,
+        "p99_ms_at_10k_msgs_per_s": p99,
+        "connections_max_held": _connections_held(auth),
+        "rss_kb_per_connection": _rss_per_connection(auth),
+        "joins_per_s": _joins_per_s(auth),
+        "cpu_ratio_vs_bare_broadcast": _cpu_ratio(auth, ceil, ref),
+        "speedup_vs_per_subscriber_db_auth": _speedup(auth, base, cfg["latency_limit_ms"]),
+    }
+    for writers in (1, 16):
+        key = f"write_throughput_ratio_{writers}_writer" + ("s" if writers > 1 else "")
+        out[key] = _write_ratio(write, errors, writers)
+    return {k: out[k] for k in KEYS}
 
-    # 1. authorized
+
+def _step_at(steps: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
+    """The step offered ``rate`` msgs/s, if any."""
+    return next((s for s in steps if abs(s["offered_msgs_per_s"] - rate) < 1), None)
+
+
+def _authorized_max(
+    auth: dict[int, dict[str, Any]], cfg: dict[str, Any], errors: dict[str, str]
+) -> FigureAndNote:
     tops = [(s, a["max_sustained"]) for s, a in auth.items() if a.get("max_sustained")]
-    if tops:
-        size, top = max(tops, key=lambda t: t[1]["delivered_msgs_per_s"])
-        capped = [
-            s for s, a in auth.items() if a["steps"] and all(x["sustained"] for x in a["steps"])
-        ]
-        note = (
-            f"C={size}: offered {top['offered_msgs_per_s']:,.0f} msgs/s, delivered "
-            f"{top['delivered_msgs_per_s']:,.0f}/s with p95 {top['latency_ms']['p95']:.1f} ms, "
-            f"no drops (highest rate with p95 <= {cfg['latency_limit_ms']:g} ms on the ladder "
-            "of offered rates;"
-            " per size: "
-            + ", ".join(
-                f"C={s}: {a['max_sustained']['delivered_msgs_per_s']:,.0f}"
-                if a.get("max_sustained")
-                else f"C={s}: none"
-                for s, a in sorted(auth.items())
-            )
-            + ")"
-        )
-        if capped:
-            note += f"; at C={capped} every rate of the ladder was sustained: a lower bound"
-        out["authorized_msgs_per_s_max"] = (_r(top["delivered_msgs_per_s"], 0), note)
-    else:
-        out["authorized_msgs_per_s_max"] = (
-            None,
-            errors.get("authorized", "no rate was sustained") if auth else not_run,
-        )
+    if not tops:
+        return (None, errors.get("authorized", "no rate was sustained") if auth else NOT_RUN)
+    size, top = max(tops, key=lambda t: t[1]["delivered_msgs_per_s"])
+    capped = [s for s, a in auth.items() if a["steps"] and all(x["sustained"] for x in a["steps"])]
+    per_size = ", ".join(
+        f"C={s}: {a['max_sustained']['delivered_msgs_per_s']:,.0f}"
+        if a.get("max_sustained")
+        else f"C={s}: none"
+        for s, a in sorted(auth.items())
+    )
+    note = (
+        f"C={size}: offered {top['offered_msgs_per_s']:,.0f} msgs/s, delivered "
+        f"{top['delivered_msgs_per_s']:,.0f}/s with p95 {top['latency_ms']['p95']:.1f} ms, "
+        f"no drops (highest rate with p95 <= {cfg['latency_limit_ms']:g} ms on the ladder "
+        f"of offered rates; per size: {per_size})"
+    )
+    if capped:
+        note += f"; at C={capped} every rate of the ladder was sustained: a lower bound"
+    return (_r(top["delivered_msgs_per_s"], 0), note)
 
+
+def _latency_at_reference(
+    auth: dict[int, dict[str, Any]], ref: float
+) -> tuple[FigureAndNote, FigureAndNote]:
+    """p95 and p99 at the reference rate, at the largest size."""
     largest = max(auth) if auth else None
     at_ref = auth[largest].get("at_reference_rate") if largest else None
-    if at_ref and at_ref["latency_ms"]["p95"] is not None:
-        note = (
-            f"C={largest}, offered {ref:,.0f} msgs/s, "
-            f"delivered {at_ref['delivered_msgs_per_s']:,.0f}/s, "
-            f"{at_ref['latency_ms']['samples']:,} messages in a {at_ref['window_s']:g} s window; "
-            "commit_timestamp is the transaction's start (now()), so this is an upper bound"
-        )
-        out["p95_ms_at_10k_msgs_per_s"] = (_r(at_ref["latency_ms"]["p95"]), note)
-        out["p99_ms_at_10k_msgs_per_s"] = (_r(at_ref["latency_ms"]["p99"]), note)
-    else:
-        reason = not_run if not auth else f"no step at {ref:,.0f} msgs/s at C={largest}"
-        out["p95_ms_at_10k_msgs_per_s"] = (None, reason)
-        out["p99_ms_at_10k_msgs_per_s"] = (None, reason)
+    if not at_ref or at_ref["latency_ms"]["p95"] is None:
+        reason = NOT_RUN if not auth else f"no step at {ref:,.0f} msgs/s at C={largest}"
+        return (None, reason), (None, reason)
+    note = (
+        f"C={largest}, offered {ref:,.0f} msgs/s, "
+        f"delivered {at_ref['delivered_msgs_per_s']:,.0f}/s, "
+        f"{at_ref['latency_ms']['samples']:,} messages in a {at_ref['window_s']:g} s window; "
+        "commit_timestamp is the transaction's start (now()), so this is an upper bound"
+    )
+    return (_r(at_ref["latency_ms"]["p95"]), note), (_r(at_ref["latency_ms"]["p99"]), note)
 
+
+def _connections_held(auth: dict[int, dict[str, Any]]) -> FigureAndNote:
     held = [s for s, a in auth.items() if a.get("held")]
-    if held:
-        out["connections_max_held"] = (
-            float(max(held)),
-            f"the largest size tried ({max(auth)}) "
-            + ("was held" if max(held) == max(auth) else "was not")
-            + ": all joined, none lost through the ladder; larger sizes were not tried",
-        )
-    else:
-        out["connections_max_held"] = (
-            None,
-            not_run if not auth else "no size was held without loss",
-        )
+    if not held:
+        return (None, NOT_RUN if not auth else "no size was held without loss")
+    return (
+        float(max(held)),
+        f"the largest size tried ({max(auth)}) "
+        + ("was held" if max(held) == max(auth) else "was not")
+        + ": all joined, none lost through the ladder; larger sizes were not tried",
+    )
 
-    if largest:
-        a = auth[largest]
-        out["rss_kb_per_connection"] = (
-            _r(a["rss_kb_per_connection"], 2),
-            f"C={largest}: (RSS with C connections subscribed, idle - RSS with none) / C = "
-            f"({a['rss_kb_connected']:,} - {a['rss_kb_idle']:,}) KB / {largest}. After the load "
-            f"ladder the relay's RSS is {a['rss_kb_after_load']:,} KB "
-            f"({a['rss_kb_per_connection_after_load']:.1f} KB per connection if all of it "
-            "were counted against connections): that growth is mostly the shared change "
-            "history (RELAY_HISTORY_SIZE, 10,000 changes) and allocator high-water marks, "
-            "not per connection",
-        )
-        storm = a["storm"]
-        note = (
-            f"C={largest}: {storm['joined']} connect+auth+2 subscribes in "
-            f"{storm['last_subscribed_s']:.2f} s, {storm['client_processes']} client processes x "
-            f"{storm['concurrency_per_process']} at once; join p50 {storm['join_ms_p50']:.0f} ms, "
-            f"p99 {storm['join_ms_p99']:.0f} ms; failed {storm['failed']}; "
-            f"{storm.get('tcp_listen_overflows', 0)} TCP listen-queue overflows "
-            "(each a SYN retried after 1 s or more)"
-        )
-        quiet = a.get("storm_within_backlog")
-        if quiet and quiet.get("joins_per_s"):
-            note += (
-                f". A gentler storm, {quiet['client_processes']} x "
-                f"{quiet['concurrency_per_process']} at once: {quiet['joins_per_s']:,.0f} joins/s, "
-                f"all in {quiet['last_subscribed_s']:.2f} s, "
-                f"{quiet.get('tcp_listen_overflows', 0)} overflows"
-            )
-        out["joins_per_s"] = (_r(storm["joins_per_s"], 0), note)
-    else:
-        out["rss_kb_per_connection"] = (None, not_run)
-        out["joins_per_s"] = (None, not_run)
 
-    # 2. ceiling
-    ratio = None
-    note = not_run if not ceil else "no common rate between relay and ceiling"
+def _rss_per_connection(auth: dict[int, dict[str, Any]]) -> FigureAndNote:
+    largest = max(auth) if auth else None
+    if not largest:
+        return (None, NOT_RUN)
+    a = auth[largest]
+    return (
+        _r(a["rss_kb_per_connection"], 2),
+        f"C={largest}: (RSS with C connections subscribed, idle - RSS with none) / C = "
+        f"({a['rss_kb_connected']:,} - {a['rss_kb_idle']:,}) KB / {largest}. After the load "
+        f"ladder the relay's RSS is {a['rss_kb_after_load']:,} KB "
+        f"({a['rss_kb_per_connection_after_load']:.1f} KB per connection if all of it "
+        "were counted against connections): that growth is mostly the shared change "
+        "history (RELAY_HISTORY_SIZE, 10,000 changes) and allocator high-water marks, "
+        "not per connection",
+    )
+
+
+def _joins_per_s(auth: dict[int, dict[str, Any]]) -> FigureAndNote:
+    """The connection storm at the largest size, and the gentler one if it ran."""
+    largest = max(auth) if auth else None
+    if not largest:
+        return (None, NOT_RUN)
+    a = auth[largest]
+    storm = a["storm"]
+    note = (
+        f"C={largest}: {storm['joined']} connect+auth+2 subscribes in "
+        f"{storm['last_subscribed_s']:.2f} s, {storm['client_processes']} client processes x "
+        f"{storm['concurrency_per_process']} at once; join p50 {storm['join_ms_p50']:.0f} ms, "
+        f"p99 {storm['join_ms_p99']:.0f} ms; failed {storm['failed']}; "
+        f"{storm.get('tcp_listen_overflows', 0)} TCP listen-queue overflows "
+        "(each a SYN retried after 1 s or more)"
+    )
+    quiet = a.get("storm_within_backlog")
+    if quiet and quiet.get("joins_per_s"):
+        note += (
+            f". A gentler storm, {quiet['client_processes']} x "
+            f"{quiet['concurrency_per_process']} at once: {quiet['joins_per_s']:,.0f} joins/s, "
+            f"all in {quiet['last_subscribed_s']:.2f} s, "
+            f"{quiet.get('tcp_listen_overflows', 0)} overflows"
+        )
+    return (_r(storm["joins_per_s"], 0), note)
+
+
+def _cpu_ratio(
+    auth: dict[int, dict[str, Any]], ceil: dict[int, dict[str, Any]], ref: float
+) -> FigureAndNote:
+    """The relay's CPU per message over the bare broadcast's, at the largest size with both."""
     for size in sorted(ceil, reverse=True):
         relay_step = auth.get(size, {}).get("at_reference_rate")
-        ceil_step = next(
-            (s for s in ceil[size]["steps"] if abs(s["offered_msgs_per_s"] - ref) < 1), None
-        )
+        ceil_step = _step_at(ceil[size]["steps"], ref)
         if (
             relay_step
             and ceil_step
@@ -158,30 +190,31 @@ def headline(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
                 f"of CPU per 1,000 delivered messages, bare broadcast "
                 f"{ceil_step['server_cpu_s_per_1k_msgs'] * 1000:.1f} ms"
             )
-            break
-    out["cpu_ratio_vs_bare_broadcast"] = (_r(ratio, 2), note)
+            return (_r(ratio, 2), note)
+    return (None, NOT_RUN if not ceil else "no common rate between relay and ceiling")
 
-    # 3. baseline
-    speedup = None
-    note = not_run if not base else "no size where both have a sustained rate"
+
+def _speedup(
+    auth: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], limit_ms: float
+) -> FigureAndNote:
+    """The relay's highest sustained rate over the baseline's (or over its capacity, when
+    it sustained none), at the largest size with both."""
     for size in sorted(base, reverse=True):
         b = base[size].get("max_sustained")
         r = auth.get(size, {}).get("max_sustained")
         if b and r:
-            speedup = r["delivered_msgs_per_s"] / b["delivered_msgs_per_s"]
             note = (
-                f"C={size}: highest sustained (p95 <= {cfg['latency_limit_ms']:g} ms, no drops) "
+                f"C={size}: highest sustained (p95 <= {limit_ms:g} ms, no drops) "
                 f"delivered rate, relay {r['delivered_msgs_per_s']:,.0f}/s vs "
                 f"one-query-per-subscriber {b['delivered_msgs_per_s']:,.1f}/s"
             )
-            break
+            return (_r(r["delivered_msgs_per_s"] / b["delivered_msgs_per_s"], 1), note)
         cap = base[size].get("capacity")
         if r and not b and cap and cap["delivered_msgs_per_s"]:
             low = base[size]["lowest_offered"]
-            speedup = r["delivered_msgs_per_s"] / cap["delivered_msgs_per_s"]
             note = (
                 f"C={size}: the baseline sustained none of the offered rates with p95 <= "
-                f"{cfg['latency_limit_ms']:g} ms (lowest tried {low:,.1f} msgs/s: one change takes "
+                f"{limit_ms:g} ms (lowest tried {low:,.1f} msgs/s: one change takes "
                 "it longer than that to authorize); against its capacity (what it delivered when "
                 "offered "
                 f"{cap['offered_msgs_per_s']:,.0f} msgs/s, whatever the latency: "
@@ -189,38 +222,33 @@ def headline(results: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
                 f"{r['delivered_msgs_per_s']:,.0f}/s is this many times more: "
                 "a lower bound of the speedup"
             )
-            break
-    out["speedup_vs_per_subscriber_db_auth"] = (_r(speedup, 1), note)
+            return (_r(r["delivered_msgs_per_s"] / cap["delivered_msgs_per_s"], 1), note)
+    return (None, NOT_RUN if not base else "no size where both have a sustained rate")
 
-    # 4. write path
-    for writers in (1, 16):
-        key = f"write_throughput_ratio_{writers}_writer" + ("s" if writers > 1 else "")
-        w = write.get(f"writers_{writers}") if write else None
-        if w and w.get("ratio") is not None:
-            quiet = write.get(f"writers_{writers}_no_listener") or {}
-            own_core = write.get(f"writers_{writers}_relay_own_core") or {}
-            out[key] = (
-                _r(w["ratio"], 3),
-                f"pgbench, one-row autocommit INSERTs, {writers} client(s), "
-                f"{write['duration_s']:g} s x {write['repeats']} (median), the relay listening "
-                f"on the same 2 CPUs: published {w['published_inserts_per_s']:,.0f}/s, "
-                f"unpublished {w['unpublished_inserts_per_s']:,.0f}/s"
-                + (
-                    f"; with the relay on a core of its own and PostgreSQL on the other "
-                    f"(as in production, the relay off the database host) the ratio is "
-                    f"{own_core['ratio']:.3f}"
-                    if own_core.get("ratio") is not None
-                    else ""
-                )
-                + (
-                    f"; with no listener at all (the trigger and NOTIFY alone) {quiet['ratio']:.3f}"
-                    if quiet.get("ratio") is not None
-                    else ""
-                ),
-            )
-        else:
-            out[key] = (None, write.get("error") or errors.get("write_path") or not_run)
-    return {k: out[k] for k in KEYS}
+
+def _write_ratio(write: dict[str, Any], errors: dict[str, str], writers: int) -> FigureAndNote:
+    """Published over unpublished inserts/s with the relay listening on the same CPUs;
+    the note adds the two other setups."""
+    w = write.get(f"writers_{writers}") if write else None
+    if not w or w.get("ratio") is None:
+        return (None, write.get("error") or errors.get("write_path") or NOT_RUN)
+    quiet = write.get(f"writers_{writers}_no_listener") or {}
+    own_core = write.get(f"writers_{writers}_relay_own_core") or {}
+    note = (
+        f"pgbench, one-row autocommit INSERTs, {writers} client(s), "
+        f"{write['duration_s']:g} s x {write['repeats']} (median), the relay listening "
+        f"on the same 2 CPUs: published {w['published_inserts_per_s']:,.0f}/s, "
+        f"unpublished {w['unpublished_inserts_per_s']:,.0f}/s"
+    )
+    if own_core.get("ratio") is not None:
+        note += (
+            f"; with the relay on a core of its own and PostgreSQL on the other "
+            f"(as in production, the relay off the database host) the ratio is "
+            f"{own_core['ratio']:.3f}"
+        )
+    if quiet.get("ratio") is not None:
+        note += f"; with no listener at all (the trigger and NOTIFY alone) {quiet['ratio']:.3f}"
+    return (_r(w["ratio"], 3), note)
 
 
 TARGETS = (
@@ -244,7 +272,7 @@ TARGETS = (
 )
 
 
-def targets(keys: dict[str, tuple[float | None, str]], sizes: list[int]) -> list[dict[str, Any]]:
+def targets(keys: dict[str, FigureAndNote], sizes: list[int]) -> list[dict[str, Any]]:
     rows = []
     largest = max(sizes) if sizes else 0
     for key, op, target, words in TARGETS:
@@ -384,9 +412,7 @@ def machine_line(document: dict[str, Any]) -> str:
     )
 
 
-def headline_table(
-    document: dict[str, Any], keys: dict[str, tuple[float | None, str]]
-) -> list[str]:
+def headline_table(document: dict[str, Any], keys: dict[str, FigureAndNote]) -> list[str]:
     goals = {t["key"]: t for t in document["targets"]}
     lines = ["| Figure | Value | Target | Met |", "|---|---:|---|---|"]
     names = {
@@ -518,71 +544,74 @@ def comparison_tables(document: dict[str, Any]) -> list[str]:
     base = document["scenarios"].get("baseline") or {}
     lines: list[str] = []
     if ceil:
-        lines += _header(
-            "C",
-            "Offered msgs/s",
-            "Relay CPU per 1,000 msgs (ms)",
-            "Bare broadcast CPU per 1,000 msgs (ms)",
-            "Ratio",
-            "Relay p95 (ms)",
-            "Bare p95 (ms)",
-        )
-        for size, c in sorted(ceil.items(), key=lambda kv: int(kv[0])):
-            relay_steps = auth.get(size, {}).get("steps", []) + (
-                [auth[size]["profile"]["step"]] if auth.get(size, {}).get("profile") else []
-            )
-            for s in c["steps"]:
-                r = next(
-                    (
-                        x
-                        for x in relay_steps
-                        if abs(x["offered_msgs_per_s"] - s["offered_msgs_per_s"]) < 1
-                    ),
-                    None,
-                )
-                rc = r["server_cpu_s_per_1k_msgs"] if r else None
-                cc = s["server_cpu_s_per_1k_msgs"]
-                lines.append(
-                    _row(
-                        f"{int(size):,}",
-                        f"{s['offered_msgs_per_s']:,.0f}",
-                        _fmt(rc * 1000 if rc else None, 2),
-                        _fmt(cc * 1000 if cc else None, 2),
-                        _fmt(rc / cc if rc and cc else None, 2),
-                        _fmt(r["latency_ms"]["p95"] if r else None),
-                        _fmt(s["latency_ms"]["p95"]),
-                    )
-                )
-        lines.append("")
+        lines += [*ceiling_table(auth, ceil), ""]
     if base:
-        lines += _header(
-            "C",
-            "Baseline max sustained msgs/s",
-            "Baseline capacity msgs/s (overloaded)",
-            "Relay max sustained msgs/s",
-            "Speedup",
-            "Baseline CPU per 1,000 msgs, process + its PostgreSQL backends (ms)",
-            "Relay's, process + its backend (ms)",
+        lines += [*baseline_table(auth, base), ""]
+    return lines
+
+
+def ceiling_table(auth: dict[str, Any], ceil: dict[str, Any]) -> list[str]:
+    """Each step of the bare broadcast beside the relay's step at the same offered rate."""
+    lines = _header(
+        "C",
+        "Offered msgs/s",
+        "Relay CPU per 1,000 msgs (ms)",
+        "Bare broadcast CPU per 1,000 msgs (ms)",
+        "Ratio",
+        "Relay p95 (ms)",
+        "Bare p95 (ms)",
+    )
+    for size, c in sorted(ceil.items(), key=lambda kv: int(kv[0])):
+        relay_steps = auth.get(size, {}).get("steps", []) + (
+            [auth[size]["profile"]["step"]] if auth.get(size, {}).get("profile") else []
         )
-        for size, b in sorted(base.items(), key=lambda kv: int(kv[0])):
-            bt = b.get("max_sustained")
-            cap = b.get("capacity")
-            rt = auth.get(size, {}).get("max_sustained")
-            speed = None
-            if rt and bt:
-                speed = f"{rt['delivered_msgs_per_s'] / bt['delivered_msgs_per_s']:,.0f}x"
-            elif rt and cap and cap["delivered_msgs_per_s"]:
-                speed = f"over {rt['delivered_msgs_per_s'] / cap['delivered_msgs_per_s']:,.0f}x"
-            src = bt or cap
-            bc = src["server_and_db_cpu_s_per_1k_msgs"] if src else None
-            rc = rt["server_and_db_cpu_s_per_1k_msgs"] if rt else None
+        for s in c["steps"]:
+            r = _step_at(relay_steps, s["offered_msgs_per_s"])
+            rc = r["server_cpu_s_per_1k_msgs"] if r else None
+            cc = s["server_cpu_s_per_1k_msgs"]
             lines.append(
-                f"| {int(size):,} | {_fmt(bt['delivered_msgs_per_s'] if bt else None)} "
-                f"| {_fmt(cap['delivered_msgs_per_s'] if cap else None)} "
-                f"| {_fmt(rt['delivered_msgs_per_s'] if rt else None)} | {speed or '—'} "
-                f"| {_fmt(bc * 1000 if bc else None, 1)} | {_fmt(rc * 1000 if rc else None, 2)} |"
+                _row(
+                    f"{int(size):,}",
+                    f"{s['offered_msgs_per_s']:,.0f}",
+                    _fmt(rc * 1000 if rc else None, 2),
+                    _fmt(cc * 1000 if cc else None, 2),
+                    _fmt(rc / cc if rc and cc else None, 2),
+                    _fmt(r["latency_ms"]["p95"] if r else None),
+                    _fmt(s["latency_ms"]["p95"]),
+                )
             )
-        lines.append("")
+    return lines
+
+
+def baseline_table(auth: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """The baseline's highest sustained rate and capacity beside the relay's, per size."""
+    lines = _header(
+        "C",
+        "Baseline max sustained msgs/s",
+        "Baseline capacity msgs/s (overloaded)",
+        "Relay max sustained msgs/s",
+        "Speedup",
+        "Baseline CPU per 1,000 msgs, process + its PostgreSQL backends (ms)",
+        "Relay's, process + its backend (ms)",
+    )
+    for size, b in sorted(base.items(), key=lambda kv: int(kv[0])):
+        bt = b.get("max_sustained")
+        cap = b.get("capacity")
+        rt = auth.get(size, {}).get("max_sustained")
+        speed = None
+        if rt and bt:
+            speed = f"{rt['delivered_msgs_per_s'] / bt['delivered_msgs_per_s']:,.0f}x"
+        elif rt and cap and cap["delivered_msgs_per_s"]:
+            speed = f"over {rt['delivered_msgs_per_s'] / cap['delivered_msgs_per_s']:,.0f}x"
+        src = bt or cap
+        bc = src["server_and_db_cpu_s_per_1k_msgs"] if src else None
+        rc = rt["server_and_db_cpu_s_per_1k_msgs"] if rt else None
+        lines.append(
+            f"| {int(size):,} | {_fmt(bt['delivered_msgs_per_s'] if bt else None)} "
+            f"| {_fmt(cap['delivered_msgs_per_s'] if cap else None)} "
+            f"| {_fmt(rt['delivered_msgs_per_s'] if rt else None)} | {speed or '—'} "
+            f"| {_fmt(bc * 1000 if bc else None, 1)} | {_fmt(rc * 1000 if rc else None, 2)} |"
+        )
     return lines
 
 
@@ -649,7 +678,7 @@ def profile_lines(document: dict[str, Any]) -> list[str]:
 
 
 def markdown(
-    document: dict[str, Any], keys: dict[str, tuple[float | None, str]], plots: dict[str, Path]
+    document: dict[str, Any], keys: dict[str, FigureAndNote], plots: dict[str, Path]
 ) -> str:
     how = document["how"]
     out = [
@@ -706,9 +735,7 @@ def markdown(
     return "\n".join(out)
 
 
-def readme_block(
-    document: dict[str, Any], keys: dict[str, tuple[float | None, str]], mode: str
-) -> None:
+def readme_block(document: dict[str, Any], keys: dict[str, FigureAndNote], mode: str) -> None:
     readme = BENCH / "README.md"
     begin, end = "<!-- results:begin -->", "<!-- results:end -->"
     text = readme.read_text() if readme.exists() else f"{begin}\n{end}\n"
@@ -758,9 +785,7 @@ def curves_from_raw(raw: Path, results: dict[str, Any]) -> dict[str, np.ndarray]
 
     for kind, label in (("authorized", "relay"), ("ceiling", "ceiling"), ("baseline", "baseline")):
         for size, data in sorted((results.get(kind) or {}).items(), key=lambda kv: int(kv[0])):
-            at_ref = next(
-                (s for s in data["steps"] if abs(s["offered_msgs_per_s"] - ref) < 1), None
-            )
+            at_ref = _step_at(data["steps"], ref)
             if at_ref is not None and kind != "baseline":
                 curves[f"{label} C={size} @ {ref:,.0f} msgs/s"] = latencies(at_ref)
             top = data.get("max_sustained")
@@ -779,127 +804,146 @@ def plot_all(
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     files: dict[str, Path] = {}
     title = f"Nexus Relay, {results['mode']} run, {results['date'][:10]}"
-
-    # Latency CDF
     if curves:
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for name, values in curves.items():
-            if len(values) == 0:
-                continue
-            xs = np.sort(np.maximum(values, 0.01))
-            ys = np.arange(1, len(xs) + 1) / len(xs)
-            if len(xs) > 5000:
-                idx = np.unique(np.linspace(0, len(xs) - 1, 5000).astype(int))
-                xs, ys = xs[idx], ys[idx]
-            style = "-" if name.startswith("relay") else "--" if name.startswith("ceiling") else ":"
-            ax.plot(xs, ys, style, label=name)
-        ax.set_xscale("log")
-        ax.set_xlabel("commit → client receive (ms, log scale; an upper bound)")
-        ax.set_ylabel("fraction of messages")
-        for q in (0.5, 0.95, 0.99):
-            ax.axhline(q, color="grey", lw=0.5)
-        ax.set_title(f"Latency CDF — {title}")
-        ax.legend(fontsize=8, loc="lower right")
-        ax.grid(True, which="both", alpha=0.3)
-        path = RESULTS / f"{prefix}-latency-cdf.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files["latency-cdf"] = path
+        files["latency-cdf"] = plot_latency_cdf(
+            curves, title, RESULTS / f"{prefix}-latency-cdf.png"
+        )
+    if results.get("authorized"):
+        files["vs-connections"] = plot_vs_connections(
+            results, title, RESULTS / f"{prefix}-vs-connections.png"
+        )
+        files["rate-ladder"] = plot_rate_ladder(
+            results, title, RESULTS / f"{prefix}-rate-ladder.png"
+        )
+    return files
 
-    # Throughput and latency against connections
+
+def _save(figure: "Figure", path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_latency_cdf(curves: dict[str, np.ndarray], title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, values in curves.items():
+        if len(values) == 0:
+            continue
+        xs = np.sort(np.maximum(values, 0.01))
+        ys = np.arange(1, len(xs) + 1) / len(xs)
+        if len(xs) > 5000:
+            idx = np.unique(np.linspace(0, len(xs) - 1, 5000).astype(int))
+            xs, ys = xs[idx], ys[idx]
+        style = "-" if name.startswith("relay") else "--" if name.startswith("ceiling") else ":"
+        ax.plot(xs, ys, style, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("commit → client receive (ms, log scale; an upper bound)")
+    ax.set_ylabel("fraction of messages")
+    for fraction in (0.5, 0.95, 0.99):
+        ax.axhline(fraction, color="grey", lw=0.5)
+    ax.set_title(f"Latency CDF — {title}")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_vs_connections(results: dict[str, Any], title: str, path: Path) -> Path:
+    """Max sustained throughput (left) and latency at the reference rate (right)."""
+    import matplotlib.pyplot as plt
+
     auth = {int(k): v for k, v in (results.get("authorized") or {}).items()}
     base = {int(k): v for k, v in (results.get("baseline") or {}).items()}
     ceil = {int(k): v for k, v in (results.get("ceiling") or {}).items()}
-    if auth:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-        sizes = sorted(auth)
-        tops = [
-            auth[s]["max_sustained"]["delivered_msgs_per_s"]
-            if auth[s].get("max_sustained")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    _throughput_panel(left, auth, base)
+    _latency_panel(right, auth, ceil, results["config"]["reference_rate"])
+    fig.suptitle(f"Throughput and latency against connections — {title}")
+    return _save(fig, path)
+
+
+def _max_sustained(by_size: dict[int, dict[str, Any]], sizes: list[int]) -> list[float]:
+    return [
+        by_size[s]["max_sustained"]["delivered_msgs_per_s"]
+        if by_size[s].get("max_sustained")
+        else np.nan
+        for s in sizes
+    ]
+
+
+def _throughput_panel(
+    ax: "Axes", auth: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]]
+) -> None:
+    sizes = sorted(auth)
+    ax.plot(sizes, _max_sustained(auth, sizes), "o-", label="relay (authorized)")
+    if base:
+        bs = sorted(base)
+        ax.plot(
+            bs,
+            _max_sustained(base, bs),
+            "s:",
+            label="one DB query per subscriber (baseline)",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("connections")
+    ax.set_ylabel("max delivered msgs/s with p95 ≤ 100 ms")
+    ax.axhline(30_000, color="grey", lw=0.8, ls="--", label="target 30,000")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _latency_panel(
+    ax: "Axes", auth: dict[int, dict[str, Any]], ceil: dict[int, dict[str, Any]], ref: float
+) -> None:
+    sizes = sorted(auth)
+    for q, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
+        ys = [
+            auth[s]["at_reference_rate"]["latency_ms"][q]
+            if auth[s].get("at_reference_rate")
             else np.nan
             for s in sizes
         ]
-        left.plot(sizes, tops, "o-", label="relay (authorized)")
-        if base:
-            bs = sorted(base)
-            left.plot(
-                bs,
-                [
-                    base[s]["max_sustained"]["delivered_msgs_per_s"]
-                    if base[s].get("max_sustained")
-                    else np.nan
-                    for s in bs
-                ],
-                "s:",
-                label="one DB query per subscriber (baseline)",
-            )
-        left.set_xscale("log")
-        left.set_yscale("log")
-        left.set_xlabel("connections")
-        left.set_ylabel("max delivered msgs/s with p95 ≤ 100 ms")
-        left.axhline(30_000, color="grey", lw=0.8, ls="--", label="target 30,000")
-        left.legend(fontsize=8)
-        left.grid(True, which="both", alpha=0.3)
-        ref = results["config"]["reference_rate"]
-        for q, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
-            ys = [
-                auth[s]["at_reference_rate"]["latency_ms"][q]
-                if auth[s].get("at_reference_rate")
-                else np.nan
-                for s in sizes
-            ]
-            right.plot(sizes, ys, style, label=f"relay {q}")
-        if ceil:
-            cs = sorted(ceil)
-            ys = []
-            for s in cs:
-                step = next(
-                    (x for x in ceil[s]["steps"] if abs(x["offered_msgs_per_s"] - ref) < 1), None
-                )
-                ys.append(step["latency_ms"]["p95"] if step else np.nan)
-            right.plot(cs, ys, "x--", label="bare broadcast p95")
-        right.axhline(50, color="grey", lw=0.8, ls="--", label="target p95 50 ms")
-        right.set_xscale("log")
-        right.set_xlabel("connections")
-        right.set_ylabel(f"latency at {ref:,.0f} msgs/s (ms)")
-        right.legend(fontsize=8)
-        right.grid(True, which="both", alpha=0.3)
-        fig.suptitle(f"Throughput and latency against connections — {title}")
-        fig.tight_layout()
-        path = RESULTS / f"{prefix}-vs-connections.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files["vs-connections"] = path
+        ax.plot(sizes, ys, style, label=f"relay {q}")
+    if ceil:
+        cs = sorted(ceil)
+        ceiling_p95 = []
+        for s in cs:
+            step = _step_at(ceil[s]["steps"], ref)
+            ceiling_p95.append(step["latency_ms"]["p95"] if step else np.nan)
+        ax.plot(cs, ceiling_p95, "x--", label="bare broadcast p95")
+    ax.axhline(50, color="grey", lw=0.8, ls="--", label="target p95 50 ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("connections")
+    ax.set_ylabel(f"latency at {ref:,.0f} msgs/s (ms)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
 
-        # p95 against delivered rate, every step
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for scenario, marker in (("authorized", "o-"), ("ceiling", "x--"), ("baseline", "s:")):
-            for size, data in sorted(
-                (results.get(scenario) or {}).items(), key=lambda kv: int(kv[0])
-            ):
-                steps = sorted(data["steps"], key=lambda s: s["offered_msgs_per_s"])
-                xs = [s["delivered_msgs_per_s"] for s in steps]
-                ys = [s["latency_ms"]["p95"] or np.nan for s in steps]
-                name = {"authorized": "relay", "ceiling": "bare broadcast", "baseline": "baseline"}[
-                    scenario
-                ]
-                ax.plot(xs, ys, marker, label=f"{name} C={int(size):,}")
-        ax.axhline(100, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("delivered msgs/s")
-        ax.set_ylabel("p95 commit → client (ms)")
-        ax.set_title(f"Latency against throughput — {title}")
-        ax.legend(fontsize=7)
-        ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        path = RESULTS / f"{prefix}-rate-ladder.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files["rate-ladder"] = path
-    return files
+
+def plot_rate_ladder(results: dict[str, Any], title: str, path: Path) -> Path:
+    """p95 against delivered rate, every step."""
+    import matplotlib.pyplot as plt
+
+    names = {"authorized": "relay", "ceiling": "bare broadcast", "baseline": "baseline"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for scenario, marker in (("authorized", "o-"), ("ceiling", "x--"), ("baseline", "s:")):
+        for size, data in sorted((results.get(scenario) or {}).items(), key=lambda kv: int(kv[0])):
+            steps = sorted(data["steps"], key=lambda s: s["offered_msgs_per_s"])
+            xs = [s["delivered_msgs_per_s"] for s in steps]
+            ys = [s["latency_ms"]["p95"] or np.nan for s in steps]
+            ax.plot(xs, ys, marker, label=f"{names[scenario]} C={int(size):,}")
+    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("delivered msgs/s")
+    ax.set_ylabel("p95 commit → client (ms)")
+    ax.set_title(f"Latency against throughput — {title}")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
