@@ -20,9 +20,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import psycopg
+from psycopg.rows import TupleRow
 
 from bench.common import tenant_id, user_id
 
@@ -37,6 +39,120 @@ NOTIFICATIONS_SQL = (
 )
 
 
+@dataclass
+class Batch:
+    """One transaction's rows: payments (from, to) and notifications (tenant, user or None)."""
+
+    payments: tuple[list[str], list[str]]
+    notifications: tuple[list[str], list[str | None]]
+
+
+class Workload:
+    """Draws the rows at random (seeded) over the tenants, and counts whom they reach."""
+
+    def __init__(self, tenants: int, users_per_tenant: int, mix: str, seed: int) -> None:
+        shares = np.array([float(x) for x in mix.split(",")])
+        self.mix = shares / shares.sum()
+        self.tenants = tenants
+        self.per = users_per_tenant
+        self.rng = np.random.default_rng(seed)
+        self.tenant_names = [tenant_id(t) for t in range(tenants)]
+        # Rows that reach every user of the tenant; rows for one user (global index).
+        self.tenant_counts = np.zeros(tenants, dtype=np.int64)
+        self.user_counts: dict[int, int] = {}
+        self.kinds = np.zeros(3, dtype=np.int64)  # payments, tenant and user notifications
+
+    def draw(self, count: int) -> Batch:
+        rng, tenants, per = self.rng, self.tenants, self.per
+        kind = rng.choice(3, size=count, p=self.mix)
+        n_pay = int((kind == 0).sum())
+        n_tn = int((kind == 1).sum())
+        n_un = int((kind == 2).sum())
+        self.kinds += (n_pay, n_tn, n_un)
+        frm = rng.integers(0, tenants, n_pay)
+        to = (frm + rng.integers(1, tenants, n_pay)) % tenants if tenants > 1 else frm
+        notif_tenants = rng.integers(0, tenants, n_tn + n_un)
+        notif_users = notif_tenants[n_tn:] * per + rng.integers(0, per, n_un)
+        np.add.at(self.tenant_counts, frm, 1)
+        np.add.at(self.tenant_counts, to, 1)
+        np.add.at(self.tenant_counts, notif_tenants[:n_tn], 1)
+        for g in notif_users.tolist():
+            self.user_counts[g] = self.user_counts.get(g, 0) + 1
+        names = self.tenant_names
+        return Batch(
+            payments=([names[t] for t in frm.tolist()], [names[t] for t in to.tolist()]),
+            notifications=(
+                [names[t] for t in notif_tenants.tolist()],
+                [None] * n_tn + [user_id(g) for g in notif_users.tolist()],
+            ),
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "payments": int(self.kinds[0]),
+            "tenant_notifications": int(self.kinds[1]),
+            "user_notifications": int(self.kinds[2]),
+        }
+
+
+def insert(conn: psycopg.Connection[TupleRow], batch: Batch) -> None:
+    """One transaction: the batch's payments, then its notifications."""
+    with conn.cursor() as cur:
+        if batch.payments[0]:
+            cur.execute(PAYMENTS_SQL, batch.payments)
+        if batch.notifications[0]:
+            cur.execute(NOTIFICATIONS_SQL, batch.notifications)
+    conn.commit()
+
+
+@dataclass
+class Pace:
+    """How the writer kept its rate."""
+
+    started: float
+    finished: float = 0.0
+    rows: int = 0
+    transactions: int = 0
+    busy: float = 0.0  # seconds spent drawing, inserting and committing
+    max_lag: float = 0.0  # rows
+
+
+def write(
+    conn: psycopg.Connection[TupleRow],
+    workload: Workload,
+    rate: float,
+    duration: float,
+    tick_s: float,
+) -> Pace:
+    """Every tick, commit the rows due since the last one, for ``duration`` seconds."""
+    pace = Pace(started=time.time())
+    print(json.dumps({"started": pace.started}), flush=True)
+    end = pace.started + duration
+    tick = pace.started
+    while True:
+        now = time.time()
+        if now >= end:
+            break
+        # Rows due up to now: the rate holds even when a tick runs late.
+        count = int(rate * (now - pace.started)) - pace.rows
+        if count > 0:
+            began = time.time()
+            insert(conn, workload.draw(count))
+            pace.rows += count
+            pace.transactions += 1
+            pace.busy += time.time() - began
+        lag = rate * (time.time() - pace.started) - pace.rows
+        pace.max_lag = max(pace.max_lag, lag) if rate else 0.0
+        tick += tick_s
+        pause = tick - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        elif pause < -1.0:
+            tick = time.time()  # far behind: do not try to catch up in a burst
+    pace.finished = time.time()
+    return pace
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
@@ -48,100 +164,25 @@ def main() -> None:
     parser.add_argument("--tick", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-
-    mix = np.array([float(x) for x in args.mix.split(",")])
-    mix = mix / mix.sum()
-    tenants = args.tenants
-    per = args.users_per_tenant
-    rng = np.random.default_rng(args.seed)
-    tenant_names = [tenant_id(t) for t in range(tenants)]
-    tenant_counts = np.zeros(tenants, dtype=np.int64)  # rows that reach every user of the tenant
-    user_counts: dict[int, int] = {}
-    kinds = np.zeros(3, dtype=np.int64)
-    rows = transactions = 0
-    max_lag = 0.0
-    busy = 0.0
-
+    workload = Workload(args.tenants, args.users_per_tenant, args.mix, args.seed)
     with psycopg.connect(args.url, autocommit=False) as conn:
         conn.execute("SET synchronous_commit = on")
         conn.commit()
-        start = time.time()
-        print(json.dumps({"started": start}), flush=True)
-        end = start + args.duration
-        tick = start
-        while True:
-            now = time.time()
-            if now >= end:
-                break
-            # Rows due up to now: the rate holds even when a tick runs late.
-            elapsed = now - start
-            target = args.rate * elapsed
-            count = int(target) - rows
-            if count > 0:
-                began = time.time()
-                kind = rng.choice(3, size=count, p=mix)
-                n_pay = int((kind == 0).sum())
-                n_tn = int((kind == 1).sum())
-                n_un = int((kind == 2).sum())
-                kinds += (n_pay, n_tn, n_un)
-                frm = rng.integers(0, tenants, n_pay)
-                to = (frm + rng.integers(1, tenants, n_pay)) % tenants if tenants > 1 else frm
-                notif_tenants = rng.integers(0, tenants, n_tn + n_un)
-                notif_users = notif_tenants[n_tn:] * per + rng.integers(0, per, n_un)
-                np.add.at(tenant_counts, frm, 1)
-                np.add.at(tenant_counts, to, 1)
-                np.add.at(tenant_counts, notif_tenants[:n_tn], 1)
-                for g in notif_users.tolist():
-                    user_counts[g] = user_counts.get(g, 0) + 1
-                with conn.cursor() as cur:
-                    if n_pay:
-                        cur.execute(
-                            PAYMENTS_SQL,
-                            (
-                                [tenant_names[t] for t in frm.tolist()],
-                                [tenant_names[t] for t in to.tolist()],
-                            ),
-                        )
-                    if n_tn + n_un:
-                        cur.execute(
-                            NOTIFICATIONS_SQL,
-                            (
-                                [tenant_names[t] for t in notif_tenants.tolist()],
-                                [None] * n_tn + [user_id(g) for g in notif_users.tolist()],
-                            ),
-                        )
-                conn.commit()
-                rows += count
-                transactions += 1
-                busy += time.time() - began
-            max_lag = max(max_lag, args.rate * (time.time() - start) - rows) if args.rate else 0.0
-            tick += args.tick
-            pause = tick - time.time()
-            if pause > 0:
-                time.sleep(pause)
-            elif pause < -1.0:
-                tick = time.time()  # far behind: do not try to catch up in a burst
-        finished = time.time()
-
-    print(
-        json.dumps(
-            {
-                "finished": finished,
-                "started": start,
-                "rows": rows,
-                "transactions": transactions,
-                "payments": int(kinds[0]),
-                "tenant_notifications": int(kinds[1]),
-                "user_notifications": int(kinds[2]),
-                "achieved_rate": rows / max(finished - start, 1e-9),
-                "busy_fraction": busy / max(finished - start, 1e-9),
-                "max_lag_rows": max_lag,
-                "tenant_counts": tenant_counts.tolist(),
-                "user_counts": {str(k): v for k, v in user_counts.items()},
-            }
-        ),
-        flush=True,
-    )
+        pace = write(conn, workload, args.rate, args.duration, args.tick)
+    elapsed = max(pace.finished - pace.started, 1e-9)
+    report = {
+        "finished": pace.finished,
+        "started": pace.started,
+        "rows": pace.rows,
+        "transactions": pace.transactions,
+        **workload.counts(),
+        "achieved_rate": pace.rows / elapsed,
+        "busy_fraction": pace.busy / elapsed,
+        "max_lag_rows": pace.max_lag,
+        "tenant_counts": workload.tenant_counts.tolist(),
+        "user_counts": {str(k): v for k, v in workload.user_counts.items()},
+    }
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":
