@@ -420,12 +420,74 @@ def run_step(
 ) -> StepResult:
     """Offer ``rate_msgs`` messages/s to ``fleet`` through ``server``; measure."""
     window = window or cfg.window
-    change_rate = rate_msgs / cfg.fanout
-    tenants = fleet.size // cfg.users_per_tenant
+    readings = _offer(cfg, db, server, fleet, rate_msgs / cfg.fanout, name, window, profile)
+    drain = _drain(server, fleet, readings.writer["finished"])
+    data = fleet.dump(name)
+    np.save(fleet.raw / f"{name}.npy", data)
+    delivery = _delivery(cfg, fleet, readings, data)
+    cpu = _cpu_use(cfg, readings)
+    summary = _summary(cfg, server, fleet, name, rate_msgs, readings, drain, delivery, cpu)
+    _log_step(summary, rate_msgs, server.kind, readings.window, delivery, cpu)
+    return StepResult(summary, delivery.latencies_ms)
+
+
+@dataclass
+class _Readings:
+    """What a step's load gave: the writer's last line, and CPU times and the server's
+    counters at both edges of the window (``w0``, ``w1``, wall time)."""
+
+    change_rate: float  # offered, changes/s
+    window: float
+    started: float  # the writer's start
+    w0: float
+    w1: float
+    writer: dict[str, Any]
+    cpu_before: dict[str, dict[int, float]]
+    cpu_after: dict[str, dict[int, float]]
+    counters_before: dict[str, float]
+    counters_after: dict[str, float]
+
+
+def _offer(
+    cfg: Config,
+    db: Database,
+    server: Server,
+    fleet: Fleet,
+    change_rate: float,
+    name: str,
+    window: float,
+    profile: Path | None,
+) -> _Readings:
+    """Run the writer at ``change_rate`` (and py-spy over the window if ``profile``)."""
     # The writer goes on 1 s after the window, so that the window sees no
     # edge, and its backend is still there when CPU times are read.
     duration = cfg.warmup + window + 1.0
-    writer = CHILDREN.start(
+    writer = _start_writer(cfg, db, fleet, name, change_rate, duration)
+    started = float(writer.read(timeout=60)["started"])
+    w0, w1 = started + cfg.warmup, started + cfg.warmup + window
+    _sleep_until(w0)
+    pg = [p.pid for p in db.processes()]
+    spy = None if profile is None else _start_py_spy(server, fleet, name, window, profile)
+    before = _cpu(server, pg, fleet, writer)
+    counters0 = server.counters()
+    _sleep_until(w1)
+    after = _cpu(server, pg, fleet, writer)
+    counters1 = server.counters()
+    report = writer.read(timeout=duration + 120)
+    CHILDREN.stop(writer)
+    if spy is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spy.popen.wait(30)  # py-spy writes its profile when its duration is over
+        CHILDREN.stop(spy)
+    return _Readings(
+        change_rate, window, started, w0, w1, report, before, after, counters0, counters1
+    )
+
+
+def _start_writer(
+    cfg: Config, db: Database, fleet: Fleet, name: str, change_rate: float, duration: float
+) -> Child:
+    return CHILDREN.start(
         "writer",
         [
             common.PYTHON,
@@ -438,7 +500,7 @@ def run_step(
             "--duration",
             str(duration),
             "--tenants",
-            str(tenants),
+            str(fleet.size // cfg.users_per_tenant),
             "--users-per-tenant",
             str(cfg.users_per_tenant),
             "--mix",
@@ -450,49 +512,44 @@ def run_step(
         talk=True,
         cpus=cfg.load_cpus(),
     )
-    started = float(writer.read(timeout=60)["started"])
-    w0, w1 = started + cfg.warmup, started + cfg.warmup + window
-    _sleep_until(w0)
-    pg = [p.pid for p in db.processes()]
-    spy = None
-    if profile is not None:
-        spy = CHILDREN.start(
-            "py-spy",
-            [
-                str(common.VENV_BIN / "py-spy"),
-                "record",
-                "--pid",
-                str(server.pid),
-                "--duration",
-                str(int(window)),
-                "--rate",
-                "100",
-                "--nonblocking",
-                "--function",
-                "--format",
-                "raw",
-                "--output",
-                str(profile),
-            ],
-            log=fleet.raw / f"{name}.py-spy.log",
-        )
-    before = _cpu(server, pg, fleet, writer)
-    counters0 = server.counters()
-    _sleep_until(w1)
-    after = _cpu(server, pg, fleet, writer)
-    counters1 = server.counters()
-    report = writer.read(timeout=duration + 120)
-    CHILDREN.stop(writer)
-    if spy is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            spy.popen.wait(30)  # py-spy writes its profile when its duration is over
-        CHILDREN.stop(spy)
 
-    drain = _drain(server, fleet, report["finished"])
-    data = fleet.dump(name)
-    np.save(fleet.raw / f"{name}.npy", data)
+
+def _start_py_spy(server: Server, fleet: Fleet, name: str, window: float, output: Path) -> Child:
+    return CHILDREN.start(
+        "py-spy",
+        [
+            str(common.VENV_BIN / "py-spy"),
+            "record",
+            "--pid",
+            str(server.pid),
+            "--duration",
+            str(int(window)),
+            "--rate",
+            "100",
+            "--nonblocking",
+            "--function",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+        ],
+        log=fleet.raw / f"{name}.py-spy.log",
+    )
+
+
+@dataclass
+class _Delivery:
+    expected: int  # messages the joined users must receive
+    received: int  # messages of this step's changes that they did
+    delivered_in_window: int  # messages received in the window
+    latencies_ms: np.ndarray  # of the changes committed in the window
+
+
+def _delivery(cfg: Config, fleet: Fleet, readings: _Readings, data: np.ndarray) -> _Delivery:
+    """What the clients received (``data``: commit and receive times) against what they
+    should have."""
     commit, recv = data[0], data[1]
-
+    report, w0, w1 = readings.writer, readings.w0, readings.w1
     # What the subscribers must receive: every row reaches the connected users
     # of its tenant(s) (payments, tenant-wide notifications), or its one user.
     per = cfg.users_per_tenant
@@ -500,13 +557,23 @@ def run_step(
     expected = int(np.dot(np.array(report["tenant_counts"]), joined_per_tenant))
     expected += sum(v for g, v in report["user_counts"].items() if fleet.joined[int(g)])
 
-    ours = (commit >= started - 0.5) & (commit <= report["finished"] + 0.5)
-    received = int(ours.sum())
+    ours = (commit >= readings.started - 0.5) & (commit <= report["finished"] + 0.5)
     in_window = ours & (recv >= w0) & (recv < w1)
     committed_in_window = ours & (commit >= w0) & (commit < w1)
     latencies = (recv[committed_in_window] - commit[committed_in_window]) * 1000.0
-    delivered_rate = int(in_window.sum()) / window
-    offered_rate = expected / max(report["finished"] - report["started"], 1e-9)
+    return _Delivery(expected, int(ours.sum()), int(in_window.sum()), latencies)
+
+
+@dataclass
+class _CpuUse:
+    seconds: dict[str, float]  # CPU seconds of each group of processes over the window
+    machine_busy: list[float]  # each CPU's busy share, machine-wide
+    others: float  # CPU seconds of every process not ours
+    interference: float | None  # other processes' share of the server's CPU (when pinned)
+
+
+def _cpu_use(cfg: Config, readings: _Readings) -> _CpuUse:
+    before, after, window = readings.cpu_before, readings.cpu_after, readings.window
     cpu = cpu_delta(before, after)
     cpu_busy = [round((after["cpus"][i] - t) / window, 3) for i, t in before["cpus"].items()]
     ours = cpu["server"] + cpu["postgres"] + cpu["clients"] + cpu["writer"] + cpu["orchestrator"]
@@ -514,21 +581,98 @@ def run_step(
     del cpu["cpus"]
     # Other processes on the server's CPU (ours are pinned elsewhere): another
     # developer's tests, say. A step they disturbed is marked, and repeated if missed.
+    server_cpus = cfg.server_cpus()
     interference = (
-        round(max(cpu_busy[cfg.server_cpus()[0]] - cpu["server"] / window, 0.0), 3)
-        if cfg.pin and cfg.server_cpus()
+        round(max(cpu_busy[server_cpus[0]] - cpu["server"] / window, 0.0), 3)
+        if cfg.pin and server_cpus
         else None
     )
-    delivered_in_window = int(in_window.sum())
-    server_cpu = cpu["server"]
-    p95 = percentile(latencies, 95)
-    drops = expected - received
-    gaps = fleet_stats = None
-    fleet_stats = drain.pop("stats")
-    gaps = fleet_stats["types"].get("gap", 0)
+    return _CpuUse(cpu, cpu_busy, others, interference)
+
+
+def _summary(
+    cfg: Config,
+    server: Server,
+    fleet: Fleet,
+    name: str,
+    rate_msgs: float,
+    readings: _Readings,
+    drain: dict[str, Any],
+    delivery: _Delivery,
+    cpu: _CpuUse,
+) -> dict[str, Any]:
+    """The step as it goes into the results, with its verdict (``sustained``, ``missed``,
+    ``disturbed``)."""
+    report, window = readings.writer, readings.window
+    fleet_stats = drain["stats"]
+    drops = delivery.expected - delivery.received
+    latency = _latency_summary(delivery.latencies_ms)
+    load_limited = _load_limited(readings)
+    missed = _missed(cfg, latency["p95"], drops, fleet_stats, drain, load_limited)
+    return {
+        "name": name,
+        "server": server.kind,
+        "connections": fleet.size,
+        "offered_msgs_per_s": round(rate_msgs, 1),
+        "offered_changes_per_s": round(readings.change_rate, 2),
+        "writer_achieved_changes_per_s": round(report["achieved_rate"], 2),
+        "writer_busy_fraction": round(report["busy_fraction"], 3),
+        "expected_msgs_per_s": round(
+            delivery.expected / max(report["finished"] - report["started"], 1e-9), 1
+        ),
+        "delivered_msgs_per_s": round(delivery.delivered_in_window / window, 1),
+        "latency_ms": latency,
+        "expected": delivery.expected,
+        "received": delivery.received,
+        "drops": drops,
+        "gaps": fleet_stats["types"].get("gap", 0),
+        "disconnects": fleet_stats["disconnects"],
+        "close_codes": fleet_stats["close_codes"],
+        "drained": drain["drained"],
+        "drain_s": drain["drain_s"],
+        "backlog_discarded": drain.get("backlog_discarded", 0),
+        "window_s": window,
+        "window": [round(readings.w0, 3), round(readings.w1, 3)],
+        "warmup_s": cfg.warmup,
+        **_cpu_summary(cpu, window, delivery.delivered_in_window),
+        "server_counters": {
+            k: readings.counters_after.get(k, 0) - v for k, v in readings.counters_before.items()
+        },
+        "gc": gc_pauses(server, readings.w0, readings.w1),
+        "load_limited": load_limited,
+        "sustained": not missed,
+        "missed": missed,
+        "disturbed": _disturbed(cfg, cpu, window),
+    }
+
+
+def _latency_summary(latencies: np.ndarray) -> dict[str, Any]:
+    return {
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "p99": percentile(latencies, 99),
+        "max": float(latencies.max()) if len(latencies) else None,
+        "samples": len(latencies),
+    }
+
+
+def _load_limited(readings: _Readings) -> bool:
+    """The writer could not insert at the offered rate."""
+    report, change_rate = readings.writer, readings.change_rate
     # The writer writes whole rows: at a fraction of a row per second, a row short is no shortfall.
     shortfall = change_rate * (report["finished"] - report["started"]) - report["rows"]
-    load_limited = report["achieved_rate"] < 0.95 * change_rate and shortfall > 2
+    return bool(report["achieved_rate"] < 0.95 * change_rate and shortfall > 2)
+
+
+def _missed(
+    cfg: Config,
+    p95: float | None,
+    drops: int,
+    fleet_stats: dict[str, Any],
+    drain: dict[str, Any],
+    load_limited: bool,
+) -> list[str]:
+    """Why the rate was not sustained (empty: it was)."""
     missed = []
     if p95 is None or p95 > cfg.latency_limit_ms:
         missed.append(f"p95 over {cfg.latency_limit_ms:g} ms")
@@ -540,72 +684,56 @@ def run_step(
         missed.append(f"still behind {cfg.drain_max:g} s after the writer stopped")
     if load_limited:
         missed.append("the writer could not insert at this rate (load side saturated)")
-    # Disturbed: other processes took more than the limit of the server's CPU,
-    # or more than half a CPU in all (the load's CPU, PostgreSQL's, matters too).
-    disturbed = (interference is not None and interference > cfg.interference_limit) or (
-        others / window > 0.5
+    return missed
+
+
+def _disturbed(cfg: Config, cpu: _CpuUse, window: float) -> bool:
+    """Other processes took more than the limit of the server's CPU, or more than half
+    a CPU in all (the load's CPU, PostgreSQL's, matters too)."""
+    return (cpu.interference is not None and cpu.interference > cfg.interference_limit) or (
+        cpu.others / window > 0.5
     )
-    sustained = not missed
-    summary: dict[str, Any] = {
-        "name": name,
-        "server": server.kind,
-        "connections": fleet.size,
-        "offered_msgs_per_s": round(rate_msgs, 1),
-        "offered_changes_per_s": round(change_rate, 2),
-        "writer_achieved_changes_per_s": round(report["achieved_rate"], 2),
-        "writer_busy_fraction": round(report["busy_fraction"], 3),
-        "expected_msgs_per_s": round(offered_rate, 1),
-        "delivered_msgs_per_s": round(delivered_rate, 1),
-        "latency_ms": {
-            "p50": percentile(latencies, 50),
-            "p95": p95,
-            "p99": percentile(latencies, 99),
-            "max": float(latencies.max()) if len(latencies) else None,
-            "samples": len(latencies),
-        },
-        "expected": expected,
-        "received": received,
-        "drops": drops,
-        "gaps": gaps,
-        "disconnects": fleet_stats["disconnects"],
-        "close_codes": fleet_stats["close_codes"],
-        "drained": drain["drained"],
-        "drain_s": drain["drain_s"],
-        "backlog_discarded": drain.get("backlog_discarded", 0),
-        "window_s": window,
-        "window": [round(w0, 3), round(w1, 3)],
-        "warmup_s": cfg.warmup,
-        "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
-        "cpu_utilization": {k: round(v / window, 3) for k, v in cpu.items()},
-        "machine_cpu_busy": cpu_busy,
-        "server_core_interference": interference,
-        "other_processes_cpu_utilization": round(others / window, 3),
-        "server_cpu_s_per_1k_msgs": round(server_cpu / (delivered_in_window / 1000), 4)
-        if delivered_in_window
-        else None,
+
+
+def _cpu_summary(cpu: _CpuUse, window: float, delivered_in_window: int) -> dict[str, Any]:
+    server_cpu = cpu.seconds["server"]
+    per_1k = delivered_in_window / 1000
+    return {
+        "cpu_s": {k: round(v, 3) for k, v in cpu.seconds.items()},
+        "cpu_utilization": {k: round(v / window, 3) for k, v in cpu.seconds.items()},
+        "machine_cpu_busy": cpu.machine_busy,
+        "server_core_interference": cpu.interference,
+        "other_processes_cpu_utilization": round(cpu.others / window, 3),
+        "server_cpu_s_per_1k_msgs": round(server_cpu / per_1k, 4) if delivered_in_window else None,
         "server_and_db_cpu_s_per_1k_msgs": round(
-            (server_cpu + cpu["server_db"]) / (delivered_in_window / 1000), 4
+            (server_cpu + cpu.seconds["server_db"]) / per_1k, 4
         )
         if delivered_in_window
         else None,
-        "server_counters": {k: counters1.get(k, 0) - v for k, v in counters0.items()},
-        "gc": gc_pauses(server, w0, w1),
-        "load_limited": load_limited,
-        "sustained": sustained,
-        "missed": missed,
-        "disturbed": disturbed,
     }
-    verdict = "ok" if sustained else "MISSED"
-    on_server = f" ({interference:.0%} on the server CPU)" if disturbed else ""
-    why = ": " + "; ".join(missed) if missed else ""
+
+
+def _log_step(
+    summary: dict[str, Any],
+    rate_msgs: float,
+    kind: str,
+    window: float,
+    delivery: _Delivery,
+    cpu: _CpuUse,
+) -> None:
+    latency = summary["latency_ms"]
+    use = {k: v / window for k, v in cpu.seconds.items()}
+    verdict = "ok" if summary["sustained"] else "MISSED"
+    on_server = f" ({cpu.interference:.0%} on the server CPU)" if summary["disturbed"] else ""
+    why = ": " + "; ".join(summary["missed"]) if summary["missed"] else ""
     log(
-        f"  {name}: offered {rate_msgs:,.0f}/s delivered {delivered_rate:,.0f}/s "
-        f"p50 {_ms(percentile(latencies, 50))} p95 {_ms(p95)} p99 {_ms(percentile(latencies, 99))} "
-        f"drops {drops} cpu {server.kind} {cpu['server'] / window:.0%} "
-        f"clients {cpu['clients'] / window:.0%} pg {cpu['postgres'] / window:.0%} "
-        f"others {others / window:.0%}{on_server} -> {verdict}{why}"
+        f"  {summary['name']}: offered {rate_msgs:,.0f}/s "
+        f"delivered {delivery.delivered_in_window / window:,.0f}/s "
+        f"p50 {_ms(latency['p50'])} p95 {_ms(latency['p95'])} p99 {_ms(latency['p99'])} "
+        f"drops {summary['drops']} cpu {kind} {use['server']:.0%} "
+        f"clients {use['clients']:.0%} pg {use['postgres']:.0%} "
+        f"others {cpu.others / window:.0%}{on_server} -> {verdict}{why}"
     )
-    return StepResult(summary, latencies)
 
 
 def measured_step(
