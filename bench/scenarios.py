@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bench import common, profiling
-from bench.common import CHILDREN, log
+from bench.common import log
 from bench.database import Database, pgbench_path, pgbench_version
 from bench.harness import BareServer, Config, Fleet, RelayServer, Server, StepResult, measured_step
 
@@ -47,61 +47,95 @@ def _ladder(
     min_changes: int = 0,
 ) -> list[StepResult]:
     """Offered rates start, start*f, start*f^2... until one is not sustained, then
-    ``bisect_steps`` geometric bisections between the last good and the first bad."""
-    cfg = ctx.cfg
-    steps: list[StepResult] = []
-    good: float | None = None
-    bad: float | None = None
-    rate = start
+    ``bisect_steps`` geometric bisections between the last good and the first bad.
 
-    def step(r: float) -> StepResult:
+    When the first rate already misses, up to ``step_down`` rates below it (÷f each);
+    ``must_include``: a rate measured at the end if the ladder did not offer it;
+    ``min_changes``: a longer window (up to 3 times) at low rates, for that many changes.
+    """
+    ladder = _Ladder(ctx, server, fleet, prefix, min_changes)
+    good, bad = ladder.climb(start)
+    good, bad = ladder.step_down(good, bad, step_down)
+    ladder.bisect(good, bad, bisect_steps)
+    if must_include is not None and at_rate(ladder.steps, must_include) is None:
+        ladder.sustained(must_include)
+    return ladder.steps
+
+
+class _Ladder:
+    """The steps of one ladder of offered rates, in the order they were measured."""
+
+    def __init__(
+        self, ctx: Context, server: Server, fleet: Fleet, prefix: str, min_changes: int
+    ) -> None:
+        self.ctx = ctx
+        self.server = server
+        self.fleet = fleet
+        self.prefix = prefix
+        self.min_changes = min_changes
+        self.steps: list[StepResult] = []
+
+    def sustained(self, rate: float) -> bool:
+        """Measure one rate; whether it was sustained."""
+        cfg = self.ctx.cfg
         window = None
-        if min_changes:
+        if self.min_changes:
             # Enough changes in the window for a percentile at low rates.
-            window = min(max(cfg.window, min_changes * cfg.fanout / r), 3 * cfg.window)
-        name = f"{prefix}-{r:.0f}"
-        result = measured_step(cfg, ctx.db, server, fleet, r, name, window=window)
-        steps.append(result)
+            window = min(max(cfg.window, self.min_changes * cfg.fanout / rate), 3 * cfg.window)
+        name = f"{self.prefix}-{rate:.0f}"
+        result = self._measure(rate, name, window)
         if not result.summary["sustained"] and cfg.confirm_misses:
             # A miss is confirmed by a second try before the ladder turns back:
             # a single pause (a garbage collection, say) must not decide the
             # highest rate alone. Both attempts stay in the results.
             log(f"  {name}: missed; measuring again to confirm")
-            again = measured_step(cfg, ctx.db, server, fleet, r, f"{name}-confirm", window=window)
+            again = self._measure(rate, f"{name}-confirm", window)
             result.summary["confirmed_by"] = again.summary["name"]
             again.summary["confirms"] = name
-            steps.append(again)
             result = again
+        return bool(result.summary["sustained"])
+
+    def _measure(self, rate: float, name: str, window: float | None) -> StepResult:
+        ctx = self.ctx
+        result = measured_step(ctx.cfg, ctx.db, self.server, self.fleet, rate, name, window=window)
+        self.steps.append(result)
         return result
 
-    while rate <= cfg.ladder_max:
-        if step(rate).summary["sustained"]:
+    def climb(self, rate: float) -> tuple[float | None, float | None]:
+        """Up by the factor from ``rate`` until a rate misses: (last good, first bad)."""
+        cfg = self.ctx.cfg
+        good: float | None = None
+        while rate <= cfg.ladder_max:
+            if not self.sustained(rate):
+                return good, rate
             good = rate
             rate *= cfg.ladder_factor
-        else:
-            bad = rate
-            break
-    downs = 0
-    while good is None and bad is not None and downs < step_down:
-        downs += 1
-        rate = bad / cfg.ladder_factor
-        if step(rate).summary["sustained"]:
-            good = rate
-        else:
-            bad = rate
-    for _ in range(bisect_steps):
-        if good is None or bad is None or bad / good < 1.15:
-            break
-        mid = math.sqrt(good * bad)
-        if step(mid).summary["sustained"]:
-            good = mid
-        else:
-            bad = mid
-    if must_include is not None and not any(
-        abs(s.summary["offered_msgs_per_s"] - must_include) < 1 for s in steps
-    ):
-        step(must_include)
-    return steps
+        return good, None
+
+    def step_down(
+        self, good: float | None, bad: float | None, times: int
+    ) -> tuple[float | None, float | None]:
+        """No rate sustained yet: down by the factor from the first bad, at most ``times``."""
+        downs = 0
+        while good is None and bad is not None and downs < times:
+            downs += 1
+            rate = bad / self.ctx.cfg.ladder_factor
+            if self.sustained(rate):
+                good = rate
+            else:
+                bad = rate
+        return good, bad
+
+    def bisect(self, good: float | None, bad: float | None, times: int) -> None:
+        """Geometric bisections between the last good and the first bad rate."""
+        for _ in range(times):
+            if good is None or bad is None or bad / good < 1.15:
+                break
+            mid = math.sqrt(good * bad)
+            if self.sustained(mid):
+                good = mid
+            else:
+                bad = mid
 
 
 def best(steps: list[StepResult]) -> StepResult | None:
@@ -122,7 +156,6 @@ def at_rate(steps: list[StepResult], rate: float) -> StepResult | None:
 
 def authorized(ctx: Context, size: int, largest: bool) -> dict[str, Any]:
     cfg = ctx.cfg
-    profile = cfg.profile and largest
     label = f"relay-{size}"
     log(f"authorized fan-out: relay, {size} connections")
     relay = RelayServer(ctx.db, cfg, ctx.raw, label, cpus=cfg.server_cpus()).start()
@@ -144,57 +177,17 @@ def authorized(ctx: Context, size: int, largest: bool) -> dict[str, Any]:
         rss2 = relay.rss()
         top = best(steps)
         ref = at_rate(steps, cfg.reference_rate)
-        if ref is not None:
-            ctx.curves[f"relay C={size} @ {cfg.reference_rate:,.0f} msgs/s"] = ref.latencies_ms
-        if top is not None and top is not ref:
-            ctx.curves[
-                f"relay C={size} @ {top.summary['offered_msgs_per_s']:,.0f} msgs/s (max)"
-            ] = top.latencies_ms
-        profile_summary = None
-        if profile:
-            rate = top.summary["offered_msgs_per_s"] if top else cfg.reference_rate
-            path = ctx.raw / f"{label}.py-spy.txt"
-            log(f"  profiling the relay with py-spy at {rate:,.0f} msgs/s")
-            result = measured_step(
-                cfg,
-                ctx.db,
-                relay,
-                fleet,
-                rate,
-                f"{label}-profile",
-                profile=path,
-                window=cfg.profile_duration,
-            )
-            profile_summary = profiling.summarize(path) if path.exists() else None
-            if profile_summary is not None:
-                profile_summary["step"] = result.summary
+        _keep_relay_curves(ctx, size, top, ref)
+        profile = _profile(ctx, relay, fleet, label, top) if cfg.profile and largest else None
         end_stats = fleet.stats()
         held = storm["failed"] == 0 and end_stats["open"] == size and end_stats["disconnects"] == 0
-        storm_in_backlog = None
-        if largest:
-            # A gentler storm, at most ~96 connections being set up at once (it
-            # fits even asyncio's default listen backlog of 100): how fast the
-            # relay admits clients when no SYN has to be retried.
-            fleet.close()
-            time.sleep(2.0)
-            fleet = Fleet(cfg, relay.url, size, ctx.raw, f"{label}-storm2")
-            fleet.start()
-            storm_in_backlog = fleet.join(concurrency=max(1, 96 // fleet.processes))
-            log(
-                f"  gentler storm: {storm_in_backlog['joined']}/{size} in "
-                f"{storm_in_backlog['last_subscribed_s'] or 0:.2f} s "
-                f"({storm_in_backlog['joins_per_s'] or 0:,.0f} joins/s)"
-            )
+        gentler = _gentler_storm(ctx, relay, fleet, label) if largest else None
         return {
             "connections": size,
             "tenants": size // cfg.users_per_tenant,
             "storm": storm,
-            "storm_within_backlog": storm_in_backlog,
-            "rss_kb_idle": round(rss0 / 1024),
-            "rss_kb_connected": round(rss1 / 1024),
-            "rss_kb_after_load": round(rss2 / 1024),
-            "rss_kb_per_connection": round((rss1 - rss0) / 1024 / size, 2),
-            "rss_kb_per_connection_after_load": round((rss2 - rss0) / 1024 / size, 2),
+            "storm_within_backlog": gentler,
+            **_rss_summary(size, rss0, rss1, rss2),
             "open_after_join": stats["open"],
             "held": held,
             "max_sustained": top.summary if top else None,
@@ -202,11 +195,80 @@ def authorized(ctx: Context, size: int, largest: bool) -> dict[str, Any]:
             "steps": [s.summary for s in steps],
             "relay_env": relay.env
             | {"RELAY_JWT_SECRET": "(bench secret)", "RELAY_DATABASE_URL": "(the bench database)"},
-            "profile": profile_summary,
+            "profile": profile,
         }
     finally:
         fleet.close()
         relay.stop()
+
+
+def _keep_relay_curves(
+    ctx: Context, size: int, top: StepResult | None, ref: StepResult | None
+) -> None:
+    """The latencies at the reference rate and at the highest sustained one, for the CDF."""
+    rate = ctx.cfg.reference_rate
+    if ref is not None:
+        ctx.curves[f"relay C={size} @ {rate:,.0f} msgs/s"] = ref.latencies_ms
+    if top is not None and top is not ref:
+        ctx.curves[f"relay C={size} @ {top.summary['offered_msgs_per_s']:,.0f} msgs/s (max)"] = (
+            top.latencies_ms
+        )
+
+
+def _profile(
+    ctx: Context, relay: RelayServer, fleet: Fleet, label: str, top: StepResult | None
+) -> dict[str, Any] | None:
+    """One more step, under py-spy, at the highest sustained rate (else the reference
+    rate): the profile's summary, with that step in it."""
+    cfg = ctx.cfg
+    rate = top.summary["offered_msgs_per_s"] if top else cfg.reference_rate
+    path = ctx.raw / f"{label}.py-spy.txt"
+    log(f"  profiling the relay with py-spy at {rate:,.0f} msgs/s")
+    result = measured_step(
+        cfg,
+        ctx.db,
+        relay,
+        fleet,
+        rate,
+        f"{label}-profile",
+        profile=path,
+        window=cfg.profile_duration,
+    )
+    summary = profiling.summarize(path) if path.exists() else None
+    if summary is not None:
+        summary["step"] = result.summary
+    return summary
+
+
+def _gentler_storm(ctx: Context, relay: RelayServer, fleet: Fleet, label: str) -> dict[str, Any]:
+    """Close ``fleet``, and join as many again, at most ~96 connections being set up at
+    once (it fits even asyncio's default listen backlog of 100): how fast the relay admits
+    clients when no SYN has to be retried."""
+    fleet.close()
+    time.sleep(2.0)
+    gentle = Fleet(ctx.cfg, relay.url, fleet.size, ctx.raw, f"{label}-storm2")
+    try:
+        gentle.start()
+        storm = gentle.join(concurrency=max(1, 96 // gentle.processes))
+        log(
+            f"  gentler storm: {storm['joined']}/{fleet.size} in "
+            f"{storm['last_subscribed_s'] or 0:.2f} s "
+            f"({storm['joins_per_s'] or 0:,.0f} joins/s)"
+        )
+        return storm
+    finally:
+        gentle.close()
+
+
+def _rss_summary(size: int, idle: int, connected: int, after_load: int) -> dict[str, Any]:
+    """The relay's RSS with no connection, with ``size`` idle ones, after the load (bytes)."""
+    return {
+        "rss_kb_idle": round(idle / 1024),
+        "rss_kb_connected": round(connected / 1024),
+        "rss_kb_after_load": round(after_load / 1024),
+        "rss_kb_per_connection": round((connected - idle) / 1024 / size, 2),
+        "rss_kb_per_connection_after_load": round((after_load - idle) / 1024 / size, 2),
+    }
 
 
 # --- 2 and 3: the ceiling and the Supabase-style baseline -----------------------------------
@@ -313,49 +375,7 @@ def write_path(ctx: Context) -> dict[str, Any]:
     if pgbench is None:
         return {"error": "pgbench not found (neither the embedded server's nor the system's)"}
     log("write path: pgbench into a published and an identical unpublished table")
-    runs: list[dict[str, Any]] = []
-    relay: RelayServer | None = None
-    setups = [("no listener", False, False), ("relay listening", True, False)]
-    if cfg.pin and cfg.server_cpus() and cfg.load_cpus():
-        setups.append(("relay on own core", True, True))
-    try:
-        for setup, listening, own_core in setups:
-            if relay is not None:
-                relay.stop()
-                relay = None
-            if listening:
-                cpus = cfg.server_cpus() if own_core else None
-                relay = RelayServer(ctx.db, cfg, ctx.raw, "write", cpus=cpus).start()
-            writer_cpus = cfg.load_cpus() if own_core else None
-            for pid in [p.pid for p in ctx.db.processes()]:
-                common.pin(pid, writer_cpus)
-            for writers in (1, 16):
-                for repeat in range(cfg.write_repeats):
-                    order = ["unpublished", "published"]
-                    if repeat % 2:
-                        order.reverse()
-                    for kind in order:
-                        run = _pgbench(ctx, pgbench, kind, writers, repeat, relay, writer_cpus)
-                        run["setup"] = setup
-                        runs.append(run)
-                        log(
-                            f"  {writers:>2} writer(s) {kind:<11} {setup:<17}: "
-                            f"{run['tps'] or 0:,.0f} inserts/s"
-                        )
-    finally:
-        if relay is not None:
-            relay.stop()
-        for pid in [p.pid for p in ctx.db.processes()]:
-            common.pin(pid, cfg.load_cpus())
-
-    def median(kind: str, writers: int, setup: str) -> float | None:
-        values = [
-            r["tps"]
-            for r in runs
-            if r["table"] == kind and r["writers"] == writers and r["setup"] == setup and r["tps"]
-        ]
-        return float(np.median(values)) if values else None
-
+    runs = _write_runs(ctx, pgbench)
     summary: dict[str, Any] = {
         "tool": f"{pgbench_version(pgbench)}, -n -c W -j min(W,2), "
         "one INSERT per transaction (autocommit)",
@@ -372,16 +392,76 @@ def write_path(ctx: Context) -> dict[str, Any]:
             ("no listener", "_no_listener"),
             ("relay on own core", "_relay_own_core"),
         ):
-            pub, unpub = (
-                median("published", writers, setup),
-                median("unpublished", writers, setup),
-            )
+            pub = _median_tps(runs, "published", writers, setup)
+            unpub = _median_tps(runs, "unpublished", writers, setup)
             summary[f"writers_{writers}{suffix}"] = {
                 "published_inserts_per_s": pub,
                 "unpublished_inserts_per_s": unpub,
                 "ratio": round(pub / unpub, 3) if pub and unpub else None,
             }
     return summary
+
+
+def _write_runs(ctx: Context, pgbench: Path) -> list[dict[str, Any]]:
+    """Every pgbench run of every setup; PostgreSQL pinned back to the load's CPUs at the end."""
+    cfg = ctx.cfg
+    runs: list[dict[str, Any]] = []
+    relay: RelayServer | None = None
+    setups = [("no listener", False, False), ("relay listening", True, False)]
+    if cfg.pin and cfg.server_cpus() and cfg.load_cpus():
+        setups.append(("relay on own core", True, True))
+    try:
+        for setup, listening, own_core in setups:
+            if relay is not None:
+                relay.stop()
+                relay = None
+            if listening:
+                cpus = cfg.server_cpus() if own_core else None
+                relay = RelayServer(ctx.db, cfg, ctx.raw, "write", cpus=cpus).start()
+            writer_cpus = cfg.load_cpus() if own_core else None
+            for pid in [p.pid for p in ctx.db.processes()]:
+                common.pin(pid, writer_cpus)
+            runs += _write_setup(ctx, pgbench, setup, relay, writer_cpus)
+    finally:
+        if relay is not None:
+            relay.stop()
+        for pid in [p.pid for p in ctx.db.processes()]:
+            common.pin(pid, cfg.load_cpus())
+    return runs
+
+
+def _write_setup(
+    ctx: Context,
+    pgbench: Path,
+    setup: str,
+    relay: RelayServer | None,
+    cpus: list[int] | None,
+) -> list[dict[str, Any]]:
+    """1 and 16 writers, ``write_repeats`` times, into both tables (in turn first)."""
+    runs = []
+    for writers in (1, 16):
+        for repeat in range(ctx.cfg.write_repeats):
+            order = ["unpublished", "published"]
+            if repeat % 2:
+                order.reverse()
+            for kind in order:
+                run = _pgbench(ctx, pgbench, kind, writers, repeat, relay, cpus)
+                run["setup"] = setup
+                runs.append(run)
+                log(
+                    f"  {writers:>2} writer(s) {kind:<11} {setup:<17}: "
+                    f"{run['tps'] or 0:,.0f} inserts/s"
+                )
+    return runs
+
+
+def _median_tps(runs: list[dict[str, Any]], kind: str, writers: int, setup: str) -> float | None:
+    values = [
+        r["tps"]
+        for r in runs
+        if r["table"] == kind and r["writers"] == writers and r["setup"] == setup and r["tps"]
+    ]
+    return float(np.median(values)) if values else None
 
 
 def _pgbench(
@@ -393,37 +473,15 @@ def _pgbench(
     relay: RelayServer | None,
     cpus: list[int] | None = None,
 ) -> dict[str, Any]:
+    """One pgbench run into ``bench_write_<kind>``, emptied first."""
     cfg = ctx.cfg
-    table = f"bench_write_{kind}"
-    script = ctx.raw / f"write-{kind}.sql"
-    script.write_text(
-        f"INSERT INTO {table} (from_id, to_id, amount, reference)"
-        " VALUES ('TNT-B0000000', 'TNT-B0000001', 42.00, 'pgbench');\n"
-    )
-    with psycopg_conn(ctx.db) as conn:
-        conn.execute(f"TRUNCATE {table}")
-        conn.execute("CHECKPOINT")
-    time.sleep(0.5)
+    script = _empty_write_table(ctx, kind)
     cpu0 = common.cpu_seconds([relay.pid]) if relay else 0.0
     changes0 = _published_changes(relay) if relay else 0.0
-    argv = [
-        str(pgbench),
-        "-n",
-        "-c",
-        str(writers),
-        "-j",
-        str(min(writers, 2)),
-        "-T",
-        str(int(cfg.write_duration)),
-        "-f",
-        str(script),
-        *ctx.db.libpq_args(),
-        ctx.db.name,
-    ]
     busy0 = sum(common.busy_seconds_per_cpu())
     began = time.time()
     done = subprocess.run(  # noqa: S603 - our own arguments
-        argv,
+        _pgbench_argv(ctx, pgbench, writers, script),
         capture_output=True,
         text=True,
         timeout=cfg.write_duration + 120,
@@ -451,6 +509,38 @@ def _pgbench(
     return run
 
 
+def _empty_write_table(ctx: Context, kind: str) -> Path:
+    """Empty ``bench_write_<kind>`` (and checkpoint); the pgbench script that inserts into it."""
+    table = f"bench_write_{kind}"
+    script = ctx.raw / f"write-{kind}.sql"
+    script.write_text(
+        f"INSERT INTO {table} (from_id, to_id, amount, reference)"
+        " VALUES ('TNT-B0000000', 'TNT-B0000001', 42.00, 'pgbench');\n"
+    )
+    with psycopg_conn(ctx.db) as conn:
+        conn.execute(f"TRUNCATE {table}")
+        conn.execute("CHECKPOINT")
+    time.sleep(0.5)
+    return script
+
+
+def _pgbench_argv(ctx: Context, pgbench: Path, writers: int, script: Path) -> list[str]:
+    return [
+        str(pgbench),
+        "-n",
+        "-c",
+        str(writers),
+        "-j",
+        str(min(writers, 2)),
+        "-T",
+        str(int(ctx.cfg.write_duration)),
+        "-f",
+        str(script),
+        *ctx.db.libpq_args(),
+        ctx.db.name,
+    ]
+
+
 def _published_changes(relay: RelayServer) -> float:
     metrics = relay.metrics()
     return sum(
@@ -464,7 +554,3 @@ def psycopg_conn(db: Database) -> Any:
     import psycopg
 
     return psycopg.connect(db.url, autocommit=True)
-
-
-def stop_everything() -> None:
-    CHILDREN.stop_all()
