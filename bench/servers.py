@@ -50,8 +50,16 @@ from bench.common import JWT_AUDIENCE, JWT_SECRET, NOTIFICATIONS, PAYMENTS
 SUBPROTOCOL = "nexus-relay.v1"
 
 
+# The connections subscribed under one key (tenant or user; None when the token has none).
+Members = dict[str | None, set[ServerConnection]]
+
+
 def qualified(name: str) -> str:
     return name if "." in name else f"public.{name}"
+
+
+async def send(ws: ServerConnection, message: dict[str, Any]) -> None:
+    await ws.send(orjson.dumps(message).decode())
 
 
 class Server:
@@ -65,9 +73,9 @@ class Server:
         self.intake: deque[str] = deque()
         self.wake = asyncio.Event()
         # ceiling routes
-        self.pay_by_tenant: dict[str, set[ServerConnection]] = {}
-        self.notif_by_tenant: dict[str, set[ServerConnection]] = {}
-        self.notif_by_user: dict[str, set[ServerConnection]] = {}
+        self.pay_by_tenant: Members = {}
+        self.notif_by_tenant: Members = {}
+        self.notif_by_user: Members = {}
         # baseline: subscription id -> connection
         self.by_subscription: dict[int, ServerConnection] = {}
         self.db: psycopg.AsyncConnection[Any] | None = None  # baseline: apply_rls
@@ -77,87 +85,56 @@ class Server:
 
     async def handle(self, ws: ServerConnection) -> None:
         self.connections += 1
-        routes: list[tuple[dict[str, set[ServerConnection]], str]] = []
+        routes: list[tuple[Members, str | None]] = []
         subscriptions: list[int] = []
         try:
-            first = orjson.loads(await ws.recv())
-            token = first.get("token", "")
-            claims = self.claims(token)
+            claims = await self.authenticate(ws)
             if claims is None:
-                await ws.send(
-                    orjson.dumps(
-                        {
-                            "type": "error",
-                            "ref": first.get("ref"),
-                            "code": "unauthorized",
-                            "message": "bad token",
-                        }
-                    ).decode()
-                )
                 return
-            meta = claims.get("app_metadata") or {}
-            user, tenant = meta.get("user_id"), meta.get("tenant_id")
-            await ws.send(
-                orjson.dumps(
-                    {
-                        "type": "ready",
-                        "ref": first.get("ref"),
-                        "version": 1,
-                        "user": claims.get("sub"),
-                    }
-                ).decode()
-            )
             async for message in ws:
                 frame = orjson.loads(message)
                 if frame.get("type") != "subscribe":
                     continue
                 table = qualified(str(frame.get("table")))
                 if self.mode == "ceiling":
-                    if table == PAYMENTS:
-                        target = self.pay_by_tenant.setdefault(tenant, set())
-                        target.add(ws)
-                        routes.append((self.pay_by_tenant, tenant))
-                    elif table == NOTIFICATIONS:
-                        self.notif_by_tenant.setdefault(tenant, set()).add(ws)
-                        self.notif_by_user.setdefault(user, set()).add(ws)
-                        routes += [(self.notif_by_tenant, tenant), (self.notif_by_user, user)]
-                    sid = len(routes)
+                    sid = self.route(ws, table, claims, routes)
                 else:
-                    assert self.registry is not None
-                    cursor = await self.registry.execute(
-                        "INSERT INTO bench_walrus.subscription (entity, claims)"
-                        " VALUES (%s::regclass, %s) RETURNING id",
-                        (table, json.dumps(claims)),
-                    )
-                    row = await cursor.fetchone()
-                    sid = int(row[0])  # type: ignore[index]
+                    sid = await self.register(ws, table, claims)
                     subscriptions.append(sid)
-                    self.by_subscription[sid] = ws
-                await ws.send(
-                    orjson.dumps(
-                        {
-                            "type": "subscribed",
-                            "ref": frame.get("ref"),
-                            "id": f"s{sid}",
-                            "table": table,
-                        }
-                    ).decode()
+                await send(
+                    ws,
+                    {
+                        "type": "subscribed",
+                        "ref": frame.get("ref"),
+                        "id": f"s{sid}",
+                        "table": table,
+                    },
                 )
         except ConnectionClosed:
             pass
         finally:
             self.connections -= 1
-            for index, key in routes:
-                members = index.get(key)
-                if members is not None:
-                    members.discard(ws)
-            for sid in subscriptions:
-                self.by_subscription.pop(sid, None)
-            if subscriptions and self.registry is not None:
-                with contextlib.suppress(psycopg.Error):
-                    await self.registry.execute(
-                        "DELETE FROM bench_walrus.subscription WHERE id = ANY(%s)", (subscriptions,)
-                    )
+            await self.forget(ws, routes, subscriptions)
+
+    async def authenticate(self, ws: ServerConnection) -> dict[str, Any] | None:
+        """The claims of the first frame's token, answered with ``ready``; None for a bad
+        token, answered with an error."""
+        first = orjson.loads(await ws.recv())
+        claims = self.claims(first.get("token", ""))
+        if claims is None:
+            await send(
+                ws,
+                {
+                    "type": "error",
+                    "ref": first.get("ref"),
+                    "code": "unauthorized",
+                    "message": "bad token",
+                },
+            )
+            return None
+        ready = {"type": "ready", "ref": first.get("ref"), "version": 1, "user": claims.get("sub")}
+        await send(ws, ready)
+        return claims
 
     def claims(self, token: str) -> dict[str, Any] | None:
         import jwt
@@ -168,6 +145,60 @@ class Server:
             return dict(jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience=JWT_AUDIENCE))
         except jwt.PyJWTError:
             return None
+
+    def route(
+        self,
+        ws: ServerConnection,
+        table: str,
+        claims: dict[str, Any],
+        routes: list[tuple[Members, str | None]],
+    ) -> int:
+        """Ceiling: file ``ws`` under its tenant (and user) for ``table``, and note where
+        in ``routes``; the subscription's number."""
+        meta = claims.get("app_metadata") or {}
+        user: str | None = meta.get("user_id")
+        tenant: str | None = meta.get("tenant_id")
+        if table == PAYMENTS:
+            self.pay_by_tenant.setdefault(tenant, set()).add(ws)
+            routes.append((self.pay_by_tenant, tenant))
+        elif table == NOTIFICATIONS:
+            self.notif_by_tenant.setdefault(tenant, set()).add(ws)
+            self.notif_by_user.setdefault(user, set()).add(ws)
+            routes += [(self.notif_by_tenant, tenant), (self.notif_by_user, user)]
+        return len(routes)
+
+    async def register(self, ws: ServerConnection, table: str, claims: dict[str, Any]) -> int:
+        """Baseline: a row of bench_walrus.subscription for ``ws``; its id."""
+        assert self.registry is not None
+        cursor = await self.registry.execute(
+            "INSERT INTO bench_walrus.subscription (entity, claims)"
+            " VALUES (%s::regclass, %s) RETURNING id",
+            (table, json.dumps(claims)),
+        )
+        row = await cursor.fetchone()
+        assert row is not None  # INSERT ... RETURNING
+        sid = int(row[0])
+        self.by_subscription[sid] = ws
+        return sid
+
+    async def forget(
+        self,
+        ws: ServerConnection,
+        routes: list[tuple[Members, str | None]],
+        subscriptions: list[int],
+    ) -> None:
+        """Undo ``route`` and ``register`` for a connection that closed."""
+        for index, key in routes:
+            members = index.get(key)
+            if members is not None:
+                members.discard(ws)
+        for sid in subscriptions:
+            self.by_subscription.pop(sid, None)
+        if subscriptions and self.registry is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self.registry.execute(
+                    "DELETE FROM bench_walrus.subscription WHERE id = ANY(%s)", (subscriptions,)
+                )
 
     # --- Changes ---------------------------------------------------------------------
 
