@@ -33,6 +33,7 @@ import sys
 import time
 from array import array
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,17 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+@dataclass
+class Joins:
+    """What joining a process's users gave: each joined user's start and end (wall time)."""
+
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    failed: list[int] = field(default_factory=list)  # indexes of the users who never joined
+    retries: int = 0
+
+
 async def join_all(
     pool: Pool,
     url: tuple[str, int, str],
@@ -211,63 +223,81 @@ async def join_all(
     timeout: float,
     local_host: str | None,
 ) -> dict[str, Any]:
-    host, port, path = url
-    loop = asyncio.get_running_loop()
+    """Join every user (``tokens``) from wall time ``at``, ``concurrency`` at a time; each
+    tries up to 5 times."""
     delay = at - time.time()
     if delay > 0:
         await asyncio.sleep(delay)
     semaphore = asyncio.Semaphore(concurrency)
-    starts: list[float] = []
-    ends: list[float] = []
-    errors: Counter[str] = Counter()
-    failed: list[int] = []
-    retries = 0
+    joins = Joins()
 
     async def one(index: int, token: str) -> None:
-        nonlocal retries
         async with semaphore:
-            begin = time.time()
-            for attempt in range(5):
-                connection = Connection(pool, host, port, path, token)
-                try:
-                    await asyncio.wait_for(
-                        loop.create_connection(
-                            lambda c=connection: c,  # type: ignore[misc]
-                            host,
-                            port,
-                            local_addr=(local_host, 0) if local_host else None,
-                        ),
-                        timeout,
-                    )
-                    ok = await asyncio.wait_for(connection.done, timeout)
-                except (OSError, TimeoutError) as exc:
-                    connection.close()
-                    connection.error = connection.error or type(exc).__name__
-                    ok = False
-                if ok:
-                    pool.connections.append(connection)
-                    starts.append(begin)
-                    ends.append(time.time())
-                    return
-                connection.close()
-                errors[connection.error or "unknown"] += 1
-                if attempt < 4:
-                    retries += 1
-                    await asyncio.sleep(0.05 * 2**attempt)
-            failed.append(index)
+            await _join(pool, url, token, timeout, local_host, index, joins)
 
     started = time.time()
     await asyncio.gather(*(one(i, token) for i, token in enumerate(tokens)))
     return {
-        "joined": len(ends),
-        "failed": len(tokens) - len(ends),
-        "failed_indexes": failed,
-        "retries": retries,
-        "errors": dict(errors),
+        "joined": len(joins.ends),
+        "failed": len(tokens) - len(joins.ends),
+        "failed_indexes": joins.failed,
+        "retries": joins.retries,
+        "errors": dict(joins.errors),
         "started": started,
-        "starts": starts,
-        "ends": ends,
+        "starts": joins.starts,
+        "ends": joins.ends,
     }
+
+
+async def _join(
+    pool: Pool,
+    url: tuple[str, int, str],
+    token: str,
+    timeout: float,
+    local_host: str | None,
+    index: int,
+    joins: Joins,
+) -> None:
+    """Join one user, trying up to 5 times (backing off 50 ms, doubled each time)."""
+    begin = time.time()
+    for attempt in range(5):
+        connection, ok = await _connect(pool, url, token, timeout, local_host)
+        if ok:
+            pool.connections.append(connection)
+            joins.starts.append(begin)
+            joins.ends.append(time.time())
+            return
+        connection.close()
+        joins.errors[connection.error or "unknown"] += 1
+        if attempt < 4:
+            joins.retries += 1
+            await asyncio.sleep(0.05 * 2**attempt)
+    joins.failed.append(index)
+
+
+async def _connect(
+    pool: Pool, url: tuple[str, int, str], token: str, timeout: float, local_host: str | None
+) -> tuple[Connection, bool]:
+    """One attempt: connect, authenticate and subscribe; whether it joined."""
+    host, port, path = url
+    loop = asyncio.get_running_loop()
+    connection = Connection(pool, host, port, path, token)
+    try:
+        await asyncio.wait_for(
+            loop.create_connection(
+                lambda: connection,
+                host,
+                port,
+                local_addr=(local_host, 0) if local_host else None,
+            ),
+            timeout,
+        )
+        ok = await asyncio.wait_for(connection.done, timeout)
+    except (OSError, TimeoutError) as exc:
+        connection.close()
+        connection.error = connection.error or type(exc).__name__
+        ok = False
+    return connection, ok
 
 
 def stats(pool: Pool) -> dict[str, Any]:
