@@ -344,7 +344,7 @@ def write_all(
     }
     mode = results["mode"]
     files: dict[str, Path] = {}
-    json_text = json.dumps(document, indent=2, default=_default) + "\n"
+    json_text = json.dumps(document, indent=2, default=json_default) + "\n"
     files["json"] = RESULTS / "latest.json"
     files["json"].write_text(json_text)
     plots = plot_all(results, curves, prefix="latest")
@@ -364,7 +364,8 @@ def write_all(
     return files
 
 
-def _default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """numpy's numbers and arrays, for ``json.dumps(default=...)``."""
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):

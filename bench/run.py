@@ -16,8 +16,13 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench import common, machine, report, scenarios
 from bench.common import CHILDREN, RAW, log
@@ -160,7 +165,7 @@ def merge(previous: dict[str, Any], new: dict[str, Any], only: set[str]) -> dict
     return merged
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.split("\n\n")[0]
     )
@@ -199,33 +204,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="development: write raw data only, leave bench/results/*.json|md|png alone",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
     mode = "quick" if args.quick else "full"
     cfg = config(mode, args)
     only = set(args.only.split(",")) if args.only else set(SCENARIOS)
     unknown = only - set(SCENARIOS)
     if unknown:
-        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    if cfg.pin and (os.cpu_count() or 1) < 2:
-        cfg.pin = False
-    if cfg.profile and not (common.VENV_BIN / "py-spy").exists():
-        log("py-spy is not installed in the venv: no profile (pip install py-spy)")
-        cfg.profile = False
-
+        cli.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    fit_to_machine(cfg)
     raw = RAW / mode
+    update_readme = mode == "full" and not args.no_readme
     if args.report_only:
-        results = json.loads((raw / "results.json").read_text())
-        files = report.write_all(
-            results,
-            report.curves_from_raw(raw, results),
-            update_readme=(mode == "full" and not args.no_readme),
-        )
-        log("rebuilt: " + ", ".join(str(p.relative_to(common.ROOT)) for p in files.values()))
-        return 0
+        return report_only(raw, update_readme)
     previous: dict[str, Any] | None = None
     if args.merge:
         if not args.only:
-            parser.error("--merge needs --only")
+            cli.error("--merge needs --only")
         previous = json.loads((raw / "results.json").read_text())
     else:
         shutil.rmtree(raw, ignore_errors=True)
@@ -235,7 +234,48 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, common.LOAD_CPUS)
 
     began = time.time()
-    results: dict[str, Any] = {
+    results = first_results(mode, cfg)
+    curves = measure(cfg, only, raw, args.database_url, results)
+    if curves is None:
+        return 130
+    last_results(results, cfg, began)
+    if previous is not None:
+        results = merge(previous, results, only)
+        (raw / "curves.npz").unlink(missing_ok=True)
+        curves = report.curves_from_raw(raw, results)
+    save_raw(raw, results, curves)
+    if args.no_results:
+        log(f"done in {results['duration_s']:.0f} s: raw results in {raw.relative_to(common.ROOT)}")
+        return 0
+    files = report.write_all(results, curves, update_readme=update_readme)
+    log(
+        f"done in {results['duration_s']:.0f} s: "
+        + ", ".join(str(p.relative_to(common.ROOT)) for p in files.values())
+    )
+    print_headline(files["json"])
+    return 0
+
+
+def fit_to_machine(cfg: Config) -> None:
+    """No pinning on one CPU; no profile without py-spy."""
+    if cfg.pin and (os.cpu_count() or 1) < 2:
+        cfg.pin = False
+    if cfg.profile and not (common.VENV_BIN / "py-spy").exists():
+        log("py-spy is not installed in the venv: no profile (pip install py-spy)")
+        cfg.profile = False
+
+
+def report_only(raw: Path, update_readme: bool) -> int:
+    """``--report-only``: bench/results/ again from the last run's raw data."""
+    results = json.loads((raw / "results.json").read_text())
+    files = report.write_all(results, report.curves_from_raw(raw, results), update_readme)
+    log("rebuilt: " + ", ".join(str(p.relative_to(common.ROOT)) for p in files.values()))
+    return 0
+
+
+def first_results(mode: str, cfg: Config) -> dict[str, Any]:
+    """The results before anything is measured: the run, the machine, the commit."""
+    return {
         "mode": mode,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": machine.git(),
@@ -247,11 +287,16 @@ def main(argv: list[str] | None = None) -> int:
         "how": how(cfg),
         "errors": {},
     }
+
+
+def measure(
+    cfg: Config, only: set[str], raw: Path, database_url: str | None, results: dict[str, Any]
+) -> dict[str, np.ndarray] | None:
+    """Run the scenarios of ``only`` on a database of their own, into ``results``; the
+    latency curves for the CDF plot, or None when interrupted (Ctrl-C, SIGTERM)."""
     db: Database | None = None
-    ctx: scenarios.Context | None = None
-    completed = False
     try:
-        db = Database(args.database_url)
+        db = Database(database_url)
         sizes_needed = max([*cfg.sizes, *cfg.ceiling_sizes, *cfg.baseline_sizes])
         db.create(sizes_needed // cfg.users_per_tenant, cfg.users_per_tenant)
         if cfg.pin:
@@ -259,70 +304,96 @@ def main(argv: list[str] | None = None) -> int:
                 common.pin(process.pid, common.LOAD_CPUS)
         results["postgres"] = db.facts()
         ctx = scenarios.Context(cfg, db, raw)
-
-        def attempt(name: str, key: str, fn: Any, *fargs: Any) -> Any:
-            try:
-                return fn(*fargs)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
-                log(f"{name} failed: {exc!r}")
-                (raw / f"error-{key}.txt").write_text(traceback.format_exc())
-                results["errors"][key] = f"{type(exc).__name__}: {exc}"
-                CHILDREN.stop_all()
-                return None
-
-        if "authorized" in only:
-            results["authorized"] = {}
-            largest = max(cfg.sizes)
-            for size in sorted(cfg.sizes):
-                db.reset_changes()
-                out = attempt(
-                    f"authorized C={size}",
-                    f"authorized_{size}",
-                    scenarios.authorized,
-                    ctx,
-                    size,
-                    size == largest,
-                )
-                if out is not None:
-                    results["authorized"][str(size)] = out
-        if "ceiling" in only:
-            results["ceiling"] = {}
-            for size in sorted(cfg.ceiling_sizes):
-                rates = [cfg.reference_rate]
-                top = (results.get("authorized", {}).get(str(size)) or {}).get("max_sustained")
-                if top:
-                    rates.append(top["offered_msgs_per_s"])
-                db.reset_changes()
-                out = attempt(
-                    f"ceiling C={size}", f"ceiling_{size}", scenarios.ceiling, ctx, size, rates
-                )
-                if out is not None:
-                    results["ceiling"][str(size)] = out
-        if "baseline" in only:
-            results["baseline"] = {}
-            for size in sorted(cfg.baseline_sizes):
-                db.reset_changes()
-                out = attempt(
-                    f"baseline C={size}", f"baseline_{size}", scenarios.baseline, ctx, size
-                )
-                if out is not None:
-                    results["baseline"][str(size)] = out
-        if "write" in only:
-            out = attempt("write path", "write_path", scenarios.write_path, ctx)
-            if out is not None:
-                results["write_path"] = out
-        completed = True
+        run_scenarios(ctx, only, results)
+        return ctx.curves
     except KeyboardInterrupt:
         log("interrupted: stopping every process this run started; no results written")
+        return None
     finally:
         CHILDREN.stop_all()
         if db is not None:
             db.drop()
 
-    if not completed:
-        return 130
+
+def run_scenarios(ctx: scenarios.Context, only: set[str], results: dict[str, Any]) -> None:
+    """Each scenario of ``only``, each size from the smallest; one that fails is an error in
+    ``results``, and the others still run."""
+    cfg, db = ctx.cfg, ctx.db
+    if "authorized" in only:
+        results["authorized"] = {}
+        largest = max(cfg.sizes)
+        for size in sorted(cfg.sizes):
+            db.reset_changes()
+            out = attempt(
+                ctx.raw,
+                results,
+                f"authorized C={size}",
+                f"authorized_{size}",
+                partial(scenarios.authorized, ctx, size, size == largest),
+            )
+            if out is not None:
+                results["authorized"][str(size)] = out
+    if "ceiling" in only:
+        results["ceiling"] = {}
+        for size in sorted(cfg.ceiling_sizes):
+            rates = [cfg.reference_rate]
+            top = (results.get("authorized", {}).get(str(size)) or {}).get("max_sustained")
+            if top:
+                rates.append(top["offered_msgs_per_s"])
+            db.reset_changes()
+            out = attempt(
+                ctx.raw,
+                results,
+                f"ceiling C={size}",
+                f"ceiling_{size}",
+                partial(scenarios.ceiling, ctx, size, rates),
+            )
+            if out is not None:
+                results["ceiling"][str(size)] = out
+    if "baseline" in only:
+        results["baseline"] = {}
+        for size in sorted(cfg.baseline_sizes):
+            db.reset_changes()
+            out = attempt(
+                ctx.raw,
+                results,
+                f"baseline C={size}",
+                f"baseline_{size}",
+                partial(scenarios.baseline, ctx, size),
+            )
+            if out is not None:
+                results["baseline"][str(size)] = out
+    if "write" in only:
+        out = attempt(
+            ctx.raw, results, "write path", "write_path", partial(scenarios.write_path, ctx)
+        )
+        if out is not None:
+            results["write_path"] = out
+
+
+def attempt(
+    raw: Path,
+    results: dict[str, Any],
+    name: str,
+    key: str,
+    scenario: Callable[[], dict[str, Any]],
+) -> dict[str, Any] | None:
+    """``scenario()``, or None if it failed: the error goes to ``results["errors"][key]``,
+    its traceback to ``raw``/error-<key>.txt, and every process it left is stopped."""
+    try:
+        return scenario()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        log(f"{name} failed: {exc!r}")
+        (raw / f"error-{key}.txt").write_text(traceback.format_exc())
+        results["errors"][key] = f"{type(exc).__name__}: {exc}"
+        CHILDREN.stop_all()
+        return None
+
+
+def last_results(results: dict[str, Any], cfg: Config, began: float) -> None:
+    """What only the end of the run knows: its duration, the commit and the load then."""
     results["duration_s"] = round(time.time() - began, 1)
     at_end = machine.git()
     if at_end != results["git"]:
@@ -335,25 +406,18 @@ def main(argv: list[str] | None = None) -> int:
     results["config"]["quiet_waited_s"] = round(cfg.waited, 1)
     results["config"]["steps_repeated"] = cfg.repeated
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    curves = ctx.curves if ctx else {}
-    if previous is not None:
-        results = merge(previous, results, only)
-        (raw / "curves.npz").unlink(missing_ok=True)
-        curves = report.curves_from_raw(raw, results)
-    (raw / "results.json").write_text(json.dumps(results, indent=1, default=report._default))
-    if curves:
-        import numpy as np
 
+
+def save_raw(raw: Path, results: dict[str, Any], curves: dict[str, np.ndarray]) -> None:
+    """results.json and the curves, for ``--report-only`` and ``--merge``."""
+    (raw / "results.json").write_text(json.dumps(results, indent=1, default=report.json_default))
+    if curves:
         np.savez_compressed(raw / "curves.npz", **curves)
-    if args.no_results:
-        log(f"done in {results['duration_s']:.0f} s: raw results in {raw.relative_to(common.ROOT)}")
-        return 0
-    files = report.write_all(results, curves, update_readme=(mode == "full" and not args.no_readme))
-    log(
-        f"done in {results['duration_s']:.0f} s: "
-        + ", ".join(str(p.relative_to(common.ROOT)) for p in files.values())
-    )
-    with open(files["json"]) as f:
+
+
+def print_headline(path: Path) -> None:
+    """The headline figures and the targets, as written in ``path`` (latest.json)."""
+    with open(path) as f:
         document = json.load(f)
     for key in report.KEYS:
         print(f"  {key} = {document[key]}")
@@ -361,7 +425,6 @@ def main(argv: list[str] | None = None) -> int:
         state = {True: "met", False: "MISSED", None: "not measured"}[row["met"]]
         by = f" ({row['missed_by']})" if row["missed_by"] else ""
         print(f"  target: {row['target']}: {state}{by}")
-    return 0
 
 
 if __name__ == "__main__":
