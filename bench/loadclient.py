@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 from websockets.client import ClientProtocol
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
@@ -119,6 +119,7 @@ class Connection(asyncio.Protocol):
                 self.state = AUTHENTICATING
                 self._send({"type": "auth", "token": self.token, "ref": 1})
                 continue
+            assert isinstance(event, Frame)  # a client receives one Response, then frames
             if event.opcode is not Opcode.TEXT:
                 continue  # pings are answered, closes handled, by the protocol
             payload = bytes(event.data)

@@ -412,7 +412,8 @@ def save_raw(raw: Path, results: dict[str, Any], curves: dict[str, np.ndarray]) 
     """results.json and the curves, for ``--report-only`` and ``--merge``."""
     (raw / "results.json").write_text(json.dumps(results, indent=1, default=report.json_default))
     if curves:
-        np.savez_compressed(raw / "curves.npz", **curves)
+        # allow_pickle: numpy's default, named so that mypy does not match **curves against it.
+        np.savez_compressed(raw / "curves.npz", allow_pickle=True, **curves)
 
 
 def print_headline(path: Path) -> None:

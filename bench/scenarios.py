@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
+from psycopg.rows import TupleRow
 
 from bench import common, profiling
 from bench.common import log
@@ -550,7 +552,5 @@ def _published_changes(relay: RelayServer) -> float:
     )
 
 
-def psycopg_conn(db: Database) -> Any:
-    import psycopg
-
+def psycopg_conn(db: Database) -> psycopg.Connection[TupleRow]:
     return psycopg.connect(db.url, autocommit=True)
