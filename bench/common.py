@@ -1,9 +1,10 @@
 """What every part of the harness shares: paths, ids, tokens, child processes, CPU times.
 
-Every child process (relay, ceiling, baseline, load clients, writers, pgbench,
-py-spy) is started through ``Children``, which stops them all when the run ends,
-on error and on Ctrl-C too. On Linux each child also gets SIGTERM if the
-orchestrator dies without cleaning up (``PR_SET_PDEATHSIG``).
+Every child process (relay, ceiling, baseline, load clients, writers, py-spy)
+is started through ``Children``, which stops them all when the run ends, on
+error and on Ctrl-C too. On Linux each child also gets SIGTERM if the
+orchestrator dies without cleaning up (``PR_SET_PDEATHSIG``). pgbench is the
+exception: ``subprocess.run`` waits for it, and kills it on an error or Ctrl-C.
 """
 
 import contextlib

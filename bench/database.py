@@ -2,7 +2,7 @@
 
 The server is the embedded PostgreSQL 18 (``portal/embedded_postgres.py``) with
 its data in ``.data/bench-postgres``, unless ``--database-url`` names another
-server. Each run creates its own database ``nexus_bench_<pid>``, migrates it
+server. Each run creates its own database ``nexus_bench_<pid>_<random>``, migrates it
 (``portal/migrations.py``), adds the benchmark's tenants and users, and drops
 it at the end.
 

@@ -1,10 +1,10 @@
 """The moving parts of a run: servers under test, client fleets, writers, one measured step.
 
 A *step* is one offered rate for one server and one number of connections:
-the writer inserts for ``warmup + window`` seconds; the measured window is the
-last ``window`` seconds; then the harness waits for the server to drain, asks
-every client for what it received, and compares it with what the writer says
-it wrote.
+the writer inserts for ``warmup + window + 1`` seconds; the measured window is
+the ``window`` seconds after the warm-up; then the harness waits for the server
+to drain, asks every client for what it received, and compares it with what
+the writer says it wrote.
 """
 
 import contextlib
@@ -269,7 +269,6 @@ class Fleet:
         self.children: list[Child] = []
         self.shards: list[list[int]] = []  # global user indexes per process
         self.joined = np.zeros(size, dtype=bool)
-        self.dumps = 0
 
     def start(self) -> None:
         per = self.cfg.users_per_tenant

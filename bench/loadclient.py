@@ -1,6 +1,6 @@
 """One load-client process: many WebSocket connections, one event loop, little CPU each.
 
-    python -m bench.loadclient --url ws://127.0.0.1:PORT/ --users FILE --process N
+    python -m bench.loadclient --url ws://127.0.0.1:PORT/ --users FILE [--local-host 127.0.0.N]
 
 websockets' sans-I/O client protocol (``websockets.client.ClientProtocol``),
 driven from an ``asyncio.Protocol`` (uvloop): the library does the WebSocket

@@ -763,7 +763,8 @@ def readme_block(document: dict[str, Any], keys: dict[str, FigureAndNote], mode:
 
 
 def curves_from_raw(raw: Path, results: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The CDF curves of a finished run, from its raw step files (``--report-only``)."""
+    """The CDF curves of a finished run, from its raw step files (``--report-only``,
+    ``--merge``)."""
     saved = raw / "curves.npz"
     if saved.exists():
         with np.load(saved) as data:

@@ -126,7 +126,8 @@ def how(cfg: Config) -> dict[str, Any]:
             f"{cfg.window:g} s after {cfg.warmup:g} s of warm-up."
         ),
         "clients": (
-            "bench/loadclient.py: a minimal RFC 6455 client on asyncio.Protocol and uvloop, "
+            "bench/loadclient.py: websockets' sans-I/O client protocol driven from an "
+            "asyncio.Protocol on uvloop, "
             f"{cfg.client_processes} processes, each holding C/{cfg.client_processes} "
             "connections from its own loopback address (127.0.0.11, .12, ...)."
         ),
