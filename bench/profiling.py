@@ -17,19 +17,20 @@ from bench.common import ROOT
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
-# Which part of the system a frame belongs to, by its file.
+# Which part of the system a frame belongs to, by its file (the first marker it holds).
 AREAS = (
-    ("relay/fanout.py", "relay: fan-out (decide, encode, outboxes)"),
-    ("relay/index.py", "relay: subscription index"),
-    ("relay/policy.py", "relay: policy evaluation"),
-    ("relay/filters.py", "relay: filters"),
-    ("relay/protocol.py", "relay: protocol encoding"),
+    ("relay/core/fanout.py", "relay: fan-out (decide, encode, outboxes)"),
+    ("relay/core/index.py", "relay: subscription index"),
+    ("relay/core/policy.py", "relay: policy evaluation"),
+    ("relay/core/expressions.py", "relay: policy evaluation"),
+    ("relay/core/filters.py", "relay: filters"),
+    ("relay/core/protocol.py", "relay: protocol encoding"),
     ("relay/server.py", "relay: socket writes (server)"),
-    ("relay/session.py", "relay: sessions"),
+    ("relay/core/session.py", "relay: sessions"),
     ("relay/listener.py", "relay: listener"),
-    ("relay/changes.py", "relay: change decoding"),
-    ("relay/history.py", "relay: history"),
-    ("relay/tokens.py", "relay: tokens"),
+    ("relay/core/changes.py", "relay: change decoding"),
+    ("relay/core/history.py", "relay: history"),
+    ("relay/core/tokens.py", "relay: tokens"),
     ("relay/metrics.py", "relay: metrics"),
     ("relay/", "relay: other"),
     ("websockets/", "websockets"),
