@@ -319,57 +319,62 @@ def measure(
 def run_scenarios(ctx: scenarios.Context, only: set[str], results: dict[str, Any]) -> None:
     """Each scenario of ``only``, each size from the smallest; one that fails is an error in
     ``results``, and the others still run."""
-    cfg, db = ctx.cfg, ctx.db
+    cfg = ctx.cfg
     if "authorized" in only:
-        results["authorized"] = {}
         largest = max(cfg.sizes)
-        for size in sorted(cfg.sizes):
-            db.reset_changes()
-            out = attempt(
-                ctx.raw,
-                results,
-                f"authorized C={size}",
-                f"authorized_{size}",
-                partial(scenarios.authorized, ctx, size, size == largest),
-            )
-            if out is not None:
-                results["authorized"][str(size)] = out
+        measure_sizes(
+            ctx,
+            results,
+            "authorized",
+            cfg.sizes,
+            lambda size: scenarios.authorized(ctx, size, size == largest),
+        )
     if "ceiling" in only:
-        results["ceiling"] = {}
-        for size in sorted(cfg.ceiling_sizes):
-            rates = [cfg.reference_rate]
-            top = (results.get("authorized", {}).get(str(size)) or {}).get("max_sustained")
-            if top:
-                rates.append(top["offered_msgs_per_s"])
-            db.reset_changes()
-            out = attempt(
-                ctx.raw,
-                results,
-                f"ceiling C={size}",
-                f"ceiling_{size}",
-                partial(scenarios.ceiling, ctx, size, rates),
-            )
-            if out is not None:
-                results["ceiling"][str(size)] = out
+        measure_sizes(
+            ctx,
+            results,
+            "ceiling",
+            cfg.ceiling_sizes,
+            lambda size: scenarios.ceiling(ctx, size, ceiling_rates(cfg, results, size)),
+        )
     if "baseline" in only:
-        results["baseline"] = {}
-        for size in sorted(cfg.baseline_sizes):
-            db.reset_changes()
-            out = attempt(
-                ctx.raw,
-                results,
-                f"baseline C={size}",
-                f"baseline_{size}",
-                partial(scenarios.baseline, ctx, size),
-            )
-            if out is not None:
-                results["baseline"][str(size)] = out
+        measure_sizes(
+            ctx, results, "baseline", cfg.baseline_sizes, partial(scenarios.baseline, ctx)
+        )
     if "write" in only:
         out = attempt(
             ctx.raw, results, "write path", "write_path", partial(scenarios.write_path, ctx)
         )
         if out is not None:
             results["write_path"] = out
+
+
+def measure_sizes(
+    ctx: scenarios.Context,
+    results: dict[str, Any],
+    scenario: str,
+    sizes: list[int],
+    measure: Callable[[int], dict[str, Any]],
+) -> None:
+    """``measure(size)`` into ``results[scenario][size]``, each size from the smallest, the
+    tables the writers fill emptied before each."""
+    results[scenario] = {}
+    for size in sorted(sizes):
+        ctx.db.reset_changes()
+        out = attempt(
+            ctx.raw, results, f"{scenario} C={size}", f"{scenario}_{size}", partial(measure, size)
+        )
+        if out is not None:
+            results[scenario][str(size)] = out
+
+
+def ceiling_rates(cfg: Config, results: dict[str, Any], size: int) -> list[float]:
+    """The reference rate, and the relay's highest sustained rate at ``size`` if it had one."""
+    rates = [cfg.reference_rate]
+    top = (results.get("authorized", {}).get(str(size)) or {}).get("max_sustained")
+    if top:
+        rates.append(top["offered_msgs_per_s"])
+    return rates
 
 
 def attempt(
