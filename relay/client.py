@@ -198,6 +198,11 @@ class RelayClient:
                             frame["resume_token"],
                             resuming,
                         )
+                    elif frame.get("type") == "refreshed":
+                        # Resume tokens that cover the new token too.
+                        for subscription_id, token in frame.get("resume_tokens", {}).items():
+                            if subscription_id in self._resume:
+                                self._resume[subscription_id].token = token
                     future.set_result(frame)
                     continue
                 self._track(frame)

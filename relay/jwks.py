@@ -54,4 +54,6 @@ async def keep_fresh(verifier: TokenVerifier, url: str, every: float) -> None:
             verifier.jwks = await fetch(jwks_client)
         except Exception as exc:  # a bad answer must not end the refreshing
             logger.warning("could not refresh the JWKS (keeping the old keys): %s", exc)
+        else:
+            logger.info("JWKS refreshed: %d keys", len(verifier.jwks.keys))
         await asyncio.sleep(REFETCH_S)

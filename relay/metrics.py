@@ -1,10 +1,11 @@
 """Prometheus metrics of a running relay.
 
 Counters of the hot path live as plain integers in ``Fanout.stats`` and the
-listener; this collector reads them at scrape time. Only the commit-to-send
+log reader; this collector reads them at scrape time. Only the commit-to-send
 latency is a Prometheus histogram, observed once per change.
 """
 
+import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -12,16 +13,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from relay.core.fanout import Fanout
-from relay.listener import Listener
+from relay.reader import LogReader
 
 
 class RelayCollector(Collector):
-    def __init__(self, fanout: Fanout, listener: Listener) -> None:
+    def __init__(self, fanout: Fanout, reader: LogReader) -> None:
         self.fanout = fanout
-        self.listener = listener
+        self.reader = reader
 
     def collect(self) -> Iterator[Metric]:
-        fanout, listener, stats = self.fanout, self.listener, self.fanout.stats
+        fanout, reader, stats = self.fanout, self.reader, self.fanout.stats
         yield GaugeMetricFamily(
             "relay_connections", "Open WebSocket connections.", len(fanout.connections)
         )
@@ -53,36 +54,51 @@ class RelayCollector(Collector):
             ["where"],
             (((where,), count) for where, count in stats.errors.items()),
         )
+        yield _labelled(
+            "relay_replays",
+            "Resumes replayed, by source: memory, the log, or ahead (another relay's position).",
+            ["source"],
+            (((source,), count) for source, count in stats.replays.items()),
+        )
         yield GaugeMetricFamily(
-            "relay_listener_connected",
-            "1 while the LISTEN connection is up.",
-            int(listener.connected),
+            "relay_reader_connected", "1 while the log reader is connected.", int(reader.connected)
+        )
+        yield GaugeMetricFamily(
+            "relay_doorbell_listening",
+            "1 while the doorbell's LISTEN connection is up (without it, reads are polled).",
+            int(reader.listening),
         )
         yield CounterMetricFamily(
-            "relay_listener_reconnects",
-            "Times the LISTEN connection was lost.",
-            listener.reconnects,
+            "relay_reader_reconnects",
+            "Times the reader reconnected (it reads on from where it was).",
+            reader.reconnects,
         )
-        yield GaugeMetricFamily(
-            "relay_intake_backlog",
-            "Notifications received, not yet fanned out.",
-            len(listener.intake),
+        yield CounterMetricFamily(
+            "relay_log_reads", "Reads of the log that found a new tick.", reader.reads
         )
-        if listener.queue_usage is not None:
+        yield GaugeMetricFamily("relay_log_tick", "The last tick read.", reader.last_tick)
+        if reader.log_bytes is not None:
+            yield GaugeMetricFamily(
+                "relay_log_bytes", "The log's size on disk (relay.changes).", reader.log_bytes
+            )
+        if reader.oldest_tick_at is not None:
+            yield GaugeMetricFamily(
+                "relay_log_oldest_seconds",
+                "Age of the oldest tick kept: how far back a client can resume.",
+                max(time.time() - reader.oldest_tick_at, 0.0),
+            )
+        if reader.queue_usage is not None:
             yield GaugeMetricFamily(
                 "relay_notification_queue_usage",
                 "pg_notification_queue_usage(): the fraction of PostgreSQL's NOTIFY queue in use.",
-                listener.queue_usage,
+                reader.queue_usage,
             )
-        yield GaugeMetricFamily(
-            "relay_stream_offset", "Offset of the latest change or gap.", fanout.stream.offset
-        )
 
 
-def registry(fanout: Fanout, listener: Listener) -> tuple[CollectorRegistry, Histogram]:
+def registry(fanout: Fanout, reader: LogReader) -> tuple[CollectorRegistry, Histogram]:
     """A registry of its own (several relays may share a process in tests)."""
     reg = CollectorRegistry(auto_describe=True)
-    reg.register(RelayCollector(fanout, listener))
+    reg.register(RelayCollector(fanout, reader))
     latency = Histogram(
         "relay_commit_to_send_seconds",
         "From a change's transaction timestamp to its dispatch to sockets.",

@@ -7,23 +7,25 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from relay.core.fanout import Fanout
-from relay.listener import Listener
+from relay.reader import LogReader
 
 
-def ops_app(fanout: Fanout, listener: Listener, registry: CollectorRegistry) -> Starlette:
+def ops_app(fanout: Fanout, reader: LogReader, registry: CollectorRegistry) -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
-        # Ready: connected to PostgreSQL, knowing what is published, and
-        # processing changes (a relay whose processing stopped must get no client).
-        ready = listener.connected and listener.first_load.is_set() and listener.processing
+        # Ready: reading the log, knowing what is published (a relay whose
+        # processing stopped must get no client).
+        ready = reader.connected and reader.first_load.is_set() and reader.processing
         return JSONResponse(
             {
                 "ready": ready,
-                "listener_connected": listener.connected,
-                "processing": listener.processing,
-                "listener_backend_pid": listener.backend_pid if listener.connected else None,
+                "reader_connected": reader.connected,
+                "reader_backend_pid": reader.backend_pid,
+                "doorbell_listening": reader.listening,
+                "processing": reader.processing,
+                "log": fanout.stream.log_id,
                 "tables": sorted(fanout.tables),
                 "connections": len(fanout.connections),
                 "position": fanout.position(),

@@ -1,6 +1,6 @@
 """The relay service: the core and its shells, assembled from settings, run supervised.
 
-Its long-lived tasks (the LISTEN connection, the processing of changes,
+Its long-lived tasks (the doorbell's LISTEN, the reading of the log,
 housekeeping, the ops endpoints, the JWKS refresh) run in one task group: if
 any of them ends with an exception, it is logged with its traceback, the relay
 shuts down, and ``run`` raises ``TaskFailed``, so that the process exits
@@ -22,8 +22,8 @@ from relay import jwks, metrics
 from relay.core import policy
 from relay.core.fanout import Fanout
 from relay.core.tokens import TokenVerifier
-from relay.listener import Listener
 from relay.ops import ops_app
+from relay.reader import LogReader
 from relay.server import RelayServer
 from relay.settings import Settings
 
@@ -71,6 +71,7 @@ class Relay:
             settings.limits,
             settings.history_size,
             settings.history_max_bytes,
+            settings.resume_secret,
         )
         self.server = RelayServer(
             self.fanout,
@@ -80,15 +81,16 @@ class Relay:
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
         )
-        self.listener = Listener(
+        self.reader = LogReader(
             settings.database_url,
             self.fanout,
             self.server.flush,
-            intake_limit=settings.intake_limit,
-            large_change_retention=settings.large_change_retention,
+            poll_interval=settings.poll_interval,
+            retention=settings.log_retention,
+            max_log_bytes=settings.log_max_bytes,
         )
-        self.registry, latency = metrics.registry(self.fanout, self.listener)
-        self.listener.observe_latency = latency.observe
+        self.registry, latency = metrics.registry(self.fanout, self.reader)
+        self.reader.observe_latency = latency.observe
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -98,7 +100,7 @@ class Relay:
         """
         ops = _OpsServer(
             uvicorn.Config(
-                ops_app(self.fanout, self.listener, self.registry),
+                ops_app(self.fanout, self.reader, self.registry),
                 host=self.settings.ops_host,
                 port=self.settings.ops_port,
                 log_config=None,
@@ -127,14 +129,14 @@ class Relay:
             ) from failed
         finally:
             await self.server.close()
-            await self.listener.close()
+            await self.reader.close()
             logger.info("stopped")
 
     def _tasks(self, ops: uvicorn.Server) -> dict[str, Coroutine[Any, Any, None]]:
         tasks = {
-            "listen": self.listener.listen(),
-            "process": self.listener.process(),
-            "housekeeping": self.listener.housekeeping(),
+            "listen": self.reader.listen(),
+            "process": self.reader.process(),
+            "housekeeping": self.reader.housekeeping(),
             "ops": ops.serve(),
         }
         tokens = self.settings.tokens
@@ -158,25 +160,25 @@ class Relay:
     async def _serve_clients(self) -> None:
         """Accept clients once the published tables are known: before that, every
         subscription would be refused as unknown."""
-        first_load = asyncio.ensure_future(self.listener.first_load.wait())
+        first_load = asyncio.ensure_future(self.reader.first_load.wait())
         stopping = asyncio.ensure_future(self.stopping.wait())
         try:
             await asyncio.wait([first_load, stopping], return_when=asyncio.FIRST_COMPLETED)
         finally:
             first_load.cancel()
             stopping.cancel()
-        if not self.listener.first_load.is_set():
+        if not self.reader.first_load.is_set():
             return
         settings = self.settings
         await self.server.start(settings.host, settings.port)
         logger.info(
-            "relay serving ws://%s:%s%s, ops on http://%s:%s (epoch %s)",
+            "relay serving ws://%s:%s%s, ops on http://%s:%s (log %s)",
             settings.host,
             settings.port,
             settings.path,
             settings.ops_host,
             settings.ops_port,
-            self.fanout.stream.epoch,
+            self.fanout.stream.log_id,
         )
 
 

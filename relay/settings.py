@@ -4,6 +4,8 @@ Every setting has a default and a line in the README's table. Reading fails
 with ``ConfigError`` naming the variable, never later on first use.
 """
 
+import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,11 +47,14 @@ class Settings:
     # Timeouts
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
-    # The stream
+    # The change log
+    poll_interval: float = 0.25  # reads without the doorbell: the most a missed bell costs
+    log_retention: float = 3600.0
+    log_max_bytes: int = 1024**3
+    resume_secret: bytes | None = field(default=None, repr=False)
+    # The history in memory: a cache of the log
     history_size: int = 10_000
     history_max_bytes: int = 64 * 1024 * 1024
-    intake_limit: int = 100_000
-    large_change_retention: float = 3600.0
     # Logging
     log_level: str = "INFO"
     log_format: str = "json"
@@ -122,27 +127,45 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         ),
         ping_interval=read.number("RELAY_PING_INTERVAL_S", Settings.ping_interval, 1),
         ping_timeout=read.number("RELAY_PING_TIMEOUT_S", Settings.ping_timeout, 1),
+        poll_interval=read.number("RELAY_POLL_INTERVAL_S", Settings.poll_interval, 0.01),
+        log_retention=read.number("RELAY_LOG_RETENTION_S", Settings.log_retention, 60),
+        log_max_bytes=read.integer("RELAY_LOG_MAX_BYTES", Settings.log_max_bytes, 1024**2),
+        resume_secret=_resume_secret(read),
         history_size=read.integer("RELAY_HISTORY_SIZE", Settings.history_size),
         history_max_bytes=read.integer("RELAY_HISTORY_MAX_BYTES", Settings.history_max_bytes, 0),
-        intake_limit=read.integer("RELAY_INTAKE_LIMIT", Settings.intake_limit, 100),
-        large_change_retention=read.number(
-            "RELAY_LARGE_CHANGE_RETENTION_S", Settings.large_change_retention, 60
-        ),
         log_level=read.text_or("RELAY_LOG_LEVEL", Settings.log_level).upper(),
         log_format=log_format,
     )
 
 
-def _tokens(read: _Environment) -> TokenSettings:
-    secret = read.text("RELAY_JWT_SECRET")
-    secret_file = read.text("RELAY_JWT_SECRET_FILE")
-    if secret_file is not None:
+def _secret(read: _Environment, name: str) -> str | None:
+    """``NAME``, or the content of the file that ``NAME_FILE`` names."""
+    value = read.text(name)
+    path = read.text(f"{name}_FILE")
+    if path is not None:
         try:
-            secret = Path(secret_file).read_text(encoding="utf-8").strip()
+            value = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(
-                f"RELAY_JWT_SECRET_FILE: cannot read {secret_file}: {exc.strerror}"
-            ) from exc
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+    return value
+
+
+def _resume_secret(read: _Environment) -> bytes | None:
+    """Signs resume tokens, which every relay of a deployment must share; by
+    default derived from the JWT secret, which they share already."""
+    secret = _secret(read, "RELAY_RESUME_SECRET")
+    if secret is not None:
+        if len(secret.encode()) < 32:
+            raise ConfigError("RELAY_RESUME_SECRET must be at least 32 bytes")
+        return secret.encode()
+    jwt_secret = _secret(read, "RELAY_JWT_SECRET")
+    if jwt_secret is None:
+        return None
+    return hmac.new(jwt_secret.encode(), b"nexus-relay resume tokens", hashlib.sha256).digest()
+
+
+def _tokens(read: _Environment) -> TokenSettings:
+    secret = _secret(read, "RELAY_JWT_SECRET")
     jwks_file = read.text("RELAY_JWKS_FILE")
     # The audience is checked by default: a token for another application
     # (another Supabase project sharing a secret, say) is not one for the

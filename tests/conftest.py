@@ -16,7 +16,7 @@ import pytest
 
 from portal import demo_data, embedded_postgres, migrations
 from portal.database_url import with_database
-from tests.support import Listener
+from tests.support import LogTail
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,8 @@ def db(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
 
 
 @pytest.fixture
-def listener(database_url: str) -> Iterator[Listener]:
-    listening = Listener(database_url)
-    yield listening
-    listening.close()
+def log_tail(database_url: str) -> Iterator[LogTail]:
+    """What the trigger layer logs from now on, read as a relay reads it."""
+    tail = LogTail(database_url)
+    yield tail
+    tail.close()

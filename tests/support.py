@@ -19,8 +19,6 @@ from portal import relay_token
 # bounds how long a failure takes to show.
 WAIT = 5.0 * float(os.environ.get("TEST_TIMEOUT_SCALE", "1"))
 
-CHANGES_CHANNEL = "relay_changes"
-
 # Users of the demo data (portal/demo_data.py), as (user id, tenant id): Alice
 # and Carol share a tenant.
 ALICE = ("USR-ALIC0001", "TNT-ALPHA001")
@@ -51,29 +49,70 @@ def as_user(
         yield conn
 
 
-class Listener:
-    """A plain PostgreSQL connection that LISTENs to the relay's channel."""
+class LogTail:
+    """The change log read as a relay reads it (relay.log's query, then the core's
+    net changes), from when it is made: what the trigger layer logged, committed.
 
-    def __init__(self, url: str, channel: str = CHANGES_CHANNEL) -> None:
+    Synchronous and exact: after a write commits, ``take`` returns its change.
+    """
+
+    def __init__(self, url: str, from_tick: int | None = None) -> None:
+        """Read from now on, or from what committed after tick ``from_tick``."""
+        from psycopg.types.string import TextLoader
+
         self.conn = psycopg.connect(url, autocommit=True)
-        self.conn.execute(f"LISTEN {channel}")
+        self.conn.adapters.register_loader("json", TextLoader)
+        self.last = self._tick() if from_tick is None else from_tick
 
-    def take(self, count: int, timeout: float = WAIT) -> list[dict[str, Any]]:
-        """The next ``count`` notifications, decoded; fewer if ``timeout`` passes first."""
-        if count == 0:
-            return []
-        got = [json.loads(n.payload) for n in self.conn.notifies(timeout=timeout, stop_after=count)]
-        return got
+    def _tick(self) -> int:
+        row = self.conn.execute("SELECT relay.tick()").fetchone()
+        assert row is not None
+        return int(row[0])
 
-    def take_one(self, timeout: float = WAIT) -> dict[str, Any]:
-        got = self.take(1, timeout)
-        assert got, f"no notification within {timeout} s"
-        return got[0]
+    def entries(self) -> list[tuple[Any, Any]]:
+        """``(position, change)`` of what committed since the last call, in order."""
+        from psycopg.rows import dict_row
 
-    def assert_silent(self, timeout: float = 0.5) -> None:
-        """Nothing arrives within ``timeout``: used after a commit that must not notify."""
-        got = self.take(1, timeout)
-        assert not got, f"unexpected notification: {got}"
+        from relay import log
+        from relay.core import tables
+        from relay.core.positions import Position
+
+        newest = self._tick()
+        with self.conn.cursor(row_factory=dict_row) as cursor:
+            published = tables.from_rows(
+                cursor.execute("SELECT * FROM relay.published_tables").fetchall()
+            )
+        by_oid = {table.oid: table for table in published.values()}
+        since = Position.after(self.last)
+        rows = self.conn.execute(
+            log.NET_CHANGES,
+            {
+                "after": self.last,
+                "upto": newest,
+                "rel": None,
+                "since_tick": since.tick,
+                "since_seq": since.seq,
+            },
+        ).fetchall()
+        self.last = newest
+        return [
+            (position, change)
+            for position, change in map(lambda row: log.entry(row, by_oid), rows)
+            if change is not None
+        ]
+
+    def take(self) -> list[Any]:
+        """The changes (``relay.core.changes.Change``, ``TableReset``) committed since."""
+        return [change for _, change in self.entries()]
+
+    def take_one(self) -> Any:
+        changes = self.take()
+        assert len(changes) == 1, changes
+        return changes[0]
+
+    def assert_silent(self) -> None:
+        changes = self.take()
+        assert not changes, f"unexpected changes: {changes}"
 
     def close(self) -> None:
         self.conn.close()
@@ -175,8 +214,9 @@ def mint(
     """A token of the portal's shape (portal/relay_token.py), but without ``iss``.
 
     ``sub`` is the user, ``anonymous`` without one. ``extra`` claims are added,
-    or replace the shape's (``aud``, ``iss``, ``nbf``, ``iat``...): with another
-    ``secret``, ``algorithm`` or a past ``expires_in``, a way to forge bad ones.
+    or replace the shape's (``aud``, ``iss``, ``nbf``, ``iat``...), or, given as
+    None, are left out: with another ``secret``, ``algorithm`` or a past
+    ``expires_in``, a way to forge bad ones.
     """
     payload = relay_token.claims(
         user_id,
@@ -186,7 +226,10 @@ def mint(
         issuer=None,
         lifetime=expires_in,
     )
-    return relay_token.encode({**payload, **extra}, secret, algorithm)
+    merged = {**payload, **extra}
+    return relay_token.encode(
+        {k: v for k, v in merged.items() if v is not None or k not in extra}, secret, algorithm
+    )
 
 
 def free_port() -> int:

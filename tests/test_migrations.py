@@ -1,11 +1,16 @@
 """Migrations go up, all the way down, and up again, on a real PostgreSQL."""
 
+import json
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 
 from portal import demo_data, migrations
+from tests.support import WAIT, LogTail, eventually
 
+ROOT = Path(__file__).resolve().parent.parent
 NEXUS_TABLES = {
     "nexus_tenants",
     "nexus_users",
@@ -63,7 +68,8 @@ def test_upgrade_downgrade_upgrade(new_database: Callable[[], str]) -> None:
 def test_every_revision_downgrades_one_step(new_database: Callable[[], str]) -> None:
     url = new_database()
     migrations.upgrade(url)
-    for _ in range(5):
+    revisions = len(list((ROOT / "alembic" / "versions").glob("0*.py")))
+    for _ in range(revisions):
         migrations.downgrade(url, "-1")
     assert public_tables(url) == {"alembic_version"}
 
@@ -79,3 +85,59 @@ def test_demo_data_is_idempotent(database_url: str) -> None:
     before = counts()
     demo_data.load(database_url)
     assert counts() == before
+
+
+def test_upgrading_to_the_log_under_writes_loses_no_change(
+    new_database: Callable[[], str],
+) -> None:
+    """0006 moves the trigger layer from NOTIFY payloads to the log while writers
+    write: every committed change was either notified (before) or logged (after)."""
+    url = new_database()
+    migrations.upgrade(url, "0005")
+    demo_data.load(url)
+    notified = psycopg.connect(url, autocommit=True)
+    notified.execute("LISTEN relay_changes")
+    committed: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        with psycopg.connect(url, autocommit=True) as writer:
+            while not stop.is_set():
+                try:
+                    row = writer.execute(
+                        "INSERT INTO nexus_notifications (tenant_id, notification_type, title)"
+                        " VALUES ('TNT-BETA0001', 'upgrade', 'during') RETURNING id"
+                    ).fetchone()
+                except psycopg.Error as exc:  # a writer must not fail because of the upgrade
+                    failures.append(exc)
+                    return
+                assert row is not None
+                committed.append(str(row[0]))
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for thread in writers:
+        thread.start()
+    try:
+        eventually(lambda: len(committed) >= 50)
+        migrations.upgrade(url)
+        upgraded = len(committed)
+        eventually(lambda: len(committed) >= upgraded + 50)
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join(WAIT)
+    assert failures == []
+
+    heard = {
+        json.loads(n.payload)["new"]["id"]
+        for n in notified.notifies(timeout=1, stop_after=len(committed))
+        if n.payload.startswith('{"v":1') and '"new"' in n.payload
+    }
+    notified.close()
+    tail = LogTail(url, from_tick=1)  # the tick the upgrade took: the log starts there
+    logged = {change.new["id"] for change in tail.take() if change.table.endswith("notifications")}
+    tail.close()
+    assert not heard & logged, "a change both notified and logged"
+    assert set(committed) == heard | logged, "a committed change neither notified nor logged"
+    assert heard and logged

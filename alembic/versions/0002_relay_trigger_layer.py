@@ -20,10 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def run_script(script: str) -> None:
-    # Straight to psycopg, without parameters: the script is PL/pgSQL full of
-    # JSON and format() strings, which SQLAlchemy and the driver would otherwise
-    # read as bind parameters. Same connection, same transaction.
-    op.get_bind().connection.driver_connection.execute(script)
+    sql.run(op.get_bind().connection.driver_connection, script)
 
 
 def upgrade() -> None:

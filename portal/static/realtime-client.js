@@ -108,7 +108,9 @@
       this.stopped = false;
       this.setState(this.attempt ? "reconnecting" : "connecting");
       try {
-        this.config = await this.fetchConfig();
+        // A token still good for a while is kept: a resume needs the token the
+        // client was covered with, not one issued since (docs/protocol.md).
+        if (!this.tokenLasts()) this.config = await this.fetchConfig();
       } catch (error) {
         if (error.signedOut) {
           this.setState("offline");
@@ -118,6 +120,12 @@
         return;
       }
       this.connect();
+    }
+
+    tokenLasts() {
+      return Boolean(
+        this.config && this.config.expires_at - REFRESH_BEFORE_S > Date.now() / 1000,
+      );
     }
 
     async fetchConfig() {
@@ -182,6 +190,9 @@
         case "pong":
           clearTimeout(this.timers.pong);
           break;
+        case "refreshed":
+          this.refreshed(frame);
+          break;
         case "closing":
           console.info("Nexus realtime: the relay closes the connection:", frame.reason);
           break;
@@ -232,6 +243,14 @@
         this.attempt = 0;
         this.setState("live");
         if (this.needsFullRefresh) this.refreshAll();
+      }
+    }
+
+    // A new token: resume tokens that cover it too, for every subscription.
+    refreshed(frame) {
+      for (const [id, token] of Object.entries(frame.resume_tokens || {})) {
+        const spec = this.bySubscription.get(id);
+        if (spec) spec.token = token;
       }
     }
 

@@ -1,13 +1,19 @@
-"""Changes as the trigger layer sends them (relay/sql/v1_install.sql), decoded.
+"""Changes as the change log holds them (relay/sql/v2_objects.sql): net per transaction.
 
-``decode`` turns one notification payload into one of:
+The log keeps every row version a transaction wrote; other sessions see only
+the last one, at commit. ``net`` turns what the log holds for one row in one
+transaction (its first and last operation, the row before the first and after
+the last) into the change they see:
 
-- ``Change``: a row was inserted, updated or deleted;
-- ``LargeChangeRef``: a change too large for NOTIFY, stored in
-  ``relay.large_changes``; read it, then ``decode`` its payload;
-- ``TableReset``: the table was truncated, or some of its changes were not sent
-  (the notification queue was past its high-water mark); its subscribers must
-  re-fetch.
+- INSERT, then UPDATEs: one INSERT of the final row;
+- INSERT, then DELETE: nothing;
+- UPDATEs: one UPDATE from the first old row to the final new row;
+- UPDATEs, then DELETE: one DELETE of the first old row;
+- DELETE, then INSERT of the same key: one UPDATE.
+
+An UPDATE that changes the primary key is logged as a DELETE of the old key
+and an INSERT of the new one, so it reaches subscribers as those two. A
+TRUNCATE is a ``TableReset``: the table's subscribers must re-fetch.
 """
 
 import json
@@ -30,13 +36,14 @@ class Change:
     op: Op
     new: Row | None  # None for DELETE
     old: Row | None  # None for INSERT
-    # Rows that the table's published foreign keys point at, by alias. For an
-    # UPDATE that changed such a key, old_parents has the old row's.
+    # Rows that the table's published foreign keys point at, by alias: of the
+    # new row (of the old one for DELETE). For an UPDATE, old_parents has the
+    # old row's.
     parents: Parents
     old_parents: Parents | None
     xid: str
     timestamp: str  # the transaction's timestamp, ISO 8601
-    size: int = 0  # bytes of the notification it came in: what holding it costs
+    size: int = 0  # bytes of its rows: what holding it costs
 
     @property
     def parents_of_old(self) -> Parents:
@@ -44,61 +51,80 @@ class Change:
 
 
 @dataclass(slots=True, frozen=True)
-class LargeChangeRef:
-    id: int
-    table: str | None
-
-
-@dataclass(slots=True, frozen=True)
 class TableReset:
     table: str
-    reason: Literal["truncate", "overflow"]
+    reason: Literal["truncate"]
 
 
-Notification = Change | LargeChangeRef | TableReset
+def net(
+    table: str,
+    first_op: str,
+    last_op: str,
+    old: str | None,
+    new: str | None,
+    old_parents: str | None,
+    parents: str | None,
+    xid: str,
+    timestamp: str,
+) -> Change | TableReset | None:
+    """The change other sessions see of one row in one transaction; None: nothing.
+
+    ``old`` and ``old_parents`` are of the first operation (its row before),
+    ``new`` and ``parents`` of the last (its row after); rows as JSON text.
+    ``ChangeError`` if they do not make a change.
+    """
+    if first_op == "TRUNCATE":
+        return TableReset(table, "truncate")
+    if first_op not in OPS or last_op not in OPS:
+        raise ChangeError(f"unknown operations {first_op!r}, {last_op!r}")
+    if first_op == "INSERT":
+        if last_op == "DELETE":
+            return None
+        op: Op = "INSERT"
+    elif last_op == "DELETE":
+        op = "DELETE"
+    else:
+        op = "UPDATE"
+    new_row = row(new) if op != "DELETE" else None
+    old_row = row(old) if op != "INSERT" else None
+    if (op != "DELETE" and new_row is None) or (op != "INSERT" and old_row is None):
+        raise ChangeError(f"{op} of {table} without its rows")
+    of_new = _parents(parents)
+    of_old = _parents(old_parents)
+    return Change(
+        table=table,
+        op=op,
+        new=new_row,
+        old=old_row,
+        parents=of_old if op == "DELETE" else of_new,
+        old_parents=of_old if op == "UPDATE" else None,
+        xid=xid,
+        timestamp=timestamp,
+        size=len(new or "") + len(old or ""),
+    )
 
 
-def decode(payload: str | bytes) -> Notification:
-    """Read one payload of the changes channel; raise ``ChangeError`` if it is not one."""
+def row(text: str | None) -> Row | None:
+    """A row as JSON text, read; ``ChangeError`` if it is not a JSON object."""
+    if text is None:
+        return None
     try:
-        data = orjson.loads(payload)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         # orjson refuses numbers beyond a double's range (a numeric of 400
         # digits, say); the standard library reads them, as infinity.
         try:
-            data = json.loads(payload, parse_int=_integer)
+            value = json.loads(text, parse_int=_integer)
         except ValueError:
             raise ChangeError(f"not JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("v") != 1:
-        raise ChangeError("not a version 1 change")
-    try:
-        if "ref" in data:
-            return LargeChangeRef(int(data["ref"]), data.get("table"))
-        table = data["table"]
-        op = data["op"]
-        if op == "TRUNCATE":
-            return TableReset(table, "truncate")
-        if op == "OVERFLOW":
-            return TableReset(table, "overflow")
-        if op not in OPS:
-            raise ChangeError(f"unknown op {op!r}")
-        new = data.get("new")
-        old = data.get("old")
-        if (op != "DELETE") != isinstance(new, dict) or (op != "INSERT") != isinstance(old, dict):
-            raise ChangeError(f"{op} with new={type(new).__name__}, old={type(old).__name__}")
-        return Change(
-            table=table,
-            op=op,
-            new=new,
-            old=old,
-            parents=data.get("parents") or {},
-            old_parents=data.get("old_parents"),
-            xid=str(data["xid"]),
-            timestamp=data["ts"],
-            size=len(payload),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ChangeError(f"malformed change: {exc!r}") from exc
+    if not isinstance(value, dict):
+        raise ChangeError("a row is a JSON object")
+    return value
+
+
+def _parents(text: str | None) -> Parents:
+    parents = row(text)
+    return {} if parents is None else parents
 
 
 def _integer(text: str) -> int | float:

@@ -1,32 +1,36 @@
 """The fan-out: changes in, frames out, to exactly the subscribers who may see them.
 
 ``Fanout`` holds what every session shares: the published tables, the
-policies, the subscription index, the history and the stream. The listener
-feeds it changes in commit order (``ingest``, ``reset_table``, ``gap_all``);
-for each change it finds the candidate subscriptions in the index, decides for
+policies, the subscription index, the history and the stream. The log
+reader feeds it the log's changes in order (``ingest``, ``reset``, ``end_tick``); for
+each change it finds the candidate subscriptions in the index, decides for
 each what its subscriber may see, encodes each distinct frame body once, and
 hands frames to the sessions. The shell then writes the sessions of
 ``take_dirty()`` to their sockets. Sessions ask it, as their ``Hub``, for what
-needs that shared state (admission, subscribing, refiling).
+needs that shared state (admission, subscribing, refreshing).
 
 No I/O here, and nothing waits: a change is dispatched completely, or not at
 all, between two frames of any client. That is what makes "an ack means live"
 hold: a subscription is in the index before its ack is queued, so every change
 processed after it, which includes every change committed after the client
 read the ack, reaches it.
+
+Gaps are gathered, not sent at once: a subscription hears of every gap of one
+batch in one ``gap`` frame, sent when the batch is written, whose position is
+where a re-fetch made then is complete (``take_dirty``).
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from relay.core import protocol
 from relay.core.changes import Change, TableReset
 from relay.core.connections import Connections
-from relay.core.history import Gap, History
+from relay.core.history import Entry, Gap, History
 from relay.core.index import SubscriptionIndex
 from relay.core.limits import Limits
 from relay.core.policy import PolicySet, describe_problems
-from relay.core.positions import Stream
+from relay.core.positions import Position, Stream
+from relay.core.replays import Replay
 from relay.core.resume import ResumeTokens
 from relay.core.session import CloseRequest, Session
 from relay.core.stats import Stats
@@ -42,15 +46,6 @@ from relay.core.tokens import Identity, TokenVerifier
 from relay.core.types import ConnectionId, SubscriptionId
 
 
-@dataclass(frozen=True)
-class Replay:
-    """A resume's outcome: the frames it replays and where coverage starts, or why it is lost."""
-
-    lost: str | None
-    frames: list[bytes] = field(default_factory=list)
-    covered_from: int = 0
-
-
 class Fanout:
     def __init__(
         self,
@@ -59,26 +54,39 @@ class Fanout:
         limits: Limits | None = None,
         history_size: int = 10_000,
         history_max_bytes: int = 64 * 1024 * 1024,
+        resume_secret: bytes | None = None,
     ) -> None:
         self.policies = policies
         self.verifier = verifier
         self.limits = limits or Limits()
         self.tables: dict[str, Table] = {}
+        self.tables_by_oid: dict[int, Table] = {}
         self.broken_policies: set[str] = set()
         self.index = SubscriptionIndex()
         self.history = History(history_size, history_max_bytes)
-        self.stream = Stream()
-        self.resume_tokens = ResumeTokens(self.stream.epoch)
+        self.stream = Stream("", Position(0, 0))  # until begin()
+        self.resume_tokens = ResumeTokens(self.stream, resume_secret)
         self.stats = Stats()
         self.connections = Connections(self.limits, self.stats)
+        self.replays: dict[Subscription, Replay] = {}
+        self._replay_requests: list[Replay] = []  # for the shell: from the log
+        self._gaps: dict[ConnectionId, dict[SubscriptionId, str]] = {}  # of this batch
         self._dirty: dict[Session, None] = {}
         self._next_connection = 1
+
+    def begin(self, log_id: str, head: Position) -> None:
+        """Read the log ``log_id`` from ``head`` on: at start, or after a jump
+        (a reinstalled log, or a part of it pruned before it was read), which
+        the caller tells subscribers of with ``gap_all``."""
+        self.stream.log_id = log_id
+        self.stream.head = head
+        self.history.begin(head)
 
     # --- Sessions --------------------------------------------------------------
 
     def open_session(self, now: float) -> Session:
         """A session for a new connection; closed at once when the relay is full."""
-        connection_id = ConnectionId(f"{self.stream.epoch}-{self._next_connection}")
+        connection_id = ConnectionId(f"{self.stream.log_id}-{self._next_connection}")
         self._next_connection += 1
         session = Session(self, connection_id, now)
         refusal = self.connections.add(session)
@@ -96,7 +104,9 @@ class Fanout:
         self.connections.forget(session)
 
     def take_dirty(self) -> list[Session]:
-        """The sessions with frames to send since the last call."""
+        """The sessions with frames to send since the last call; the batch's gaps first."""
+        if self._gaps:
+            self._send_gaps()
         dirty = list(self._dirty)
         self._dirty.clear()
         return dirty
@@ -108,21 +118,26 @@ class Fanout:
     # --- What sessions ask (session.Hub) -------------------------------------------
 
     def position(self) -> str:
-        return self.stream.position()
+        return self.stream.text()
 
     def admit(self, session: Session, identity: Identity) -> CloseRequest | None:
         return self.connections.admit(session, identity)
 
     def detach(self, session: Session) -> None:
         for dropped in session.forget_all():
-            self.index.remove(dropped)
+            self.unsubscribe(dropped)
         if session.close_request is not None:
             self.connections.count_end(session, session.close_request[1].value)
         self.connections.release(session)
+        self._gaps.pop(session.id, None)
         self._mark(session)
 
     def subscribe(
-        self, session: Session, subscription_id: SubscriptionId, request: protocol.Subscribe
+        self,
+        session: Session,
+        subscription_id: SubscriptionId,
+        request: protocol.Subscribe,
+        now: float,
     ) -> tuple[Subscription, list[bytes]]:
         identity = session.identity
         assert identity is not None
@@ -131,89 +146,120 @@ class Fanout:
         )
         since = self.stream.parse(request.since) if request.since is not None else None
         self.index.add(new, new.bounds(identity))
-        replay = self.plan_replay(new, identity, since, request.resume_token) if since else None
-        resumed = replay is not None and replay.lost is None
-        covered_from = replay.covered_from if replay is not None and resumed else self.stream.offset
-        position = self.stream.position()
-        frames = [
-            protocol.subscribed(
-                request.ref,
-                id=subscription_id,
-                table=new.table.name,
-                events=sorted(request.events),
-                position=position,
-                resumed=resumed,
-                resume_token=self.resume_tokens.issue(identity, covered_from),
-            )
-        ]
-        if replay is not None and replay.lost is not None:
-            self.stats.gaps[replay.lost] += 1
-            frames.append(protocol.gap([subscription_id], replay.lost, position))
-        elif replay is not None:
-            # The replay, then its end: from here the client's resume point for
-            # this subscription is the ack's position.
-            frames += replay.frames
-            self.stats.messages_out += len(replay.frames)
-            frames.append(protocol.replayed(subscription_id, position))
-        return new, frames
+        resumed, after_ack = False, []
+        if request.since is not None:
+            lost = "log_changed" if since is None else self._refusal(identity, request, since)
+            if lost is not None:
+                self.stats.gaps[lost] += 1
+                after_ack = [protocol.gap([subscription_id], lost, self.stream.text())]
+            else:
+                assert since is not None
+                resumed, after_ack = self._resume(new, identity, since)
+        new.covered_from = since if resumed and since is not None else self.stream.head
+        ack = protocol.subscribed(
+            request.ref,
+            id=subscription_id,
+            table=new.table.name,
+            events=sorted(request.events),
+            position=self.stream.text(),
+            resumed=resumed,
+            resume_token=self.resume_tokens.issue(identity, new.covered_from, now),
+        )
+        return new, [ack, *after_ack]
+
+    def _refusal(
+        self, identity: Identity, request: protocol.Subscribe, since: Position
+    ) -> str | None:
+        return self.resume_tokens.refusal(identity, request.resume_token, since)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self.index.remove(subscription)
+        self.replays.pop(subscription, None)
 
-    def claims_changed(self, session: Session) -> None:
+    def refresh(self, session: Session, claims_changed: bool, now: float) -> dict[str, str]:
         identity = session.identity
         assert identity is not None
+        if claims_changed:
+            for filed in session.subscriptions.values():
+                self.index.remove(filed)
+                self.index.add(filed, filed.bounds(identity))
+                filed.covered_from = self.stream.head
+            ids = sorted(session.subscriptions)
+            if ids:
+                reason = "claims_changed"
+                self.stats.gaps[reason] += 1
+                session.send(protocol.gap(ids, reason, self.stream.text()))
+        tokens: dict[str, str] = {}
         for filed in session.subscriptions.values():
-            self.index.remove(filed)
-            self.index.add(filed, filed.bounds(identity))
-        ids = sorted(session.subscriptions)
-        if ids:
-            reason = "claims_changed"
-            self.stats.gaps[reason] += 1
-            session.send(protocol.gap(ids, reason, self.stream.position()))
+            assert filed.covered_from is not None
+            tokens[filed.id] = self.resume_tokens.issue(identity, filed.covered_from, now)
+        return tokens
 
     # --- Resuming ----------------------------------------------------------------------
 
-    def plan_replay(
-        self,
-        subscription: Subscription,
-        identity: Identity,
-        since: tuple[str, int],
-        token: str | None,
-    ) -> Replay:
-        """What ``subscription`` gets of the history after ``since``: its frames, or why not.
+    def _resume(
+        self, subscription: Subscription, identity: Identity, since: Position
+    ) -> tuple[bool, list[bytes]]:
+        """Whether a resume after ``since`` is under way, and the frames that
+        answer it now: the replay from memory, or its gap; or none yet, with a
+        replay from the log (or, for a position ahead of this relay, once it
+        gets there) to follow."""
+        head = self.stream.head
+        from_log = since < head and not self.history.covers(since)
+        replay = Replay(subscription, since, head, self.limits.max_replay_bytes, from_log)
+        if since <= head and not from_log:
+            replay.add(identity, self.stream, self.history.since(since))
+            self.stats.replays["memory"] += 1
+            return replay.lost is None, self._finished(replay)
+        self.replays[subscription] = replay
+        if from_log:
+            self._replay_requests.append(replay)
+        return True, []
 
-        A resume is made whole only in this stream, with a resume token of the
-        same user and claims covering ``since``, while the history holds
-        everything after it, without a gap, within ``max_replay_bytes``.
-        """
-        epoch, after = since
-        if epoch != self.stream.epoch:
-            return Replay(lost="epoch_changed")
-        covered_from = self.resume_tokens.covered_from(identity, token)
-        if covered_from is None or after < covered_from:
-            return Replay(lost="resume_refused")
-        if not self.history.covers(after, self.stream.offset):
-            return Replay(lost="history_exceeded")
-        frames: list[bytes] = []
-        size = 0
-        for offset, entry in self.history.since(after):
-            if isinstance(entry, Gap):
-                if entry.table in (None, subscription.table.name):
-                    return Replay(lost=entry.reason)
-                continue
-            if entry.table != subscription.table.name:
-                continue
-            variant = subscription.receives(identity, entry, {})
-            if variant is None:
-                continue
-            body = encode_body(entry, self.stream.position(offset), variant)
-            frame = subscription.prefix + body
-            size += len(frame)
-            if size > self.limits.max_replay_bytes:
-                return Replay(lost="replay_too_large")
-            frames.append(frame)
-        return Replay(lost=None, frames=frames, covered_from=after)
+    def take_replay_requests(self) -> list[Replay]:
+        """Replays to read from the log: each of (since, upto] of its table."""
+        requests = [r for r in self._replay_requests if self.replays.get(r.subscription) is r]
+        self._replay_requests.clear()
+        return requests
+
+    def replay_from_log(
+        self, replay: Replay, entries: Iterable[tuple[Position, Entry | None]]
+    ) -> None:
+        """Entries of the log for ``replay``, in order; more may follow."""
+        if self.replays.get(replay.subscription) is replay:
+            identity = self._identity(replay.subscription)
+            replay.add(identity, self.stream, entries)
+
+    def replay_read(self, replay: Replay, lost: str | None = None) -> None:
+        """The log has been read for ``replay`` (or could not be: ``lost``); send it."""
+        if self.replays.get(replay.subscription) is not replay:
+            return  # unsubscribed meanwhile
+        if lost is not None:
+            replay.interrupt(lost)
+        self.stats.replays["log"] += 1
+        self._send_replay(replay)
+
+    def _send_replay(self, replay: Replay) -> None:
+        del self.replays[replay.subscription]
+        session = self.connections.sessions[replay.subscription.connection]
+        for frame in self._finished(replay):
+            session.send(frame)
+        self._mark(session)
+
+    def _finished(self, replay: Replay) -> list[bytes]:
+        subscription_id = replay.subscription.id
+        if replay.lost is not None:
+            self.stats.gaps[replay.lost] += 1
+            return [protocol.gap([subscription_id], replay.lost, self.stream.text())]
+        frames = replay.frames + replay.live_frames()
+        self.stats.messages_out += len(frames)
+        # From here the client's resume point for this subscription is this position.
+        return [*frames, protocol.replayed(subscription_id, self.stream.text())]
+
+    def _identity(self, subscription: Subscription) -> Identity:
+        identity = self.connections.sessions[subscription.connection].identity
+        assert identity is not None
+        return identity
 
     # --- Tables ----------------------------------------------------------------------
 
@@ -224,6 +270,7 @@ class Fanout:
         default); subscriptions to a table no longer published are ended.
         """
         self.tables = dict(tables)
+        self.tables_by_oid = {t.oid: t for t in self.tables.values()}
         found = self.policies.problems(self.tables)
         self.broken_policies = {name for name, _ in found}
         for session in self.connections.sessions.values():
@@ -231,32 +278,42 @@ class Fanout:
                 name = filed.table.name
                 if name not in self.tables or name in self.broken_policies:
                     session.forget(filed.id)
-                    self.index.remove(filed)
+                    self.unsubscribe(filed)
                     session.send(protocol.unsubscribed(None, filed.id, "table_unpublished"))
                     self._mark(session)
         return describe_problems(found)
 
     # --- The stream ------------------------------------------------------------------
 
-    def ingest(self, change: Change) -> None:
-        """One committed change, in commit order."""
-        offset = self.stream.advance()
-        self.history.append(offset, change)
+    def ingest(self, change: Change, position: Position) -> None:
+        """One committed change, in the log's order."""
+        self.stream.head = position
+        self.history.append(position, change)
         self.stats.changes_in[(change.table, change.op)] += 1
         candidates = self.index.candidates(change)
         if candidates:
-            self._deliver(change, self.stream.position(offset), candidates)
+            self._deliver(change, position, candidates)
 
-    def reset_table(self, reset: TableReset) -> None:
-        """The table was truncated, or some of its changes were not sent."""
+    def reset(self, reset: TableReset, position: Position) -> None:
+        """The table was truncated: its subscribers must re-fetch."""
+        self.stream.head = position
+        self.history.append(position, reset)
         self.gap_table(reset.table, reset.reason)
 
+    def end_tick(self, tick: int) -> None:
+        """Every change of ``tick`` has been read: the head moves past it."""
+        self.stream.head = Position.after(tick)
+        for replay in [r for r in self.replays.values() if not r.from_log]:
+            if replay.since <= self.stream.head:
+                self.stats.replays["ahead"] += 1
+                self._send_replay(replay)  # a position that was ahead, now reached
+
     def gap_table(self, table: str, reason: str) -> None:
-        """Changes of ``table`` may have been lost (a large change that could not be read)."""
+        """Changes of ``table`` may have been lost (a change that could not be processed)."""
         self._gap(table, reason, self.index.of_table(table))
 
     def gap_all(self, reason: str) -> None:
-        """Changes may have been lost for everyone (the listener reconnected, overflow)."""
+        """Changes may have been lost for everyone."""
         self._gap(
             None,
             reason,
@@ -268,24 +325,38 @@ class Fanout:
         )
 
     def _gap(self, table: str | None, reason: str, subscriptions: Iterable[Subscription]) -> None:
-        offset = self.stream.advance()
-        self.history.append(offset, Gap(table, reason))
-        self.stats.gaps[reason] += 1
-        by_session: dict[ConnectionId, list[str]] = {}
+        self.history.append(self.stream.head, Gap(table, reason))
         for filed in subscriptions:
-            by_session.setdefault(filed.connection, []).append(filed.id)
-        position = self.stream.position(offset)
+            replay = self.replays.get(filed)
+            if replay is not None:  # its resume cannot be made whole: its one gap, now
+                replay.interrupt(reason)
+                self._send_replay(replay)
+            else:
+                self._gaps.setdefault(filed.connection, {}).setdefault(filed.id, reason)
+
+    def _send_gaps(self) -> None:
+        """One gap frame per session and reason for this batch, at the head."""
         sessions = self.connections.sessions
-        for connection, ids in by_session.items():
-            session = sessions[connection]
-            session.send(protocol.gap(sorted(ids), reason, position))
+        position = self.stream.text()
+        for connection, by_subscription in self._gaps.items():
+            session = sessions.get(connection)
+            if session is None:
+                continue
+            by_reason: dict[str, list[str]] = {}
+            for subscription_id, reason in by_subscription.items():
+                by_reason.setdefault(reason, []).append(subscription_id)
+            for reason, ids in by_reason.items():
+                self.stats.gaps[reason] += 1
+                session.send(protocol.gap(sorted(ids), reason, position))
             self._mark(session)
+        self._gaps.clear()
 
     def _deliver(
-        self, change: Change, position: str, subscriptions: Iterable[Subscription]
+        self, change: Change, position: Position, subscriptions: Iterable[Subscription]
     ) -> None:
         visibility: Visibility = {}
         sessions = self.connections.sessions
+        replays = self.replays
         # Most sessions match a change with one subscription: keep that case
         # to one tuple and a precomputed prefix; group only when there are more.
         matched: dict[Session, list[tuple[Subscription, Variant]]] = {}
@@ -302,26 +373,50 @@ class Fanout:
                     found.append((candidate, variant))
         if not matched:
             return
+        text = self.stream.text(position)
         bodies: dict[Variant, bytes] = {}
         sent = 0
         dirty = self._dirty
         for session, hits in matched.items():
+            if replays:  # held back while a resume is assembled
+                hits = self._hold(hits, change, position, text, bodies)
             if len(hits) == 1:
                 candidate, variant = hits[0]
                 body = bodies.get(variant)
                 if body is None:
-                    body = bodies[variant] = encode_body(change, position, variant)
+                    body = bodies[variant] = encode_body(change, text, variant)
                 session.send_change(candidate.prefix + body)
                 sent += 1
-            else:
+            elif hits:
                 by_variant: dict[Variant, list[bytes]] = {}
                 for candidate, variant in hits:
                     by_variant.setdefault(variant, []).append(candidate.id_json)
                 for variant, ids in by_variant.items():
                     body = bodies.get(variant)
                     if body is None:
-                        body = bodies[variant] = encode_body(change, position, variant)
+                        body = bodies[variant] = encode_body(change, text, variant)
                     session.send_change(protocol.change_prefix(ids) + body)
                     sent += 1
             dirty[session] = None
         self.stats.messages_out += sent
+
+    def _hold(
+        self,
+        hits: list[tuple[Subscription, Variant]],
+        change: Change,
+        position: Position,
+        text: str,
+        bodies: dict[Variant, bytes],
+    ) -> list[tuple[Subscription, Variant]]:
+        """Hold the frames of subscriptions being replayed; the others, to send now."""
+        live = []
+        for candidate, variant in hits:
+            replay = self.replays.get(candidate)
+            if replay is None:
+                live.append((candidate, variant))
+                continue
+            body = bodies.get(variant)
+            if body is None:
+                body = bodies[variant] = encode_body(change, text, variant)
+            replay.hold(position, candidate.prefix + body)
+        return live

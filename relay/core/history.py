@@ -1,16 +1,17 @@
-"""The recent past: a bounded history of changes and gaps, by stream position.
+"""The recent past, in memory: a cache of the change log's latest entries.
 
-A client that reconnects hands back the last position it received. While the
-history still holds everything after it, in the same epoch (the same relay
-process), the relay replays it, authorized again with the client's current
-token; otherwise the client is told ``gap`` and re-fetches.
+A client that reconnects hands back the last position it received. While this
+cache holds everything after it, the relay replays from memory, at once;
+otherwise from the log in PostgreSQL (``relay.core.replays``). Gaps are kept
+too: a resume across one cannot be made whole.
 """
 
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from relay.core.changes import Change
+from relay.core.changes import Change, TableReset
+from relay.core.positions import Position
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,44 +22,47 @@ class Gap:
     reason: str
 
 
-Entry = Change | Gap
+Entry = Change | TableReset | Gap
 
 
 class History:
-    """The latest entries, at most ``size`` of them and about ``max_bytes`` of payload."""
+    """The latest entries, at most ``size`` of them and about ``max_bytes`` of rows."""
 
     def __init__(self, size: int, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self._entries: deque[tuple[int, Entry]] = deque()
+        self._entries: deque[tuple[Position, Entry]] = deque()
         self.size = max(size, 0)
         self.max_bytes = max_bytes
         self.bytes = 0
+        # Everything after this position is held (when it began, or what was dropped).
+        self.floor = Position(0, 0)
 
-    def append(self, offset: int, entry: Entry) -> None:
+    def begin(self, floor: Position) -> None:
+        """Forget everything: the history holds what comes after ``floor``."""
+        self._entries.clear()
+        self.bytes = 0
+        self.floor = floor
+
+    def append(self, position: Position, entry: Entry) -> None:
         if not self.size:
+            self.floor = position
             return
-        self._entries.append((offset, entry))
+        self._entries.append((position, entry))
         self.bytes += _size(entry)
         while len(self._entries) > self.size or (
             self.bytes > self.max_bytes and len(self._entries) > 1
         ):
-            _, dropped = self._entries.popleft()
+            self.floor, dropped = self._entries.popleft()
             self.bytes -= _size(dropped)
 
-    def oldest(self) -> int | None:
-        return self._entries[0][0] if self._entries else None
+    def covers(self, after: Position) -> bool:
+        """Whether every entry after position ``after`` is held."""
+        return after >= self.floor
 
-    def covers(self, after: int, current: int) -> bool:
-        """Whether every entry with an offset in (after, current] is still held."""
-        if after >= current:
-            return True
-        oldest = self.oldest()
-        return oldest is not None and oldest <= after + 1
-
-    def since(self, after: int) -> Iterator[tuple[int, Entry]]:
-        """Entries after offset ``after``, oldest first."""
-        for offset, entry in self._entries:
-            if offset > after:
-                yield offset, entry
+    def since(self, after: Position) -> Iterator[tuple[Position, Entry]]:
+        """Entries after position ``after``, oldest first."""
+        for position, entry in self._entries:
+            if position > after:
+                yield position, entry
 
 
 def _size(entry: Entry) -> int:

@@ -1,42 +1,58 @@
-"""Stream positions: where a change or a gap is in this relay's stream.
+"""Stream positions: where a change is in the database's change log.
 
-A position is ``"<epoch>:<offset>"``: the epoch names this process's stream (a
-restart begins another), the offset grows by one per change or gap, in commit
-order. Clients hand positions back to resume; they are opaque to them.
+The log is read in ticks (relay/sql/v2_objects.sql): the changes of tick N are
+those that committed between ticks N-1 and N, in sequence order. A change's
+position is ``(tick, seq)``: its tick, and the sequence number of its first
+log row. ``(tick, 0)`` is the position before every change of ``tick``: after
+the whole of tick N, a relay is at ``(N + 1, 0)``. Positions are the same for
+every relay reading the same log, and survive restarts.
+
+On the wire a position is ``"<log>:<tick>.<seq>"``, the log's id first, so that
+a position of another log (a reinstalled one) is never taken for ours.
+Clients hand positions back to resume; to them they are opaque.
 """
 
 import re
-import secrets
+from typing import NamedTuple
 
 from relay.core.errors import ClientError, ErrorCode
 
-OFFSET = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also takes "²"
+TEXT = re.compile(r"([0-9a-z]{1,32}):([0-9]{1,18})\.([0-9]{1,18})")  # ASCII digits only
+
+
+class Position(NamedTuple):
+    tick: int
+    seq: int
+
+    @classmethod
+    def after(cls, tick: int) -> "Position":
+        """The position once every change of ``tick`` is read."""
+        return cls(tick + 1, 0)
 
 
 class Stream:
-    """This process's stream: its epoch and the offset of its latest entry."""
+    """Where this relay is in the log: the log's id, and the latest position read."""
 
-    def __init__(self, epoch: str | None = None) -> None:
-        self.epoch = epoch or secrets.token_hex(4)
-        self.offset = 0
+    def __init__(self, log_id: str, head: Position) -> None:
+        self.log_id = log_id
+        self.head = head
 
-    def advance(self) -> int:
-        """The offset of a new entry."""
-        self.offset += 1
-        return self.offset
+    def text(self, position: Position | None = None) -> str:
+        """``position`` (default: the head) as clients see it."""
+        tick, seq = self.head if position is None else position
+        return f"{self.log_id}:{tick}.{seq}"
 
-    def position(self, offset: int | None = None) -> str:
-        """The position of ``offset`` (default: the latest entry)."""
-        return f"{self.epoch}:{self.offset if offset is None else offset}"
+    def parse(self, text: str) -> Position | None:
+        """The position a client sent; None if it is of another log.
 
-    def parse(self, text: str) -> tuple[str, int]:
-        """``(epoch, offset)`` of a position a client sent; ``ClientError`` if it is not one."""
-        epoch, sep, offset = text.partition(":")
-        if not sep or not epoch or not OFFSET.fullmatch(offset):
+        ``ClientError`` if it is not a position. A position ahead of the head
+        is one that another relay, further in the log, has sent: valid.
+        """
+        match = TEXT.fullmatch(text)
+        if match is None:
             raise ClientError(
-                ErrorCode.INVALID_POSITION, f"{text!r} is not a position (epoch:offset)"
+                ErrorCode.INVALID_POSITION, f"{text!r} is not a position (log:tick.seq)"
             )
-        value = int(offset)
-        if epoch == self.epoch and value > self.offset:
-            raise ClientError(ErrorCode.INVALID_POSITION, f"{text!r} is ahead of the stream")
-        return epoch, value
+        if match[1] != self.log_id:
+            return None
+        return Position(int(match[2]), int(match[3]))

@@ -198,8 +198,17 @@ def unsubscribed(ref: Ref, id: str, reason: str | None = None) -> bytes:
     return encode(frame)
 
 
-def refreshed(ref: Ref, expires_at: float) -> bytes:
-    return encode(_with_ref({"type": "refreshed", "expires_at": int(expires_at)}, ref))
+def refreshed(ref: Ref, expires_at: float, resume_tokens: Mapping[str, str]) -> bytes:
+    return encode(
+        _with_ref(
+            {
+                "type": "refreshed",
+                "expires_at": int(expires_at),
+                "resume_tokens": dict(resume_tokens),
+            },
+            ref,
+        )
+    )
 
 
 def pong(ref: Ref) -> bytes:

@@ -46,18 +46,24 @@ class Hub(Protocol):
         ...
 
     def subscribe(
-        self, session: "Session", subscription_id: SubscriptionId, request: protocol.Subscribe
+        self,
+        session: "Session",
+        subscription_id: SubscriptionId,
+        request: protocol.Subscribe,
+        now: float,
     ) -> tuple[Subscription, list[bytes]]:
         """The subscription, filed (live), and the frames that answer the request:
-        the ack, and a resume's replay or gap. ``ClientError`` if refused."""
+        the ack, and a resume's replay or gap (or none yet: a replay from the
+        log follows). ``ClientError`` if refused."""
         ...
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Unfile ``subscription``: it receives nothing more."""
         ...
 
-    def claims_changed(self, session: "Session") -> None:
-        """``session``'s identity has new claims: refile its subscriptions, tell it gap."""
+    def refresh(self, session: "Session", claims_changed: bool, now: float) -> dict[str, str]:
+        """``session`` has a new token: new resume tokens for its subscriptions, by id.
+        With new claims, its subscriptions are refiled and it is told gap."""
         ...
 
     def detach(self, session: "Session") -> None:
@@ -159,7 +165,7 @@ class Session:
             case protocol.Auth():
                 self._auth(request, now)
             case protocol.Subscribe():
-                self._subscribe(request)
+                self._subscribe(request, now)
             case protocol.Unsubscribe():
                 self._unsubscribe(request)
             case protocol.Refresh():
@@ -289,15 +295,15 @@ class Session:
         changed = identity.grants != self.identity.grants
         self.identity = identity
         self._expiry_warned = False
-        if changed:
-            # New claims: every live subscription is authorized with them from
-            # now on, and what the client shows under the old ones may no
-            # longer be for it: it re-fetches.
-            self.hub.claims_changed(self)
-        self.send(protocol.refreshed(request.ref, identity.expires_at))
+        # New claims: every live subscription is authorized with them from now
+        # on, and what the client shows under the old ones may no longer be
+        # for it: it re-fetches. Same claims: its resume tokens now cover this
+        # token too.
+        resume_tokens = self.hub.refresh(self, changed, now)
+        self.send(protocol.refreshed(request.ref, identity.expires_at, resume_tokens))
         self.tick(now)
 
-    def _subscribe(self, request: protocol.Subscribe) -> None:
+    def _subscribe(self, request: protocol.Subscribe, now: float) -> None:
         limit = self.limits.max_subscriptions_per_connection
         if len(self.subscriptions) >= limit:
             raise ClientError(
@@ -306,7 +312,7 @@ class Session:
         subscription_id = SubscriptionId(f"s{self._next_subscription}")
         # Filed before the ack is queued, and nothing waits in between: every
         # change processed from now on reaches it (an ack means live).
-        subscription, frames = self.hub.subscribe(self, subscription_id, request)
+        subscription, frames = self.hub.subscribe(self, subscription_id, request, now)
         self._next_subscription += 1
         self.subscriptions[subscription_id] = subscription
         self._outbox.extend(frames)

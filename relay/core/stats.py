@@ -14,3 +14,4 @@ class Stats:
         self.gaps: Counter[str] = Counter()  # by reason
         self.disconnects: Counter[str] = Counter()  # by reason
         self.errors: Counter[str] = Counter()  # unexpected exceptions, by where they happened
+        self.replays: Counter[str] = Counter()  # resumes replayed, by source: memory, log, ahead

@@ -17,6 +17,7 @@ from relay.core.changes import Change
 from relay.core.errors import ClientError, ErrorCode
 from relay.core.filters import Filter
 from relay.core.policy import PolicySet, TablePolicy
+from relay.core.positions import Position
 from relay.core.tables import Table, qualified
 from relay.core.tokens import Identity
 from relay.core.types import Bound, ConnectionId, Row, SubscriptionId
@@ -39,6 +40,9 @@ class Subscription:
     events: frozenset[str]
     select: tuple[str, ...] | None  # None: every column
     filter: Filter | None
+    # From where its subscriber has received every change (its resume tokens
+    # say so); set by the fan-out at the ack, and again when the claims change.
+    covered_from: Position | None = None
     id_json: bytes = field(init=False)  # the id as a JSON string, for change frames
     prefix: bytes = field(init=False)  # a change frame's start, when this is its only subscription
 

@@ -1,7 +1,8 @@
 """What the relay knows of a published table: its name, events, key and columns.
 
-Read from the view ``relay.published_tables`` when the listener connects, and
-again when ``relay.publish`` or ``relay.unpublish`` runs.
+Read from the view ``relay.published_tables`` when the relay connects, and
+again when ``relay.publish`` or ``relay.unpublish`` runs, or the log names a
+table the relay does not know yet.
 """
 
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ class Table:
     primary_key: tuple[str, ...]
     columns: Mapping[str, Column]
     parents: Mapping[str, str]  # alias -> foreign key column
+    oid: int = 0  # pg_class.oid: how the log names it
 
 
 def from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Table]:
@@ -44,6 +46,7 @@ def from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Table]:
                 c["name"]: Column(c["name"], c["type"], c["category"]) for c in row["columns"]
             },
             parents=dict(row["parents"]),
+            oid=int(row["relid"]),
         )
     return tables
 

@@ -35,6 +35,7 @@ class Identity:
     bypass: bool  # the role sees every row (service_role)
     claims: Claims  # the policy file's claims, by name
     expires_at: float  # unix time
+    issued_at: float | None = None  # the token's iat, if it has one
     # What authorization depends on: equal grants, equal decisions. Computed
     # once, since the fan-out compares them for every recipient of every change.
     grants: tuple[Any, ...] = field(init=False, compare=False)
@@ -188,4 +189,5 @@ class TokenVerifier:
             bypass=bypass,
             claims=values,
             expires_at=float(payload["exp"]),
+            issued_at=float(iat) if isinstance(iat := payload.get("iat"), int | float) else None,
         )

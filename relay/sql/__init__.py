@@ -1,8 +1,49 @@
-"""SQL of the relay's trigger layer, applied by the application's migrations."""
+"""SQL of the relay's trigger layer, applied by the application's migrations.
+
+Version 2 (the change log) is current; version 1 (changes as NOTIFY payloads)
+is kept for migrations that installed it and upgrade from it.
+"""
 
 from importlib.resources import files
+from typing import Any
+
+VERSION = 2
+
+# Re-publishes what relay.publications lists, with the current capture.
+REPUBLISH = """
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT rel, events, parents FROM relay.publications LOOP
+        PERFORM relay.publish(p.rel, p.events, p.parents);
+    END LOOP;
+END
+$$;
+"""
 
 
 def read(name: str) -> str:
-    """The text of ``relay/sql/<name>.sql``, e.g. ``read("v1_install")``."""
+    """The text of ``relay/sql/<name>.sql``, e.g. ``read("v2_uninstall")``."""
     return files(__name__).joinpath(f"{name}.sql").read_text(encoding="utf-8")
+
+
+def install() -> str:
+    """Installs the current version on a database without a trigger layer."""
+    return read("v2_install") + read("v2_objects")
+
+
+def upgrade_from_v1() -> str:
+    """Turns version 1 into version 2, keeping what is published."""
+    return read("v1_to_v2") + read("v2_objects") + REPUBLISH
+
+
+def uninstall() -> str:
+    return read("v2_uninstall")
+
+
+def run(connection: Any, script: str) -> None:
+    """Run ``script`` on a psycopg connection, as it is: without parameters, since
+    PL/pgSQL full of ``%`` and JSON would read as placeholders. In the
+    connection's transaction."""
+    connection.execute(script)

@@ -62,8 +62,9 @@ async def test_ready_says_who_and_where(connect: Connect) -> None:
     assert ready["type"] == "ready" and ready["version"] == 1
     assert ready["user"] == "USR-ALIC0001"
     assert ready["claims"] == {"user_id": "USR-ALIC0001", "tenant_id": "TNT-ALPHA001"}
-    epoch, offset = ready["position"].split(":")
-    assert epoch and int(offset) >= 0
+    log_id, tick_seq = ready["position"].split(":")
+    tick, seq = tick_seq.split(".")
+    assert log_id and int(tick) >= 1 and int(seq) == 0  # after a tick: before its changes
     assert ready["limits"]["max_subscriptions"] == 50
     assert ready["expires_at"] > time.time()
 
@@ -176,8 +177,9 @@ async def test_a_token_for_another_audience_is_refused(relay_database: str) -> N
         assert "audience" in error["message"]
         error, _, code = await refused(strict, mint(*ALICE, aud="nexus-relay", iss="someone-else"))
         assert "issuer" in error["message"]
-        error, _, code = await refused(strict, mint(*ALICE))  # no aud at all
+        error, _, code = await refused(strict, mint(*ALICE))  # the right aud, but no iss
         assert code == 4001
+        assert "iss" in error["message"]
     finally:
         strict.stop()
 
@@ -312,6 +314,8 @@ async def test_rs256_tokens_from_a_jwks_url(
         error, _, code = await refused(idp, idp_token(new_key, "rsa-2", "RS256"))
         assert (error["message"], code) == ("no key matches the token's key id", 4001)
         assert jwks_server.fetched.wait(WAIT), "the relay did not fetch the JWKS again"
+        assert idp.process is not None
+        idp.process.wait_for("JWKS refreshed")  # the keys are in use, not only sent
         token = idp_token(new_key, "rsa-2", "RS256")
         async with await RelayClient.connect(idp.url, token, timeout=WAIT) as client:
             assert client.ready["user"] == "USR-ALIC0001"

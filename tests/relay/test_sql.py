@@ -1,15 +1,20 @@
-"""The relay's trigger layer: what a LISTEN connection receives for each write."""
+"""The relay's trigger layer, version 2: what the change log holds for each write.
 
-import json
+Read as a relay reads it (tests.support.LogTail: relay.log's query, then the
+core's net changes), and guarded as a security reviewer would try it: with a
+role that has nothing but LOGIN.
+"""
+
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.support import WAIT, Listener, as_user
+from relay.core.changes import Change, TableReset
+from tests.support import WAIT, LogTail, as_user
 
 Conn = psycopg.Connection[Any]
 
@@ -79,8 +84,8 @@ WRITES = [
 
 def test_published_tables_lists_the_four_seed_tables(db: Conn) -> None:
     rows = db.execute(
-        "SELECT tablename, events, parents, primary_key, columns FROM relay.published_tables"
-        " ORDER BY tablename"
+        "SELECT tablename, events, parents, primary_key, columns, relid::regclass::text"
+        " FROM relay.published_tables ORDER BY tablename"
     ).fetchall()
     assert [r[0] for r in rows] == [
         "nexus_case_messages",
@@ -88,16 +93,17 @@ def test_published_tables_lists_the_four_seed_tables(db: Conn) -> None:
         "nexus_payments",
         "nexus_tenant_relationships",
     ]
-    for _, events, _, primary_key, columns in rows:
+    for name, events, _, primary_key, columns, relid in rows:
         assert events == ["DELETE", "INSERT", "UPDATE"]
         assert primary_key == ["id"]
         assert columns[0] == {"name": "id", "type": "text", "category": "S"}
+        assert relid == name
     assert rows[0][2] == {"case": "case_id"}
 
 
 @pytest.mark.parametrize("writes", WRITES, ids=lambda w: w.table)
-def test_insert_update_delete_are_notified_with_rows(
-    db: Conn, listener: Listener, writes: Writes
+def test_insert_update_delete_are_logged_with_rows(
+    db: Conn, log_tail: LogTail, writes: Writes
 ) -> None:
     row_id = writes.insert(db)
     inserted = row_json(db, writes.table, row_id)
@@ -105,202 +111,274 @@ def test_insert_update_delete_are_notified_with_rows(
     updated = row_json(db, writes.table, row_id)
     db.execute(f"DELETE FROM {writes.table} WHERE id = %s", (row_id,))
 
-    insert, update, delete = listener.take(3)
-    assert insert["table"] == update["table"] == delete["table"] == f"public.{writes.table}"
-    assert (insert["op"], update["op"], delete["op"]) == ("INSERT", "UPDATE", "DELETE")
-
-    assert insert["new"] == inserted and "old" not in insert
-    assert update["new"] == updated and update["old"] == inserted
-    assert delete["old"] == updated and "new" not in delete
-
+    insert, update, delete = log_tail.take()
+    assert insert.table == update.table == delete.table == f"public.{writes.table}"
+    assert (insert.op, update.op, delete.op) == ("INSERT", "UPDATE", "DELETE")
+    assert (insert.new, insert.old) == (inserted, None)
+    assert (update.new, update.old) == (updated, inserted)
+    assert (delete.new, delete.old) == (None, updated)
     for change in (insert, update, delete):
-        assert change["v"] == 1
-        assert int(change["xid"]) > 0
-        assert change["ts"].startswith(inserted.get("created_at", change["ts"])[:4])
-        if writes.parents:
-            assert set(change["parents"]) == set(writes.parents)
-        else:
-            assert "parents" not in change
-    assert len({insert["xid"], update["xid"], delete["xid"]}) == 3
+        assert int(change.xid) > 0
+        assert change.timestamp[:4] == inserted.get("created_at", change.timestamp)[:4]
+        assert set(change.parents) == set(writes.parents)
+    assert len({insert.xid, update.xid, delete.xid}) == 3
 
 
-def test_case_message_carries_its_parent_case(db: Conn, listener: Listener) -> None:
+def test_case_message_carries_its_parent_case(db: Conn, log_tail: LogTail) -> None:
     WRITES[0].insert(db)
-    change = listener.take_one()
-    assert change["parents"]["case"] == row_json(db, "nexus_cases", "CASE-AB000001")
-    assert "old_parents" not in change
+    change = log_tail.take_one()
+    assert change.parents["case"] == row_json(db, "nexus_cases", "CASE-AB000001")
+    assert change.old_parents is None
 
 
-def test_update_that_moves_a_message_to_another_case_sends_both_parents(
-    db: Conn, listener: Listener
+def test_update_that_moves_a_message_to_another_case_logs_both_parents(
+    db: Conn, log_tail: LogTail
 ) -> None:
     other_case = db.execute(
         "INSERT INTO nexus_cases (client_id, vendor_id, subject)"
         " VALUES ('TNT-ALPHA001', 'TNT-BETA0001', 'Second case') RETURNING id"
     ).fetchone()[0]  # type: ignore[index]
     message_id = WRITES[0].insert(db)
-    listener.take_one()
+    log_tail.take_one()
 
     db.execute(
         "UPDATE nexus_case_messages SET case_id = %s WHERE id = %s", (other_case, message_id)
     )
-    change = listener.take_one()
-    assert change["parents"]["case"]["id"] == other_case
-    assert change["old_parents"]["case"]["id"] == "CASE-AB000001"
+    change = log_tail.take_one()
+    assert change.parents["case"]["id"] == other_case
+    assert change.old_parents["case"]["id"] == "CASE-AB000001"
 
 
-def test_one_transaction_keeps_its_order_and_xid(db: Conn, listener: Listener) -> None:
+def test_one_transaction_keeps_its_order_and_xid(db: Conn, log_tail: LogTail) -> None:
     with db.transaction():
         ids = [WRITES[2].insert(db) for _ in range(5)]
-        db.execute("UPDATE nexus_notifications SET read_at = now() WHERE id = %s", (ids[0],))
-    changes = listener.take(6)
-    assert [c["op"] for c in changes] == ["INSERT"] * 5 + ["UPDATE"]
-    assert [c["new"]["id"] for c in changes[:5]] == ids
-    assert len({c["xid"] for c in changes}) == 1
+        other = WRITES[1].insert(db)
+    changes = log_tail.take()
+    assert [c.new["id"] for c in changes] == [*ids, other]
+    assert len({c.xid for c in changes}) == 1
 
 
-def test_rolled_back_writes_are_not_notified(db: Conn, listener: Listener) -> None:
+def test_rolled_back_writes_are_not_logged(db: Conn, log_tail: LogTail) -> None:
     with pytest.raises(psycopg.errors.RaiseException), db.transaction():
         WRITES[1].insert(db)
         db.execute("DO $$ BEGIN RAISE EXCEPTION 'roll back'; END $$")
-    listener.assert_silent()
+    with db.transaction():
+        kept = WRITES[1].insert(db)
+        with pytest.raises(psycopg.errors.RaiseException), db.transaction():  # a savepoint
+            WRITES[1].insert(db)
+            db.execute("DO $$ BEGIN RAISE EXCEPTION 'roll back the savepoint'; END $$")
+    assert [c.new["id"] for c in log_tail.take()] == [kept]
 
 
-def test_a_row_over_the_notify_limit_is_sent_by_reference(db: Conn, listener: Listener) -> None:
+def test_a_row_of_a_megabyte_is_logged_whole(db: Conn, log_tail: LogTail) -> None:
     body = "é" * (1024 * 1024 // 2)  # 1 MiB of UTF-8, in 512 Ki characters
-    message_id = db.execute(
-        "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
-        " VALUES ('CASE-AB000001', 'TNT-ALPHA001', 'USR-ALIC0001', %s) RETURNING id",
-        (body,),
-    ).fetchone()[0]  # type: ignore[index]
-
-    notice = listener.take_one()
-    assert set(notice) == {"v", "table", "ref"}
-    assert notice["table"] == "public.nexus_case_messages"
-    stored = db.execute(
-        "SELECT payload FROM relay.large_changes WHERE id = %s", (notice["ref"],)
-    ).fetchone()
-    assert stored is not None
-    change = json.loads(stored[0])
-    assert change["op"] == "INSERT"
-    assert change["new"]["id"] == message_id
-    assert change["new"]["body"] == body
-    assert change["parents"]["case"]["id"] == "CASE-AB000001"
-
-
-def test_a_user_writing_a_large_row_cannot_read_the_stored_changes(
-    database_url: str, listener: Listener
-) -> None:
-    with psycopg.connect(database_url) as conn:
-        with as_user(conn, "USR-ALIC0001", "TNT-ALPHA001"):
-            conn.execute(
-                "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
-                " VALUES ('CASE-AB000001', 'TNT-ALPHA001', 'USR-ALIC0001', %s)",
-                ("x" * 20_000,),
-            )
-        assert "ref" in listener.take_one()
-        with (
-            pytest.raises(psycopg.errors.InsufficientPrivilege),
-            as_user(conn, "USR-ALIC0001", "TNT-ALPHA001"),
-        ):
-            conn.execute("SELECT payload FROM relay.large_changes")
-
-
-def test_bulk_insert_of_10000_rows_is_notified_row_by_row(db: Conn, listener: Listener) -> None:
     db.execute(
-        "INSERT INTO nexus_notifications (tenant_id, user_id, notification_type, title)"
-        " SELECT 'TNT-BETA0001', 'USR-BOB00001', 'bulk', 'Bulk ' || g"
-        " FROM generate_series(1, 10000) AS g"
+        "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
+        " VALUES ('CASE-AB000001', 'TNT-ALPHA001', 'USR-ALIC0001', %s)",
+        (body,),
     )
-    changes = listener.take(10_000, timeout=4 * WAIT)
-    assert len(changes) == 10_000
-    assert len({c["new"]["id"] for c in changes}) == 10_000
-    assert [c["new"]["title"] for c in changes[:3]] == ["Bulk 1", "Bulk 2", "Bulk 3"]
-    assert len({c["xid"] for c in changes}) == 1
+    assert log_tail.take_one().new["body"] == body
 
 
-def test_writes_succeed_with_nobody_listening(db: Conn) -> None:
-    listening = db.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%%'"
-    ).fetchone()
-    before = db.execute("SELECT count(*) FROM nexus_payments").fetchone()
-    for _ in range(100):
-        WRITES[1].insert(db)
-    after = db.execute("SELECT count(*) FROM nexus_payments").fetchone()
-    assert listening == (0,)
-    assert before is not None and after is not None
-    assert after[0] - before[0] == 100
+# --- Net change per transaction -------------------------------------------------------
 
 
-def test_writes_do_not_wait_for_a_listener_that_never_reads(database_url: str, db: Conn) -> None:
-    stalled = Listener(database_url)  # listens, never reads
-    in_transaction = psycopg.connect(database_url)
-    in_transaction.execute("LISTEN relay_changes")  # and stays in an open transaction
-    try:
-        db.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(WAIT * 1000)}ms",))
-        for _ in range(500):
-            WRITES[2].insert(db)
+def payment_row(db: Conn, payment_id: str, to_id: str = "TNT-BETA0001") -> None:
+    db.execute(
+        "INSERT INTO nexus_payments (id, from_id, to_id, amount)"
+        " VALUES (%s, 'TNT-ALPHA001', %s, 1)",
+        (payment_id, to_id),
+    )
+
+
+def test_insert_then_updates_is_one_insert_of_the_final_row(db: Conn, log_tail: LogTail) -> None:
+    other = new_tenant(db, "vendor")
+    with db.transaction():
+        payment_row(db, "PAY-NET00001")  # a draft to Beta...
+        db.execute("UPDATE nexus_payments SET to_id = %s WHERE id = 'PAY-NET00001'", (other,))
+        db.execute("UPDATE nexus_payments SET amount = 3 WHERE id = 'PAY-NET00001'")
+    change = log_tail.take_one()  # ...that nobody else ever saw
+    assert (change.op, change.new["to_id"], change.new["amount"], change.old) == (
+        "INSERT",
+        other,
+        3,
+        None,
+    )
+
+
+def test_insert_then_delete_is_nothing(db: Conn, log_tail: LogTail) -> None:
+    with db.transaction():
+        payment_row(db, "PAY-NET00002")
+        db.execute("DELETE FROM nexus_payments WHERE id = 'PAY-NET00002'")
+    log_tail.assert_silent()
+
+
+def test_updates_are_one_update_from_the_first_old_row(db: Conn, log_tail: LogTail) -> None:
+    notification = WRITES[2].insert(db)
+    before = row_json(db, "nexus_notifications", notification)
+    log_tail.take_one()
+    with db.transaction():  # a private notification made public, then private again
+        db.execute("UPDATE nexus_notifications SET user_id = NULL WHERE id = %s", (notification,))
         db.execute(
-            "INSERT INTO nexus_notifications (tenant_id, notification_type, title)"
-            " SELECT 'TNT-ALPHA001', 'bulk', 'Bulk ' || g FROM generate_series(1, 5000) AS g"
+            "UPDATE nexus_notifications SET user_id = 'USR-ALIC0001', title = 'Again'"
+            " WHERE id = %s",
+            (notification,),
         )
-        # The stalled listener still gets everything once it reads.
-        assert len(stalled.take(5500, timeout=2 * WAIT)) == 5500
-    finally:
-        in_transaction.close()
-        stalled.close()
+    change = log_tail.take_one()
+    assert (change.op, change.old, change.new["user_id"], change.new["title"]) == (
+        "UPDATE",
+        before,
+        "USR-ALIC0001",
+        "Again",
+    )
 
 
-def test_truncate_is_notified(db: Conn, listener: Listener) -> None:
+def test_updates_then_delete_is_a_delete_of_the_first_old_row(db: Conn, log_tail: LogTail) -> None:
+    payment_row(db, "PAY-NET00003")
+    before = row_json(db, "nexus_payments", "PAY-NET00003")
+    log_tail.take_one()
+    with db.transaction():
+        db.execute("UPDATE nexus_payments SET status = 'approved' WHERE id = 'PAY-NET00003'")
+        db.execute("DELETE FROM nexus_payments WHERE id = 'PAY-NET00003'")
+    change = log_tail.take_one()
+    assert (change.op, change.old, change.new) == ("DELETE", before, None)
+
+
+def test_delete_then_insert_of_the_same_key_is_an_update(db: Conn, log_tail: LogTail) -> None:
+    payment_row(db, "PAY-NET00004")
+    before = row_json(db, "nexus_payments", "PAY-NET00004")
+    log_tail.take_one()
+    other = new_tenant(db, "vendor")
+    with db.transaction():
+        db.execute("DELETE FROM nexus_payments WHERE id = 'PAY-NET00004'")
+        payment_row(db, "PAY-NET00004", other)
+    change = log_tail.take_one()
+    assert (change.op, change.old, change.new["to_id"]) == ("UPDATE", before, other)
+
+
+def test_a_changed_primary_key_is_a_delete_and_an_insert(db: Conn, log_tail: LogTail) -> None:
+    payment_row(db, "PAY-NET00005")
+    before = row_json(db, "nexus_payments", "PAY-NET00005")
+    log_tail.take_one()
+    db.execute("UPDATE nexus_payments SET id = 'PAY-NET00006' WHERE id = 'PAY-NET00005'")
+    deleted, inserted = log_tail.take()
+    assert (deleted.op, deleted.old) == ("DELETE", before)
+    assert (inserted.op, inserted.new["id"], inserted.old) == ("INSERT", "PAY-NET00006", None)
+    with db.transaction():  # made and renamed in one transaction: one INSERT of the final row
+        payment_row(db, "PAY-NET00007")
+        db.execute("UPDATE nexus_payments SET id = 'PAY-NET00008' WHERE id = 'PAY-NET00007'")
+    change = log_tail.take_one()
+    assert (change.op, change.new["id"]) == ("INSERT", "PAY-NET00008")
+
+
+def test_bulk_insert_of_10000_rows_is_logged_row_by_row(db: Conn, log_tail: LogTail) -> None:
+    db.execute(
+        "INSERT INTO nexus_notifications (tenant_id, notification_type, title)"
+        " SELECT 'TNT-BETA0001', 'bulk', 'bulk ' || n FROM generate_series(1, 10000) AS n"
+    )
+    changes = log_tail.take()
+    assert len(changes) == 10_000
+    assert [c.new["title"] for c in changes[:3]] == ["bulk 1", "bulk 2", "bulk 3"]
+
+
+def test_truncate_is_logged_as_a_reset(db: Conn, log_tail: LogTail) -> None:
     db.execute("CREATE TABLE scratch_truncated (id int PRIMARY KEY)")
     try:
         db.execute("SELECT relay.publish('scratch_truncated')")
+        db.execute("INSERT INTO scratch_truncated VALUES (1)")
         db.execute("TRUNCATE scratch_truncated")
-        assert listener.take_one() == {
-            "v": 1,
-            "table": "public.scratch_truncated",
-            "op": "TRUNCATE",
-        }
+        insert, reset = log_tail.take()
+        assert isinstance(insert, Change)
+        assert reset == TableReset("public.scratch_truncated", "truncate")
     finally:
+        db.execute("SELECT relay.unpublish('scratch_truncated')")
         db.execute("DROP TABLE scratch_truncated")
 
 
-def test_over_the_queue_high_water_mark_a_transaction_sends_one_marker(
-    db: Conn, listener: Listener
+# --- Ticks: every committed change once, in order, none held back ---------------------
+
+
+def test_a_transaction_open_across_ticks_comes_in_the_tick_after_its_commit(
+    database_url: str, db: Conn, log_tail: LogTail
 ) -> None:
-    with db.transaction():
-        db.execute("SET LOCAL relay.queue_high_water = 0")
-        for _ in range(3):
-            WRITES[1].insert(db)
-    assert listener.take_one() == {"v": 1, "table": "public.nexus_payments", "op": "OVERFLOW"}
-    listener.assert_silent()
+    long_running = psycopg.connect(database_url)
+    try:
+        long_running.execute(
+            "INSERT INTO nexus_notifications (tenant_id, notification_type, title)"
+            " VALUES ('TNT-BETA0001', 'batch', 'long')"
+        )
+        short = WRITES[1].insert(db)  # commits while the long one is open
+        [(first, change)] = log_tail.entries()
+        assert change.new["id"] == short  # not held back behind the open transaction
+        long_running.commit()
+        [(second, change)] = log_tail.entries()
+        assert change.new["title"] == "long"
+        assert second > first  # the later commit, the later position, whatever its xid
+        log_tail.assert_silent()
+    finally:
+        long_running.close()
 
 
-def test_publish_and_unpublish(database_url: str, db: Conn, listener: Listener) -> None:
-    control = Listener(database_url, "relay_control")
+def test_a_tick_is_taken_only_when_the_log_may_have_news(db: Conn) -> None:
+    tick = db.execute("SELECT relay.tick()").fetchone()
+    assert db.execute("SELECT relay.tick()").fetchone() == tick  # nothing new: no tick
+    WRITES[1].insert(db)
+    assert db.execute("SELECT relay.tick()").fetchone() == (tick[0] + 1,)  # type: ignore[index]
+
+
+def test_a_case_cannot_change_hands_while_a_message_to_it_is_being_written(
+    database_url: str, db: Conn, log_tail: LogTail
+) -> None:
+    # The parent is read FOR SHARE: the case the relay authorizes the message by
+    # is the one its transaction commits with, as RLS sees it at that moment.
+    writer = psycopg.connect(database_url)
+    try:
+        with as_user(writer, "USR-ALIC0001", "TNT-ALPHA001"):
+            writer.execute(
+                "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
+                " VALUES ('CASE-AB000001', 'TNT-ALPHA001', 'USR-ALIC0001', 'in flight')"
+            )
+            with pytest.raises(psycopg.errors.LockNotAvailable), db.transaction():
+                db.execute("SET LOCAL lock_timeout = '200ms'")
+                db.execute(
+                    "UPDATE nexus_cases SET vendor_id = 'TNT-GAMMA001' WHERE id = 'CASE-AB000001'"
+                )
+        assert log_tail.take_one().parents["case"]["vendor_id"] == "TNT-BETA0001"
+    finally:
+        writer.close()
+
+
+# --- Publishing ------------------------------------------------------------------------
+
+
+def test_publish_and_unpublish(database_url: str, db: Conn, log_tail: LogTail) -> None:
+    control = psycopg.connect(database_url, autocommit=True)
+    control.execute("LISTEN relay_control")
     db.execute("CREATE TABLE scratch_items (id int PRIMARY KEY, note text)")
     try:
         db.execute("SELECT relay.publish('scratch_items', ARRAY['insert'])")
-        assert control.take_one() == {"op": "publish", "table": "public.scratch_items"}
+        [notice] = control.notifies(timeout=WAIT, stop_after=1)
+        assert notice.payload == '{"op" : "publish", "table" : "public.scratch_items"}'
         assert db.execute(
             "SELECT events FROM relay.published_tables WHERE tablename = 'scratch_items'"
         ).fetchone() == (["INSERT"],)
 
         db.execute("INSERT INTO scratch_items VALUES (1, 'one')")
-        assert listener.take_one()["new"] == {"id": 1, "note": "one"}
+        assert log_tail.take_one().new == {"id": 1, "note": "one"}
         db.execute("UPDATE scratch_items SET note = 'uno'")
-        listener.assert_silent()
+        log_tail.assert_silent()
 
         db.execute("SELECT relay.publish('scratch_items')")  # again: all events
         db.execute("UPDATE scratch_items SET note = 'eins'")
-        assert listener.take_one()["old"] == {"id": 1, "note": "uno"}
+        assert log_tail.take_one().old == {"id": 1, "note": "uno"}
 
         db.execute("SELECT relay.unpublish('scratch_items')")
-        assert control.take(2)[1] == {"op": "unpublish", "table": "public.scratch_items"}
         db.execute("INSERT INTO scratch_items VALUES (2, 'two')")
-        listener.assert_silent()
-        assert db.execute(
-            "SELECT count(*) FROM relay.published_tables WHERE tablename = 'scratch_items'"
+        log_tail.assert_silent()
+        assert db.execute(  # its capture function is gone with it
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'relay'"
+            " AND p.proname = 'capture_' || 'scratch_items'::regclass::oid"
         ).fetchone() == (0,)
     finally:
         db.execute("DROP TABLE scratch_items")
@@ -346,64 +424,153 @@ def test_publish_refuses_what_it_cannot_serve(
         db.execute(f"SELECT {call}")
 
 
-def test_a_case_cannot_change_hands_while_a_message_to_it_is_being_written(
-    database_url: str, db: Conn, listener: Listener
-) -> None:
-    # The parent is read FOR SHARE: the case the relay authorizes the message by
-    # is the one its transaction commits with, as RLS sees it at that moment.
-    writer = psycopg.connect(database_url)
+def test_a_composite_primary_key_is_logged_and_netted(db: Conn, log_tail: LogTail) -> None:
+    db.execute("CREATE TABLE scratch_pairs (a int, b text, note text, PRIMARY KEY (a, b))")
     try:
-        with as_user(writer, "USR-ALIC0001", "TNT-ALPHA001"):
-            writer.execute(
-                "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
-                " VALUES ('CASE-AB000001', 'TNT-ALPHA001', 'USR-ALIC0001', 'in flight')"
-            )
-            with pytest.raises(psycopg.errors.LockNotAvailable), db.transaction():
-                db.execute("SET LOCAL lock_timeout = '200ms'")
-                db.execute(
-                    "UPDATE nexus_cases SET vendor_id = 'TNT-GAMMA001' WHERE id = 'CASE-AB000001'"
-                )
-        change = listener.take_one()
-        assert change["parents"]["case"]["vendor_id"] == "TNT-BETA0001"
-    finally:
-        writer.close()
-
-
-def test_a_writer_that_may_not_read_the_parent_still_writes(db: Conn, listener: Listener) -> None:
-    db.execute("DROP ROLE IF EXISTS relay_test_importer")
-    db.execute("CREATE ROLE relay_test_importer NOLOGIN BYPASSRLS")
-    db.execute("GRANT INSERT ON nexus_case_messages TO relay_test_importer")
-    db.execute("GRANT USAGE ON SEQUENCE nexus_case_messages_id_seq TO relay_test_importer")
-    try:
+        db.execute("SELECT relay.publish('scratch_pairs')")
         with db.transaction():
-            db.execute("SET LOCAL ROLE relay_test_importer")
-            db.execute(
-                "INSERT INTO nexus_case_messages (case_id, sender_tenant_id, sender_user_id, body)"
-                " VALUES ('CASE-AB000001', 'TNT-BETA0001', 'USR-BOB00001', 'imported')"
-            )
-        change = listener.take_one()
-        assert change["new"]["body"] == "imported"
-        assert change["parents"] == {"case": None}  # visible to nobody: deny, not fail
+            db.execute("INSERT INTO scratch_pairs VALUES (1, 'x', 'first'), (1, 'y', 'other')")
+            db.execute("UPDATE scratch_pairs SET note = 'final' WHERE a = 1 AND b = 'x'")
+        changes = log_tail.take()
+        assert [(c.op, c.new["b"], c.new["note"]) for c in changes] == [
+            ("INSERT", "x", "final"),
+            ("INSERT", "y", "other"),
+        ]
     finally:
-        db.execute("REVOKE ALL ON nexus_case_messages FROM relay_test_importer")
-        db.execute("REVOKE ALL ON SEQUENCE nexus_case_messages_id_seq FROM relay_test_importer")
-        db.execute("DROP ROLE relay_test_importer")
+        db.execute("SELECT relay.unpublish('scratch_pairs')")
+        db.execute("DROP TABLE scratch_pairs")
 
 
-def test_large_changes_are_stored_by_the_trigger_only(database_url: str) -> None:
-    with (
-        psycopg.connect(database_url) as conn,
-        pytest.raises(psycopg.errors.InsufficientPrivilege, match="capture trigger only"),
-        as_user(conn, "USR-GRAC0001", "TNT-GAMMA001"),
-    ):
-        conn.execute("SELECT relay.spill(repeat('x', 100000))")
+# --- Nobody reads or writes the log but through the capture --------------------------
 
 
-@pytest.mark.parametrize("setting", ["abc", "-1", "2", "0.5; DROP TABLE x", ""])
-def test_an_odd_high_water_setting_never_fails_a_write(
-    db: Conn, listener: Listener, setting: str
+@pytest.fixture
+def outsider(db: Conn, database_url: str) -> Iterator[Conn]:
+    """A role with nothing but LOGIN (and CREATE on a schema of its own)."""
+    db.execute("DROP SCHEMA IF EXISTS outsider CASCADE")
+    db.execute("DROP ROLE IF EXISTS relay_test_outsider")
+    db.execute("CREATE ROLE relay_test_outsider LOGIN")
+    db.execute("CREATE SCHEMA outsider AUTHORIZATION relay_test_outsider")
+    conn = psycopg.connect(database_url, autocommit=True)
+    conn.execute("SET ROLE relay_test_outsider")
+    try:
+        yield conn
+    finally:
+        conn.close()
+        db.execute("DROP SCHEMA outsider CASCADE")
+        db.execute("DROP ROLE relay_test_outsider")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT * FROM relay.changes",
+        "SELECT * FROM relay.ticks",
+        "INSERT INTO relay.changes (rel, op, key, new)"
+        " VALUES ('nexus_payments'::regclass, 'INSERT', 'PAY-FORGED01', '{}')",
+        "DELETE FROM relay.changes",
+        "SELECT relay.tick()",
+        "SELECT relay.prune('0 s', 0)",
+        "SELECT relay.publish('outsider.t')",
+        "SELECT * FROM relay.published_tables",
+    ],
+)
+def test_a_login_alone_can_neither_read_nor_write_the_log(outsider: Conn, statement: str) -> None:
+    outsider.execute("CREATE TABLE IF NOT EXISTS outsider.t (id int PRIMARY KEY)")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        outsider.execute(statement)
+
+
+def test_a_login_cannot_attach_the_capture_to_its_own_table(
+    db: Conn, outsider: Conn, log_tail: LogTail
 ) -> None:
-    with db.transaction():
-        db.execute("SELECT set_config('relay.queue_high_water', %s, true)", (setting,))
-        WRITES[1].insert(db)
-    assert listener.take_one()["op"] == "INSERT"
+    capture = db.execute(
+        "SELECT 'relay.' || quote_ident('capture_' || 'nexus_payments'::regclass::oid)"
+    ).fetchone()[0]  # type: ignore[index]
+    outsider.execute("CREATE TABLE outsider.fake (id text PRIMARY KEY)")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        outsider.execute(
+            f"CREATE TRIGGER forge AFTER INSERT ON outsider.fake"
+            f" FOR EACH ROW EXECUTE FUNCTION {capture}()"
+        )
+    log_tail.assert_silent()
+
+
+def test_a_listener_hears_doorbells_without_data(
+    database_url: str, db: Conn, outsider: Conn
+) -> None:
+    outsider.execute("LISTEN relay_wake")
+    WRITES[2].insert(db)
+    [bell] = outsider.notifies(timeout=WAIT, stop_after=1)
+    assert (bell.channel, bell.payload) == ("relay_wake", "")
+
+
+def test_writers_need_no_right_on_the_log(database_url: str, log_tail: LogTail) -> None:
+    with psycopg.connect(database_url) as conn:
+        with as_user(conn, "USR-ALIC0001", "TNT-ALPHA001"):
+            conn.execute(
+                "INSERT INTO nexus_payments (from_id, to_id, amount) VALUES"
+                " ('TNT-ALPHA001', 'TNT-BETA0001', 2)"
+            )
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+            as_user(conn, "USR-ALIC0001", "TNT-ALPHA001"),
+        ):
+            conn.execute("SELECT count(*) FROM relay.changes")
+    assert log_tail.take_one().new["amount"] == 2
+
+
+# --- The doorbell and writers ----------------------------------------------------------
+
+
+def test_writes_succeed_and_are_logged_with_nobody_listening(db: Conn, log_tail: LogTail) -> None:
+    payment = WRITES[1].insert(db)  # the log is in the database: no reader is needed
+    assert log_tail.take_one().new["id"] == payment
+
+
+def test_writes_do_not_wait_for_a_listener_that_never_reads(database_url: str, db: Conn) -> None:
+    stalled = psycopg.connect(database_url, autocommit=True)
+    stalled.execute("LISTEN relay_wake")  # listens, never reads
+    try:
+        with psycopg.connect(database_url, autocommit=True) as writer:
+            writer.execute("SET statement_timeout = '5s'")
+            for _ in range(200):
+                WRITES[2].insert(writer)
+    finally:
+        stalled.close()
+
+
+def test_the_doorbell_can_be_turned_off(database_url: str) -> None:
+    with (
+        psycopg.connect(database_url, autocommit=True) as bell,
+        psycopg.connect(database_url, autocommit=True) as writer,
+    ):
+        bell.execute("LISTEN relay_wake")
+        writer.execute("SET relay.doorbell = 'off'")
+        WRITES[2].insert(writer)
+        assert list(bell.notifies(timeout=0.5, stop_after=1)) == []
+        writer.execute("RESET relay.doorbell")
+        WRITES[2].insert(writer)
+        assert len(list(bell.notifies(timeout=WAIT, stop_after=1))) == 1
+
+
+# --- Retention ---------------------------------------------------------------------------
+
+
+def test_prune_keeps_what_is_recent_and_deletes_what_the_log_no_longer_keeps(
+    db: Conn, log_tail: LogTail
+) -> None:
+    WRITES[1].insert(db)
+    log_tail.take()
+    assert db.execute("SELECT relay.prune('1 hour', 1073741824)").fetchone() == (0,)
+    newest = db.execute("SELECT max(id) FROM relay.ticks").fetchone()
+    db.execute("UPDATE relay.ticks SET at = at - interval '2 hours'")  # as if two hours passed
+    WRITES[1].insert(db)
+    log_tail.take()
+    deleted = 0
+    while pruned := db.execute("SELECT relay.prune('1 hour', 1073741824, 1000)").fetchone()[0]:  # type: ignore[index]
+        deleted += pruned
+    assert deleted > 0
+    # The newest of the old ticks stays: the batch of the tick after it starts there.
+    assert db.execute("SELECT min(id) FROM relay.ticks").fetchone() == newest
+    assert db.execute("SELECT count(*) FROM relay.changes").fetchone() == (1,)  # the new one

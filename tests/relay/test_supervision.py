@@ -20,6 +20,7 @@ import uvicorn
 
 from relay.client import RelayClient
 from relay.core.changes import Change
+from relay.core.positions import Position
 from relay.ops import ops_app
 from relay.service import Relay
 from relay.settings import Settings, TokenSettings
@@ -83,16 +84,16 @@ async def test_a_change_that_fails_costs_its_subscribers_a_gap_and_processing_go
 ) -> None:
     ingest = running.fanout.ingest
 
-    def failing(change: Change) -> None:
+    def failing(change: Change, position: Position) -> None:
         if change.new is not None and change.new.get("title") == "explode":
             raise RuntimeError("injected into the processing path")
-        ingest(change)
+        ingest(change, position)
 
     monkeypatch.setattr(running.fanout, "ingest", failing)
     url = f"ws://127.0.0.1:{running.settings.port}/"
     async with await RelayClient.connect(url, mint(*ALICE), timeout=WAIT) as alice:
         ack = await alice.subscribe("nexus_notifications")
-        with caplog.at_level(logging.ERROR, logger="relay.listener"):
+        with caplog.at_level(logging.ERROR, logger="relay.reader"):
             notify(rdb, "explode")
             gap = await alice.next_event(WAIT)
         assert (gap["type"], gap["subscriptions"], gap["reason"]) == (
@@ -114,45 +115,44 @@ async def test_a_change_that_fails_costs_its_subscribers_a_gap_and_processing_go
 
 
 async def test_not_ready_while_changes_are_not_processed(relay_database: str) -> None:
-    """The relay's own ops endpoint and listener, without its processing task, then with it."""
+    """The relay's own ops endpoint and doorbell, without its reading task, then with it."""
     relay = Relay(settings(relay_database))
     ops = uvicorn.Server(
         uvicorn.Config(
-            ops_app(relay.fanout, relay.listener, relay.registry),
+            ops_app(relay.fanout, relay.reader, relay.registry),
             host="127.0.0.1",
             port=relay.settings.ops_port,
             log_config=None,
             lifespan="off",
         )
     )
-    tasks = [asyncio.create_task(ops.serve()), asyncio.create_task(relay.listener.listen())]
+    tasks = [asyncio.create_task(ops.serve()), asyncio.create_task(relay.reader.listen())]
     try:
-        await asyncio.wait_for(relay.listener.first_load.wait(), WAIT)
         body = await until_ready(relay, 503)
-        assert (body["listener_connected"], body["processing"]) == (True, False)
-        tasks.append(asyncio.create_task(relay.listener.process()))
+        assert body["processing"] is False
+        tasks.append(asyncio.create_task(relay.reader.process()))
         await until_ready(relay)
     finally:
         ops.should_exit = True
         for task in tasks[1:]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await relay.listener.close()
+        await relay.reader.close()
 
 
 SITECUSTOMIZE = """
-import relay.listener
+import relay.reader
 
-_handle = relay.listener.Listener._handle
-
-
-async def _failing(self, item):
-    if "fatal-test-marker" in getattr(item, "payload", ""):
-        raise RuntimeError("injected: the processing loop fails")
-    await _handle(self, item)
+_dispatch = relay.reader.LogReader._dispatch
 
 
-relay.listener.Listener._handle = _failing
+def _failing(self, position, entry):
+    if entry is not None and "fatal-test-marker" in str(getattr(entry, "new", "")):
+        raise SystemError("injected: the processing loop fails")
+    _dispatch(self, position, entry)
+
+
+relay.reader.LogReader._dispatch = _failing
 """
 
 
@@ -172,7 +172,7 @@ async def test_a_task_that_fails_stops_the_relay_with_a_nonzero_exit(
         assert relay.process.popen.wait(4 * WAIT) == 1
         relay.process.wait_for("nexus-relay: stopped: the process task failed")
         output = "".join(relay.process.output)
-        assert "RuntimeError: injected: the processing loop fails" in output  # the traceback
+        assert "SystemError: injected: the processing loop fails" in output  # the traceback
     finally:
         if relay.process is not None and relay.process.popen.poll() is None:
             relay.stop(signal.SIGKILL)

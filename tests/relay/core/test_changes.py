@@ -1,77 +1,96 @@
-"""Decoding what the trigger layer sends."""
-
-import dataclasses
+"""Net changes: what other sessions see of one row written several times in one transaction."""
 
 import orjson
 import pytest
 
 from relay.core import changes
+from relay.core.changes import Change, TableReset
 from relay.core.errors import ChangeError
 
-
-def test_a_change() -> None:
-    change = changes.decode(
-        '{"v":1,"table":"public.t","op":"UPDATE","xid":"9","ts":"2026-01-01T00:00:00+00:00",'
-        '"new":{"id":1,"a":"x"},"old":{"id":1,"a":"y"},"parents":{"p":{"id":2}},"old_parents":{"p":null}}'
-    )
-    assert dataclasses.replace(change, size=0) == changes.Change(  # type: ignore[type-var]
-        table="public.t",
-        op="UPDATE",
-        new={"id": 1, "a": "x"},
-        old={"id": 1, "a": "y"},
-        parents={"p": {"id": 2}},
-        old_parents={"p": None},
-        xid="9",
-        timestamp="2026-01-01T00:00:00+00:00",
-    )
-    assert isinstance(change, changes.Change)
-    assert change.parents_of_old == {"p": None}
+A = '{"id": "r1", "n": 1}'
+B = '{"id": "r1", "n": 2}'
+PARENT_A = '{"case": {"id": "c1"}}'
+PARENT_B = '{"case": {"id": "c2"}}'
 
 
-def test_a_reference_and_resets() -> None:
-    assert changes.decode('{"v":1,"table":"public.t","ref":42}') == changes.LargeChangeRef(
-        42, "public.t"
-    )
-    assert changes.decode('{"v":1,"table":"public.t","op":"TRUNCATE"}') == changes.TableReset(
-        "public.t", "truncate"
-    )
-    assert changes.decode('{"v":1,"table":"public.t","op":"OVERFLOW"}') == changes.TableReset(
-        "public.t", "overflow"
+def net(first: str, last: str, old: str | None, new: str | None) -> Change | TableReset | None:
+    return changes.net("public.t", first, last, old, new, PARENT_A, PARENT_B, "7", "ts")
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "old", "new", "expected"),
+    [
+        ("INSERT", "INSERT", None, B, ("INSERT", None, B)),
+        ("INSERT", "UPDATE", None, B, ("INSERT", None, B)),  # a draft nobody saw
+        ("INSERT", "DELETE", None, None, None),
+        ("UPDATE", "UPDATE", A, B, ("UPDATE", A, B)),  # from the first old to the last new
+        ("UPDATE", "DELETE", A, None, ("DELETE", A, None)),
+        ("DELETE", "DELETE", A, None, ("DELETE", A, None)),
+        ("DELETE", "INSERT", A, B, ("UPDATE", A, B)),  # the same key again
+        ("DELETE", "UPDATE", A, B, ("UPDATE", A, B)),
+    ],
+)
+def test_the_net_of_first_and_last(
+    first: str,
+    last: str,
+    old: str | None,
+    new: str | None,
+    expected: tuple[str, str | None, str | None] | None,
+) -> None:
+    change = net(first, last, old, new)
+    if expected is None:
+        assert change is None
+        return
+    op, expected_old, expected_new = expected
+    assert isinstance(change, Change)
+    assert change.op == op
+    assert change.old == (orjson.loads(expected_old) if expected_old else None)
+    assert change.new == (orjson.loads(expected_new) if expected_new else None)
+    assert (change.table, change.xid, change.timestamp) == ("public.t", "7", "ts")
+
+
+def test_parents_follow_the_rows() -> None:
+    update = net("UPDATE", "UPDATE", A, B)
+    assert isinstance(update, Change)
+    assert update.parents == {"case": {"id": "c2"}}  # of the new row
+    assert update.parents_of_old == {"case": {"id": "c1"}}  # of the first old row
+    delete = net("UPDATE", "DELETE", A, None)
+    assert isinstance(delete, Change)
+    assert delete.parents == {"case": {"id": "c1"}}  # of the old row: the one it authorizes by
+    insert = net("INSERT", "UPDATE", None, B)
+    assert isinstance(insert, Change)
+    assert (insert.parents, insert.old_parents) == ({"case": {"id": "c2"}}, None)
+
+
+def test_truncate_is_a_reset() -> None:
+    assert changes.net("public.t", "TRUNCATE", "TRUNCATE", None, None, None, None, "7", "ts") == (
+        TableReset("public.t", "truncate")
     )
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("first", "last", "old", "new"),
     [
-        "not json",
-        "[1]",
-        '{"v":2,"table":"t","op":"INSERT"}',
-        '{"v":1,"op":"INSERT","new":{}}',
-        '{"v":1,"table":"t","op":"MERGE","xid":"1","ts":"x"}',
-        '{"v":1,"table":"t","op":"INSERT","xid":"1","ts":"x"}',
-        '{"v":1,"table":"t","op":"DELETE","xid":"1","ts":"x","new":{}}',
-        '{"v":1,"table":"t","ref":"x"}',
+        ("SELECT", "INSERT", None, B),
+        ("INSERT", "INSERT", None, None),
+        ("UPDATE", "UPDATE", None, B),
+        ("INSERT", "INSERT", None, "[1, 2]"),
+        ("INSERT", "INSERT", None, "{not json"),
     ],
 )
-def test_what_is_not_a_change(payload: str) -> None:
+def test_what_is_not_a_change_is_refused(
+    first: str, last: str, old: str | None, new: str | None
+) -> None:
     with pytest.raises(ChangeError):
-        changes.decode(payload)
+        net(first, last, old, new)
 
 
-def test_a_number_beyond_a_double_still_decodes() -> None:
-    change = changes.decode(
-        '{"v":1,"table":"public.t","op":"INSERT","xid":"1","ts":"t","new":{"id":1,"n":1e400}}'
-    )
-    assert isinstance(change, changes.Change)
-    assert change.new == {"id": 1, "n": float("inf")}
+def test_a_number_beyond_a_double_is_read_as_infinity() -> None:
+    assert changes.row('{"id": 1, "n": 1e400}') == {"id": 1, "n": float("inf")}
 
 
 def test_a_huge_integer_beside_a_huge_number_is_read_as_orjson_reads_it() -> None:
     huge = "9" * 400
-    change = changes.decode(
-        '{"v":1,"table":"public.t","op":"INSERT","xid":"1","ts":"t",'
-        f'"new":{{"id":1,"n":1e400,"m":{huge}}}}}'
-    )
-    assert isinstance(change, changes.Change)
-    assert change.new == {"id": 1, "n": float("inf"), "m": float("inf")}
-    assert orjson.dumps(change.new)  # encodable: frames carry it
+    row = changes.row(f'{{"id": 1, "n": 1e400, "m": {huge}}}')
+    assert row == {"id": 1, "n": float("inf"), "m": float("inf")}
+    assert orjson.dumps(row)  # encodable: frames carry it

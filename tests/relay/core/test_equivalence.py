@@ -30,11 +30,11 @@ from hypothesis import strategies as st
 
 from portal import migrations
 from relay.core import policy, tables
-from relay.core.changes import Change, decode
+from relay.core.changes import Change
 from relay.core.fanout import Fanout
 from relay.core.limits import Limits
 from relay.core.tokens import TokenVerifier
-from tests.support import JWT_SECRET, POLICY_FILE, Listener, as_user, mint
+from tests.support import JWT_SECRET, POLICY_FILE, LogTail, as_user, mint
 
 POLICIES = policy.load(Path(POLICY_FILE))
 VERIFIER = TokenVerifier(
@@ -49,7 +49,7 @@ Conn = psycopg.Connection[Any]
 class Database:
     db: Conn  # the owner: writes
     rls: Conn  # reads as `authenticated`
-    listener: Listener
+    log_tail: LogTail
     tables: dict[str, tables.Table]
 
 
@@ -58,13 +58,13 @@ def database(new_database: Callable[[], str]) -> Iterator[Database]:
     url = new_database()
     migrations.upgrade(url)
     with psycopg.connect(url, autocommit=True) as db, psycopg.connect(url) as rls:
-        listener = Listener(url)
+        log_tail = LogTail(url)
         rows = db.cursor(row_factory=psycopg.rows.dict_row).execute(
             "SELECT * FROM relay.published_tables"
         )
         published = tables.from_rows(rows.fetchall())
-        yield Database(db, rls, listener, published)
-        listener.close()
+        yield Database(db, rls, log_tail, published)
+        log_tail.close()
 
 
 _worlds = itertools.count(1)
@@ -221,12 +221,13 @@ def visible(
 
 
 def captured(database: Database, table: str, op: str, row_id: str) -> Change:
-    while True:
-        change = decode(json.dumps(database.listener.take_one()))
+    """The change the log holds of this write, read as a relay reads it."""
+    for change in database.log_tail.take():
         if isinstance(change, Change) and change.table == f"public.{table}" and change.op == op:
             row = change.new if change.new is not None else change.old
             if row is not None and row["id"] == row_id:
                 return change
+    raise AssertionError(f"no {op} of {table} {row_id} in the log")
 
 
 def expected(op: str, before: bool, after: bool) -> tuple[str, bool] | None:

@@ -1,5 +1,6 @@
 """The core without sockets: sessions, authorization per change, gaps, time, limits."""
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from relay.core import policy
 from relay.core.changes import Change, TableReset
 from relay.core.fanout import Fanout
 from relay.core.limits import Limits
+from relay.core.positions import Position
 from relay.core.session import Session
 from relay.core.tables import Column, Table
 from relay.core.tokens import TokenVerifier
@@ -47,8 +49,40 @@ TABLES = {
 }
 
 
-def make_fanout(history: int = 100, **limits: Any) -> Fanout:
-    fanout = Fanout(POLICIES, VERIFIER, Limits(**limits), history)
+LOG_ID = "log1"
+
+
+class LoggedFanout(Fanout):
+    """A fan-out fed from a log of the test's own, as the shell feeds it: each
+    change in a tick of its own; the log also serves replays that memory cannot."""
+
+    def start(self) -> "LoggedFanout":
+        self.tick, self.seq = 1, 0
+        self.log: list[tuple[Position, Change | TableReset]] = []
+        self.begin(LOG_ID, Position.after(1))
+        return self
+
+    def write(self, change: Change | TableReset) -> str:
+        """Log ``change`` and read it; its position."""
+        self.tick += 1
+        self.seq += 1
+        position = Position(self.tick, self.seq)
+        self.log.append((position, change))
+        if isinstance(change, Change):
+            self.ingest(change, position)
+        else:
+            self.reset(change, position)
+        self.end_tick(self.tick)
+        return self.stream.text(position)
+
+    def serve_replays(self) -> None:
+        for replay in self.take_replay_requests():
+            self.replay_from_log(replay, self.log)
+            self.replay_read(replay)
+
+
+def make_fanout(history: int = 100, **limits: Any) -> LoggedFanout:
+    fanout = LoggedFanout(POLICIES, VERIFIER, Limits(**limits), history).start()
     assert fanout.set_tables(TABLES) == []
     return fanout
 
@@ -90,11 +124,12 @@ def test_an_insert_reaches_those_who_may_see_it() -> None:
     alice, bob, grace = (signed_in(fanout, who) for who in (ALICE, BOB, GRACE))
     for session in (alice, bob, grace):
         subscribe(session, "nexus_payments")
-    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
+    position = fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
+    assert position == "log1:2.1"
     for session in (alice, bob):
         [frame] = taken(session)
         assert frame["op"] == "INSERT" and frame["new"]["id"] == "PAY-1"
-        assert frame["position"] == f"{fanout.stream.epoch}:1"
+        assert frame["position"] == position
     assert taken(grace) == []
     assert set(fanout.take_dirty()) == {alice, bob}
 
@@ -129,7 +164,7 @@ def test_updates_by_what_was_and_is_visible(
     bob, grace = signed_in(fanout, BOB), signed_in(fanout, GRACE)
     subscribe(bob, "nexus_payments")
     subscribe(grace, "nexus_payments")
-    fanout.ingest(payment("UPDATE", new, old))
+    fanout.write(payment("UPDATE", new, old))
     for session, expected in ((bob, bob_sees), (grace, grace_sees)):
         frames = taken(session)
         if expected is None:
@@ -147,7 +182,7 @@ def test_a_delete_reaches_only_those_who_saw_the_old_row() -> None:
     bob, grace = signed_in(fanout, BOB), signed_in(fanout, GRACE)
     subscribe(bob, "nexus_payments")
     subscribe(grace, "nexus_payments")
-    fanout.ingest(payment("DELETE", old=pay("TNT-ALPHA001", "TNT-GAMMA001")))
+    fanout.write(payment("DELETE", old=pay("TNT-ALPHA001", "TNT-GAMMA001")))
     assert taken(bob) == []
     assert [f["op"] for f in taken(grace)] == ["DELETE"]
 
@@ -158,7 +193,7 @@ def test_case_messages_are_authorized_by_their_parent_case() -> None:
     subscribe(bob, "nexus_case_messages")
     subscribe(grace, "nexus_case_messages")
     case = {"id": "CASE-1", "client_id": "TNT-ALPHA001", "vendor_id": "TNT-BETA0001"}
-    fanout.ingest(
+    fanout.write(
         Change(
             "public.nexus_case_messages",
             "INSERT",
@@ -173,7 +208,7 @@ def test_case_messages_are_authorized_by_their_parent_case() -> None:
     assert [f["new"]["id"] for f in taken(bob)] == ["M1"]
     assert taken(grace) == []
     # Without its parent (not visible to the writer), a message is visible to nobody.
-    fanout.ingest(
+    fanout.write(
         Change(
             "public.nexus_case_messages",
             "INSERT",
@@ -192,7 +227,7 @@ def test_select_keeps_the_primary_key() -> None:
     fanout = make_fanout()
     bob = signed_in(fanout, BOB)
     subscribe(bob, "nexus_payments", select=["status"])
-    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
+    fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
     assert taken(bob)[0]["new"] == {"id": "PAY-1", "status": "pending"}
 
 
@@ -202,7 +237,7 @@ def test_one_frame_per_change_per_connection() -> None:
     first = subscribe(bob, "nexus_payments")
     second = subscribe(bob, "nexus_payments", filter="status=eq.pending")
     third = subscribe(bob, "nexus_payments", select=["status"])
-    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
+    fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
     frames = taken(bob)
     received = sorted(sorted(frame["subscriptions"]) for frame in frames)
     assert received == sorted([sorted([first, second]), [third]])
@@ -234,7 +269,6 @@ def test_auth_must_come_in_time() -> None:
 
 
 def test_token_expiry_is_announced_then_enforced() -> None:
-    import time
 
     fanout = make_fanout(token_expiry_warning=30)
     now = time.time()
@@ -258,37 +292,41 @@ def test_a_refresh_with_new_claims_refiles_subscriptions() -> None:
     subscribe(alice, "nexus_payments")
     [_, reply] = send(alice, {"type": "refresh", "token": mint("USR-ALIC0001", "TNT-GAMMA001")})
     assert reply["type"] == "refreshed"
-    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
+    fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001")))
     assert taken(alice) == []
-    fanout.ingest(payment("INSERT", pay("TNT-BETA0001", "TNT-GAMMA001", id="PAY-2")))
+    fanout.write(payment("INSERT", pay("TNT-BETA0001", "TNT-GAMMA001", id="PAY-2")))
     assert [f["new"]["id"] for f in taken(alice)] == ["PAY-2"]
 
 
-def test_gaps_reach_the_subscribers_they_concern() -> None:
+def test_gaps_reach_the_subscribers_they_concern_once_per_batch() -> None:
     fanout = make_fanout()
     bob, grace = signed_in(fanout, BOB), signed_in(fanout, GRACE)
     payments = subscribe(bob, "nexus_payments")
     notifications = subscribe(grace, "nexus_notifications")
-    fanout.reset_table(TableReset("public.nexus_payments", "truncate"))
+    fanout.write(TableReset("public.nexus_payments", "truncate"))
+    assert taken(bob) == []  # gathered until the batch is written
+    assert fanout.take_dirty() == [bob]
     assert taken(bob) == [
         {
             "type": "gap",
             "subscriptions": [payments],
             "reason": "truncate",
-            "position": f"{fanout.stream.epoch}:1",
+            "position": fanout.position(),  # a re-fetch now is complete from here
         }
     ]
-    assert taken(grace) == []
-    fanout.gap_all("listener_reconnected")
-    assert taken(grace) == [
-        {
-            "type": "gap",
-            "subscriptions": [notifications],
-            "reason": "listener_reconnected",
-            "position": f"{fanout.stream.epoch}:2",
-        }
-    ]
-    assert fanout.stats.gaps == {"truncate": 1, "listener_reconnected": 1}
+    for _ in range(1000):  # a storm of failures in one batch...
+        fanout.gap_all("relay_error")
+    fanout.write(TableReset("public.nexus_payments", "truncate"))
+    fanout.take_dirty()
+    [gap] = taken(grace)  # ...is one gap
+    assert gap == {
+        "type": "gap",
+        "subscriptions": [notifications],
+        "reason": "relay_error",
+        "position": "log1:4.0",
+    }
+    assert [f["reason"] for f in taken(bob)] == ["relay_error"]
+    assert fanout.stats.gaps == {"truncate": 1, "relay_error": 2}
 
 
 def ack_of(
@@ -304,9 +342,9 @@ def test_a_resume_replays_what_was_missed_then_says_so() -> None:
     bob = signed_in(fanout, BOB)
     first, _ = ack_of(bob, "nexus_payments")
     fanout.close_session(bob, "connection_lost")
-    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
-    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-GAMMA001", id="PAY-2")))
-    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-3")))
+    one = fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
+    fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-GAMMA001", id="PAY-2")))
+    three = fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-3")))
 
     again = signed_in(fanout, BOB)
     ack, frames = ack_of(
@@ -315,29 +353,81 @@ def test_a_resume_replays_what_was_missed_then_says_so() -> None:
     assert ack["resumed"] is True
     *replayed, end = frames
     assert [f["new"]["id"] for f in replayed] == ["PAY-1", "PAY-3"]  # not Gamma's
-    assert [f["position"] for f in replayed] == [
-        f"{fanout.stream.epoch}:1",
-        f"{fanout.stream.epoch}:3",
-    ]
-    assert end == {"type": "replayed", "id": ack["id"], "position": f"{fanout.stream.epoch}:3"}
+    assert [f["position"] for f in replayed] == [one, three]
+    assert end == {"type": "replayed", "id": ack["id"], "position": "log1:5.0"}
     # The new token covers from the resume point: a resume of this one may start there.
-    assert ack["resume_token"].startswith("0.")
+    assert ack["resume_token"].startswith("2.0.")
+    assert fanout.stats.replays == {"memory": 1}
+
+
+def test_a_resume_from_before_memory_is_read_from_the_log_while_live_frames_wait() -> None:
+    fanout = make_fanout(history=1)
+    bob = signed_in(fanout, BOB)
+    first, _ = ack_of(bob, "nexus_payments")
+    fanout.close_session(bob, "connection_lost")
+    one = fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
+    two = fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-2")))
+
+    again = signed_in(fanout, BOB)
+    ack, frames = ack_of(
+        again, "nexus_payments", since=first["position"], resume_token=first["resume_token"]
+    )
+    assert (ack["resumed"], frames) == (True, [])  # from the log, to follow
+    three = fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-3")))
+    assert taken(again) == []  # live, but held back until the replay is sent
+    fanout.serve_replays()
+    *changes, end = taken(again)
+    assert [(f["new"]["id"], f["position"]) for f in changes] == [
+        ("PAY-1", one),
+        ("PAY-2", two),
+        ("PAY-3", three),
+    ]
+    assert end["type"] == "replayed"
+    assert fanout.stats.replays == {"log": 1}
+
+
+def test_a_position_ahead_of_this_relay_waits_for_it() -> None:
+    fanout = make_fanout()
+    bob = signed_in(fanout, BOB)
+    ack, _ = ack_of(bob, "nexus_payments")
+    # Another relay, a change further, sent this client PAY-1 at log1:2.1.
+    ahead, token = "log1:2.1", ack["resume_token"]
+    again = signed_in(fanout, BOB)
+    resumed, frames = ack_of(again, "nexus_payments", since=ahead, resume_token=token)
+    assert (resumed["resumed"], frames) == (True, [])
+    fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
+    assert taken(again) == [{"type": "replayed", "id": resumed["id"], "position": "log1:3.0"}]
+    two = fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-2")))
+    [change] = taken(again)  # PAY-1 is not repeated
+    assert (change["new"]["id"], change["position"]) == ("PAY-2", two)
 
 
 def test_a_resume_needs_a_token_for_the_same_user_and_claims() -> None:
     fanout = make_fanout()
     bob = signed_in(fanout, BOB)
     ack, _ = ack_of(bob, "nexus_payments")
-    fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
-    origin = f"{fanout.stream.epoch}:0"
+    fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
+    origin = ack["position"]
     refusals = {
-        "no token": (BOB, {}),
-        "forged token": (BOB, {"resume_token": "0.AAAAAAAAAAAAAAAAAAAAAAAA"}),
-        "another user": (CAROL, {"resume_token": ack["resume_token"]}),
-        "other claims": (("USR-BOB00001", "TNT-ALPHA001"), {"resume_token": ack["resume_token"]}),
+        "no token": (BOB, {}, {}),
+        "forged token": (BOB, {}, {"resume_token": "2.0.9999999999.AAAAAAAAAAAAAAAAAAAAAAAA"}),
+        "another user": (CAROL, {}, {"resume_token": ack["resume_token"]}),
+        "other claims": (
+            ("USR-BOB00001", "TNT-ALPHA001"),
+            {},
+            {"resume_token": ack["resume_token"]},
+        ),
+        # Claims given again, after a while without them: rows written while the
+        # user held others are not replayed (resume.py: iat).
+        "a token issued after": (
+            BOB,
+            {"iat": int(time.time()) + 20},  # within the clocks' leeway
+            {"resume_token": ack["resume_token"]},
+        ),
+        "no iat": (BOB, {"iat": None}, {"resume_token": ack["resume_token"]}),
     }
-    for why, (who, options) in refusals.items():
-        session = signed_in(fanout, who)
+    for why, (who, claims, options) in refusals.items():
+        session = signed_in(fanout, who, **claims)
         refused, [gap] = ack_of(session, "nexus_payments", since=origin, **options)
         assert refused["resumed"] is False, why
         assert (gap["type"], gap["reason"]) == ("gap", "resume_refused"), why
@@ -356,27 +446,29 @@ def test_a_resume_that_cannot_be_made_whole_is_a_gap() -> None:
     fanout = make_fanout(history=3)
     bob = signed_in(fanout, BOB)
     ack, _ = ack_of(bob, "nexus_payments")
-    for n in range(4):  # one more than the history holds
-        fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
+    fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
+    fanout.gap_all("relay_error")
+    fanout.take_dirty()
     taken(bob)
     again = signed_in(fanout, BOB)
     refused, [gap] = ack_of(
         again, "nexus_payments", since=ack["position"], resume_token=ack["resume_token"]
     )
-    assert (refused["resumed"], gap["reason"]) == (False, "history_exceeded")
-
+    assert (refused["resumed"], gap["reason"]) == (False, "relay_error")
+    _, [gap] = ack_of(again, "nexus_payments", since="other:2.0", resume_token=ack["resume_token"])
+    assert gap["reason"] == "log_changed"
+    # From the log, across a truncate.
     fresh, _ = ack_of(again, "nexus_payments")
-    fanout.gap_all("overflow")
-    taken(again)
+    fanout.write(TableReset("public.nexus_payments", "truncate"))
+    for n in range(4):  # more than memory holds
+        fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
     third = signed_in(fanout, BOB)
-    _, [gap] = ack_of(
+    _, frames = ack_of(
         third, "nexus_payments", since=fresh["position"], resume_token=fresh["resume_token"]
     )
-    assert gap["reason"] == "overflow"
-    _, [gap] = ack_of(
-        third, "nexus_payments", since="0000other:0", resume_token=fresh["resume_token"]
-    )
-    assert gap["reason"] == "epoch_changed"
+    assert frames == []
+    fanout.serve_replays()
+    assert [(f["type"], f["reason"]) for f in taken(third)] == [("gap", "truncate")]
 
 
 def test_a_replay_over_its_byte_budget_is_a_gap() -> None:
@@ -384,7 +476,7 @@ def test_a_replay_over_its_byte_budget_is_a_gap() -> None:
     bob = signed_in(fanout, BOB)
     ack, _ = ack_of(bob, "nexus_payments")
     for n in range(20):
-        fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
+        fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
     again = signed_in(fanout, BOB)
     refused, frames = ack_of(
         again, "nexus_payments", since=ack["position"], resume_token=ack["resume_token"]
@@ -415,7 +507,7 @@ def test_a_connection_that_queues_too_much_is_dropped() -> None:
             bob, "nexus_payments", select=["status"] if n % 2 else ["amount"], filter=f"id=neq.X{n}"
         )
     for n in range(200):
-        fanout.ingest(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
+        fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id=f"PAY-{n}")))
     assert bob.close_request is not None and bob.close_request[0] == 4008
     assert [f["type"] for f in taken(bob)] == ["closing"]  # its queue dropped; only the reason
     assert fanout.index.count == 0

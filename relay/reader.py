@@ -1,0 +1,340 @@
+"""The PostgreSQL side: the doorbell by LISTEN, the changes by reading the log.
+
+Three connections, each a task of the relay's:
+
+- ``listen``: LISTENs to ``relay_wake`` (the doorbell: no payload) and
+  ``relay_control`` (``relay.publish``/``unpublish`` ran). It only wakes the
+  reader: a relay that stops reading fills no queue with data, and a writer
+  never waits on it.
+- ``process``: the reader. Woken by the doorbell, or every ``poll_interval``
+  without it (a transaction that did not ring), it takes a tick
+  (``relay.tick()``) and reads the net changes since its last tick, in order,
+  into the fan-out; then the replays that resuming clients asked for. After a
+  read that found changes it looks again sooner (``busy_poll``), while
+  writers are busy. Lost connection: it reconnects with backoff and reads on
+  from its last tick, so nothing is lost while the log keeps it.
+- ``housekeeping``: prunes the log (``relay.prune``), and measures it.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from relay import log
+from relay.core import tables
+from relay.core.changes import Change, TableReset
+from relay.core.errors import first_line
+from relay.core.fanout import Fanout
+from relay.core.positions import Position
+from relay.core.replays import Replay
+
+logger = logging.getLogger("relay.reader")
+
+WAKE_CHANNEL = "relay_wake"
+CONTROL_CHANNEL = "relay_control"
+
+# libpq keepalives: notice a dead server or network within about half a minute.
+CONNECT_OPTIONS: dict[str, Any] = {
+    "autocommit": True,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "application_name": "nexus-relay",
+    # relay.tick() needs each statement to see what committed before it.
+    "options": "-c default_transaction_isolation=read\\ committed",
+}
+
+
+class LogReader:
+    def __init__(
+        self,
+        database_url: str,
+        fanout: Fanout,
+        flush: Callable[[], None],
+        *,
+        poll_interval: float = 0.25,
+        busy_poll: float = 0.01,
+        retention: float = 3600.0,
+        max_log_bytes: int = 1024**3,
+    ) -> None:
+        self.database_url = database_url
+        self.fanout = fanout
+        self.flush = flush
+        self.poll_interval = poll_interval
+        self.busy_poll = busy_poll
+        self.retention = retention
+        self.max_log_bytes = max_log_bytes
+        self.observe_latency: Callable[[float], None] | None = None  # set by the metrics
+        self.first_load = asyncio.Event()  # set once the log and the published tables are known
+        self.processing = False  # while process() runs: readiness depends on it
+        self.connected = False  # the reader's connection
+        self.listening = False  # the doorbell's
+        self.reconnects = 0
+        self.last_tick = 0
+        self.reads = 0
+        self.log_bytes: int | None = None
+        self.oldest_tick_at: float | None = None
+        self.queue_usage: float | None = None
+        self._wake = asyncio.Event()
+        self._reload = False
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    # --- The doorbell ----------------------------------------------------------------
+
+    async def listen(self) -> None:
+        """Hold the LISTEN connection, forever, reconnecting with backoff."""
+        attempt = 0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.database_url, **CONNECT_OPTIONS
+                ) as conn:
+                    await conn.execute(f"LISTEN {WAKE_CHANNEL}")
+                    await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
+                    self.listening = True
+                    attempt = 0
+                    self._reload = True  # a publish may have gone unheard meanwhile
+                    self._wake.set()
+                    async for notify in conn.notifies():
+                        if notify.channel == CONTROL_CHANNEL:
+                            self._reload = True
+                        self._wake.set()
+            except psycopg.Error as exc:
+                logger.warning("lost the LISTEN connection: %s", first_line(exc))
+            finally:
+                self.listening = False
+            attempt += 1
+            await asyncio.sleep(_backoff(attempt, 0.1))
+
+    # --- Reading --------------------------------------------------------------------------
+
+    async def process(self) -> None:
+        """Read the log, in order, forever.
+
+        A change that fails is logged with its traceback, counted, and told to
+        its subscribers as a gap; reading goes on. Anything else that escapes
+        ends the task, and the relay with it (it runs supervised).
+        """
+        self.processing = True
+        try:
+            wait = 0.0
+            while True:
+                if wait:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                self._wake.clear()
+                found = await self._read_or_reconnect()
+                wait = self.busy_poll if found else self.poll_interval
+        finally:
+            self.processing = False
+
+    async def _read_or_reconnect(self) -> bool:
+        """One read of the log; whether it found changes. A lost connection is
+        taken again, with backoff, before it returns."""
+        try:
+            conn = await self._connection()
+            if self._reload:
+                self._reload = False
+                await self._load_tables(conn)
+            found = await self._read(conn)
+            await self._replay(conn)
+            return found
+        except psycopg.Error as exc:
+            logger.warning("lost the reader's connection: %s", first_line(exc))
+            await self._close()
+            return False
+        finally:
+            self.flush()
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        attempt = 0
+        while self._conn is None:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.database_url, **CONNECT_OPTIONS)
+            except psycopg.OperationalError as exc:
+                attempt += 1
+                delay = _backoff(attempt, 0.1)
+                logger.warning(
+                    "cannot connect to PostgreSQL (%s); retrying in %.1f s", first_line(exc), delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            log.text_json(conn)
+            await self._start_from(conn)
+            self._conn = conn
+            self.connected = True
+            logger.info(
+                "reading the log %s from tick %s (backend pid %s)",
+                self.fanout.stream.log_id,
+                self.last_tick,
+                conn.info.backend_pid,
+            )
+        return self._conn
+
+    async def _start_from(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Where to read from: at the start, a tick of its own (what committed
+        before the relay started is not news); after a lost connection, where
+        it was, unless the log no longer has it."""
+        if not self.first_load.is_set():
+            await log.tick(conn)
+        head = await log.head(conn)
+        if not self.first_load.is_set():
+            self.fanout.begin(head.log_id, Position.after(head.newest_tick))
+            self.last_tick = head.newest_tick
+            await self._load_tables(conn)
+            self.first_load.set()
+            return
+        self.reconnects += 1
+        if head.log_id != self.fanout.stream.log_id or head.oldest_tick > self.last_tick:
+            reason = (
+                "log_changed" if head.log_id != self.fanout.stream.log_id else "history_exceeded"
+            )
+            logger.error("the log moved on without this relay (%s): subscribers told gap", reason)
+            self.fanout.gap_all(reason)
+            self.fanout.begin(head.log_id, Position.after(head.newest_tick))
+            self.last_tick = head.newest_tick
+        await self._load_tables(conn)
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        newest = await log.tick(conn)
+        if newest <= self.last_tick:
+            return False
+        self.reads += 1
+        since = Position.after(self.last_tick)
+        found = False
+        async for entries in log.read(
+            conn, self.last_tick, newest, since, self.fanout.tables_by_oid
+        ):
+            found = True
+            for position, entry in entries:
+                self._dispatch(position, entry)
+            self.flush()
+            await asyncio.sleep(0)
+        self.fanout.end_tick(newest)
+        self.last_tick = newest
+        return found
+
+    def _dispatch(self, position: Position, entry: Change | TableReset | None) -> None:
+        try:
+            if isinstance(entry, Change):
+                self.fanout.ingest(entry, position)
+                if self.observe_latency is not None:
+                    self.observe_latency(_age(entry.timestamp))
+            elif isinstance(entry, TableReset):
+                self.fanout.reset(entry, position)
+        except Exception:  # a bug must cost this change, not the stream
+            table = entry.table if entry is not None else None
+            logger.exception("could not process a change of %s; its subscribers told gap", table)
+            self.fanout.stats.errors["change"] += 1
+            if table is None:
+                self.fanout.gap_all("relay_error")
+            else:
+                self.fanout.gap_table(table, "relay_error")
+
+    async def _replay(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Read the log for the resumes that memory could not serve, a table at a time."""
+        requests = self.fanout.take_replay_requests()
+        if not requests:
+            return
+        oldest = (await log.head(conn)).oldest_tick
+        by_table: dict[str, list[Replay]] = {}
+        for replay in requests:
+            if replay.since < Position.after(oldest):
+                self.fanout.replay_read(replay, lost="history_exceeded")
+            else:
+                by_table.setdefault(replay.subscription.table.name, []).append(replay)
+        for replays in by_table.values():
+            table = replays[0].subscription.table
+            since = min(r.since for r in replays)
+            upto = max(r.upto for r in replays)
+            async for entries in log.read(
+                conn, since.tick - 1, upto.tick, since, self.fanout.tables_by_oid, table
+            ):
+                for replay in replays:
+                    self.fanout.replay_from_log(replay, entries)
+            for replay in replays:
+                self.fanout.replay_read(replay)
+
+    async def _load_tables(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async with conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute("SELECT * FROM relay.published_tables")
+            rows = await cursor.fetchall()
+        problems = self.fanout.set_tables(tables.from_rows(rows))
+        for problem in problems:
+            logger.error("%s: subscriptions to this table are refused", problem)
+        logger.info("published tables: %s", ", ".join(sorted(self.fanout.tables)) or "none")
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The reader's backend in pg_stat_activity, while it is connected."""
+        return self._conn.info.backend_pid if self._conn is not None else None
+
+    async def _close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            self.connected = False
+            await conn.close()
+
+    # --- Housekeeping ------------------------------------------------------------------
+
+    async def housekeeping(self, interval: float = 5.0, prune_every: float = 30.0) -> None:
+        """Every few seconds, measure the log and the notification queue; now and
+        then, prune the log (one relay at a time: the others skip)."""
+        last_prune = 0.0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.database_url, **CONNECT_OPTIONS
+                ) as conn:
+                    while True:
+                        if time.monotonic() - last_prune > prune_every:
+                            last_prune = time.monotonic()
+                            await self._prune(conn)
+                        await self._measure(conn)
+                        await asyncio.sleep(interval)
+            except psycopg.Error as exc:
+                logger.warning("housekeeping failed: %s", first_line(exc))
+                self.queue_usage = self.log_bytes = None
+            await asyncio.sleep(interval)
+
+    async def _prune(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        pruned = 0
+        while deleted := await log.prune(conn, self.retention, self.max_log_bytes):
+            pruned += deleted
+            await asyncio.sleep(0.05)  # batches, with room for the writers in between
+        if pruned:
+            logger.info("pruned %d changes from the log", pruned)
+
+    async def _measure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cursor = await conn.execute(
+            "SELECT pg_notification_queue_usage(), pg_total_relation_size('relay.changes'),"
+            " (SELECT extract(epoch FROM min(at)) FROM relay.ticks)"
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        self.queue_usage, self.log_bytes = float(row[0]), int(row[1])
+        self.oldest_tick_at = float(row[2]) if row[2] is not None else None
+
+    async def close(self) -> None:
+        await self._close()
+
+
+def _age(timestamp: str) -> float:
+    try:
+        return max(time.time() - datetime.fromisoformat(timestamp).timestamp(), 0.0)
+    except ValueError:
+        return 0.0
+
+
+def _backoff(attempt: int, base: float) -> float:
+    """Seconds before retry ``attempt``: doubling from ``base``, at most 10, with jitter."""
+    return min(10.0, base * 2.0**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
