@@ -9,10 +9,10 @@ Three connections, each a task of the relay's:
 - ``process``: the reader. Woken by the doorbell, or every ``poll_interval``
   without it (a transaction that did not ring), it takes a tick
   (``relay.tick()``) and reads the net changes since its last tick, in order,
-  into the fan-out; then the replays that resuming clients asked for. After a
-  read that found changes it looks again sooner (``busy_poll``), while
-  writers are busy. Lost connection: it reconnects with backoff and reads on
-  from its last tick, so nothing is lost while the log keeps it.
+  into the fan-out; then the replays that resuming clients asked for. While
+  writers write it reads every ``busy_poll`` and silences the bell (see
+  ``process``). Lost connection: it reconnects with backoff and reads on from
+  its last tick, so nothing is lost while the log keeps it.
 - ``housekeeping``: prunes the log (``relay.prune``), and measures it.
 """
 
@@ -63,6 +63,7 @@ class LogReader:
         *,
         poll_interval: float = 0.25,
         busy_poll: float = 0.01,
+        busy_reads: int = 10,
         retention: float = 3600.0,
         max_log_bytes: int = 1024**3,
     ) -> None:
@@ -71,6 +72,7 @@ class LogReader:
         self.flush = flush
         self.poll_interval = poll_interval
         self.busy_poll = busy_poll
+        self.busy_reads = busy_reads
         self.retention = retention
         self.max_log_bytes = max_log_bytes
         self.observe_latency: Callable[[float], None] | None = None  # set by the metrics
@@ -87,6 +89,7 @@ class LogReader:
         self._wake = asyncio.Event()
         self._reload = False
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._holding_bell = False  # the doorbell's lock, in share mode, on _conn
 
     # --- The doorbell ----------------------------------------------------------------
 
@@ -120,22 +123,55 @@ class LogReader:
     async def process(self) -> None:
         """Read the log, in order, forever.
 
+        Busy (a read found changes), it reads again every ``busy_poll`` and
+        holds the doorbell's lock in share mode, so that writers do not ring:
+        the bell would only cost them. After ``busy_reads`` reads without
+        news it lets go, reads once more (a writer may have skipped the bell
+        just before), and waits for the bell or ``poll_interval``.
+
         A change that fails is logged with its traceback, counted, and told to
         its subscribers as a gap; reading goes on. Anything else that escapes
         ends the task, and the relay with it (it runs supervised).
         """
         self.processing = True
         try:
+            quiet = self.busy_reads  # idle at first: the bell wakes it
             wait = 0.0
             while True:
                 if wait:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), wait)
                 self._wake.clear()
-                found = await self._read_or_reconnect()
-                wait = self.busy_poll if found else self.poll_interval
+                if await self._read_or_reconnect():
+                    quiet = 0
+                    await self._hold_bell(True)
+                elif quiet < self.busy_reads:
+                    quiet += 1
+                    if quiet == self.busy_reads:
+                        await self._hold_bell(False)
+                        wait = 0.0
+                        continue
+                wait = self.busy_poll if quiet < self.busy_reads else self.poll_interval
         finally:
             self.processing = False
+
+    async def _hold_bell(self, hold: bool) -> None:
+        """Hold (or let go of) the doorbell's lock in share mode: held, writers do not ring."""
+        if hold == self._holding_bell or self._conn is None:
+            return
+        try:
+            if hold:
+                cursor = await self._conn.execute(
+                    "SELECT pg_try_advisory_lock_shared(1380273242, 0)"
+                )
+                row = await cursor.fetchone()
+                self._holding_bell = bool(row and row[0])
+            else:
+                await self._conn.execute("SELECT pg_advisory_unlock_shared(1380273242, 0)")
+                self._holding_bell = False
+        except psycopg.Error as exc:
+            logger.warning("lost the reader's connection: %s", first_line(exc))
+            await self._close()
 
     async def _read_or_reconnect(self) -> bool:
         """One read of the log; whether it found changes. A lost connection is
@@ -282,6 +318,7 @@ class LogReader:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             self.connected = False
+            self._holding_bell = False  # a session's lock goes with it
             await conn.close()
 
     # --- Housekeeping ------------------------------------------------------------------

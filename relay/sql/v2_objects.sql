@@ -24,6 +24,9 @@
 -- capture functions, which run as that owner (SECURITY DEFINER): writers need
 -- no right on it, cannot forge a change, and a LISTEN hears only doorbells.
 
+-- Advisory locks of the class 1380273241 ("RELY"): (…, 1) one tick at a time,
+-- (…, 2) one pruner at a time; of the class 1380273242: (…, 0) the doorbell.
+
 -- This log's identity: positions of another log (a reinstall) are not ours.
 CREATE TABLE relay.log (
     id text NOT NULL DEFAULT substr(md5(random()::text || clock_timestamp()::text), 1, 8),
@@ -169,21 +172,23 @@ $$;
 
 REVOKE ALL ON FUNCTION relay.tick(), relay.prune(interval, bigint, integer) FROM PUBLIC;
 
--- The doorbell, rung from the capture functions. Not every transaction rings:
--- one that holds the lock of its block of 64 transaction ids does (the lock
--- is held to commit, and taken again by the same transaction at no cost), so
--- concurrent writers do not all notify (each notifying commit takes
--- PostgreSQL's global NOTIFY lock), and a long transaction silences only its
--- own block. A change of a transaction that did not ring is read when another
--- one rings, or by the relays' next regular read. Never past half of the
--- notification queue (a relay that stopped reading must not make writers
--- fail), nor when relay.doorbell is 'off'.
+-- The doorbell. A relay that is reading busily (it read changes a moment ago
+-- and reads again every few milliseconds) holds the advisory lock
+-- (1380273242, 0) in share mode: then nobody rings. Otherwise the first writer
+-- to take it exclusively rings, and holds it to commit: concurrent writers do
+-- not ring too. So at most one transaction notifies at a time, and none while
+-- relays read anyway (each notifying commit takes PostgreSQL's global NOTIFY
+-- lock: the bell must not serialize writers). A change of a transaction that
+-- did not ring is read by a relay's next read: a few milliseconds while it is
+-- busy, RELAY_POLL_INTERVAL_S when idle. Never past half of the notification
+-- queue (a relay that stopped reading must not make writers fail), nor when
+-- relay.doorbell is 'off'. The capture functions ring the same way, inline.
 CREATE FUNCTION relay.ring() RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF pg_try_advisory_xact_lock(1380273242, (txid_current() / 64 % 2147483647)::integer)
+    IF pg_try_advisory_xact_lock(1380273242, 0)
        AND pg_notification_queue_usage() < 0.5
        AND current_setting('relay.doorbell', true) IS DISTINCT FROM 'off' THEN
         PERFORM pg_notify('relay_wake', '');
@@ -333,7 +338,12 @@ BEGIN
             END IF;
         END IF;
     END IF;
-    PERFORM relay.ring();
+    -- relay.ring(), inline: a function call per row costs.
+    IF pg_try_advisory_xact_lock(1380273242, 0)
+       AND pg_notification_queue_usage() < 0.5
+       AND current_setting('relay.doorbell', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('relay_wake', '');
+    END IF;
     RETURN NULL;
 END
 $f$,

@@ -554,6 +554,27 @@ def test_the_doorbell_can_be_turned_off(database_url: str) -> None:
         assert len(list(bell.notifies(timeout=WAIT, stop_after=1))) == 1
 
 
+def test_a_busy_reader_silences_the_bell_and_one_writer_rings_for_many(
+    database_url: str,
+) -> None:
+    with (
+        psycopg.connect(database_url, autocommit=True) as bell,
+        psycopg.connect(database_url, autocommit=True) as reader,
+        psycopg.connect(database_url) as first,
+        psycopg.connect(database_url, autocommit=True) as second,
+    ):
+        bell.execute("LISTEN relay_wake")
+        reader.execute("SELECT pg_advisory_lock_shared(1380273242, 0)")  # reading anyway
+        WRITES[2].insert(second)
+        assert list(bell.notifies(timeout=0.5, stop_after=1)) == []
+        reader.execute("SELECT pg_advisory_unlock_shared(1380273242, 0)")  # idle again
+        WRITES[2].insert(first)  # rings (at commit), and holds the bell meanwhile...
+        WRITES[2].insert(second)  # ...so this one does not
+        first.commit()
+        assert len(list(bell.notifies(timeout=WAIT, stop_after=1))) == 1
+        assert list(bell.notifies(timeout=0.5, stop_after=1)) == []
+
+
 # --- Retention ---------------------------------------------------------------------------
 
 
