@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 CHROMIUM ?= /usr/bin/chromium
+HAPROXY ?= /usr/sbin/haproxy
 
 .PHONY: demo test test-db lint bench bench-full clean
 
@@ -25,21 +26,22 @@ $(NODE_INSTALLED): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# The browser tests drive Debian's chromium (playwright cannot download one here).
-$(CHROMIUM):
+# The browser tests drive Debian's chromium (playwright cannot download one
+# here); the tests of several relays put Debian's haproxy in front of them.
+$(CHROMIUM) $(HAPROXY):
 	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || \
-		{ echo "$(CHROMIUM) is missing: install Debian's chromium (apt-get install chromium)"; exit 1; }
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+		{ echo "$@ is missing: install Debian's chromium and haproxy (apt-get install chromium haproxy)"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium haproxy >/dev/null
 
 demo: $(INSTALLED) $(NODE_INSTALLED)
 	$(BIN)/python -m portal.demo
 
-test: $(INSTALLED) $(NODE_INSTALLED) $(CHROMIUM)
+test: $(INSTALLED) $(NODE_INSTALLED) $(CHROMIUM) $(HAPROXY)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The database tests only: .ci/run runs them a second time against another
 # PostgreSQL major version, named by TEST_DATABASE_URL.
-test-db: $(INSTALLED) $(NODE_INSTALLED) $(CHROMIUM)
+test-db: $(INSTALLED) $(NODE_INSTALLED) $(CHROMIUM) $(HAPROXY)
 	$(BIN)/python -m pytest -m db $(PYTEST_ARGS)
 
 # Benchmarks: `make bench` is quick (small sizes, a few minutes), `make

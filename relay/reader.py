@@ -245,7 +245,9 @@ class LogReader:
         if newest <= self.last_tick:
             return False
         self.reads += 1
-        since = Position.after(self.last_tick)
+        # After what the fan-out has: a read cut short (the connection lost
+        # after some changes were dispatched) goes on after the last of them.
+        since = max(Position.after(self.last_tick), self.fanout.stream.head)
         found = False
         async for entries in log.read(
             conn, self.last_tick, newest, since, self.fanout.tables_by_oid
