@@ -9,7 +9,17 @@ from typing import Any
 import psycopg
 import pytest
 from argon2 import PasswordHasher
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Dialog,
+    Page,
+    Playwright,
+    WebSocket,
+    expect,
+    sync_playwright,
+)
 
 from tests.support import WAIT, PortalProcess, RelayProcess, free_port
 
@@ -121,11 +131,20 @@ class Session:
         self.console_errors: list[str] = []
         self.dialogs: list[str] = []
         self.frames_received: list[str] = []
-        self.page.on(
-            "console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None
-        )
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+        self.page.on("console", self._console)
+        self.page.on("dialog", self._dialog)
+        self.page.on("websocket", self._websocket)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    def _dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def _websocket(self, websocket: WebSocket) -> None:
+        websocket.on("framereceived", self._frame)
 
     def _frame(self, payload: Any) -> None:
         self.frames_received.append(

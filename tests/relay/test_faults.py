@@ -167,7 +167,8 @@ async def test_postgresql_restarted_under_a_relay_loses_nothing(server: Server) 
     try:
         client = await RelayClient.connect(relay.url, mint(*BOB), timeout=WAIT)
         await client.subscribe("nexus_notifications", filter="notification_type=eq.restart")
-        write(server.url, ["before"], errors := [], "restart")
+        errors: list[BaseException] = []
+        write(server.url, ["before"], errors, "restart")
         assert (await client.next_event(WAIT))["new"]["title"] == "before"
         # Written while the relay cannot read, then PostgreSQL restarts.
         os.kill(relay.process.popen.pid, signal.SIGSTOP)
@@ -195,7 +196,8 @@ async def test_a_relay_restarted_under_its_clients_resumes_them_without_a_gap(
     token = mint(*BOB)  # the client keeps its token across the reconnection
     client = await RelayClient.connect(relay.url, token, timeout=WAIT)
     ack = await client.subscribe("nexus_notifications", filter="notification_type=eq.redeploy")
-    write(server.url, ["seen"], errors := [], "redeploy")
+    errors: list[BaseException] = []
+    write(server.url, ["seen"], errors, "redeploy")
     assert (await client.next_event(WAIT))["new"]["title"] == "seen"
     since, resume_token = client.resume_point(ack["id"])
     relay.stop(signal.SIGKILL)  # no goodbye
@@ -213,7 +215,7 @@ async def test_a_relay_restarted_under_its_clients_resumes_them_without_a_gap(
         )
         assert resumed["resumed"] is True
         write(server.url, ["live"], errors, "redeploy")
-        received = []
+        received: list[str] = []
         while len(received) < len(missed) + 1:
             event = await client.next_event(WAIT)
             assert event["type"] in ("change", "replayed"), event

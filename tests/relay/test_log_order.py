@@ -267,7 +267,7 @@ def test_every_committed_change_once_in_order_under_concurrent_writers(
         assert writer.errors == [], writer.errors
     with psycopg.connect(url, autocommit=True) as db:
         db.execute("INSERT INTO stress_rows (id, version) VALUES (-1, 0)")  # the end
-        final = dict(db.execute("SELECT id, version FROM stress_rows").fetchall())
+        final: dict[int, int] = dict(db.execute("SELECT id, version FROM stress_rows").fetchall())
     for reader in readers:
         reader.stop.set()
         reader.thread.join(4 * WAIT)

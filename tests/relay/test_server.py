@@ -101,7 +101,7 @@ def rsa_key() -> rsa.RSAPrivateKey:
                     "exp": time.time() + 60,
                     "app_metadata": {"user_id": "USR-ALIC0001", "tenant_id": "TNT-ALPHA001"},
                 },
-                None,
+                None,  # type: ignore[arg-type]  # alg none: no key, the forgery under test
                 algorithm="none",
             ),
             "invalid_token",
@@ -436,7 +436,7 @@ async def test_an_oversized_frame_closes_that_connection_only(
 
 async def test_subscribe_errors_name_the_problem(connect: Connect) -> None:
     client = await connect(ALICE)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"table": "nexus_users"}, "table_unknown"),
         ({"table": "nexus_payments", "select": ["id", "no_such_column"]}, "invalid_select"),
         ({"table": "nexus_payments", "filter": "no_such_column=eq.1"}, "invalid_filter"),

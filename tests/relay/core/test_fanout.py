@@ -408,7 +408,7 @@ def test_a_resume_needs_a_token_for_the_same_user_and_claims() -> None:
     ack, _ = ack_of(bob, "nexus_payments")
     fanout.write(payment("INSERT", pay("TNT-ALPHA001", "TNT-BETA0001", id="PAY-1")))
     origin = ack["position"]
-    refusals = {
+    refusals: dict[str, tuple[tuple[str, str], dict[str, Any], dict[str, Any]]] = {
         "no token": (BOB, {}, {}),
         "forged token": (BOB, {}, {"resume_token": "2.0.9999999999.AAAAAAAAAAAAAAAAAAAAAAAA"}),
         "another user": (CAROL, {}, {"resume_token": ack["resume_token"]}),
