@@ -98,13 +98,15 @@ def _check_database(
                 f"{name} is listed as published but has no trigger",
                 f"SELECT relay.publish('{name}')",
             )
+    _check_log(conn, report)
     usage = conn.execute("SELECT pg_notification_queue_usage() AS u").fetchone()
     fraction = float(usage["u"]) if usage else 0.0
     if fraction < 0.1:
         report.ok(f"notification queue {fraction:.1%} used")
     else:
         report.problem(
-            f"notification queue {fraction:.1%} used: a listener is not reading",
+            f"notification queue {fraction:.1%} used: a LISTEN session is not reading"
+            " (the doorbell stops at half; relays then read every RELAY_POLL_INTERVAL_S)",
             "find it in pg_stat_activity (a LISTEN session idle in transaction?)",
         )
     listeners = conn.execute(
@@ -120,6 +122,36 @@ def _check_database(
             "start one: nexus-relay serve (and check RELAY_DATABASE_URL)",
         )
     return published
+
+
+def _check_log(conn: psycopg.Connection[dict[str, Any]], report: _Report) -> None:
+    """The change log: its size, how far back clients can resume, whether relays read it."""
+    row = conn.execute(
+        "SELECT pg_total_relation_size('relay.changes') AS bytes,"
+        " (SELECT count(*) FROM relay.ticks) AS ticks,"
+        " (SELECT now() - min(at) FROM relay.ticks) AS kept,"
+        " (SELECT now() - max(at) FROM relay.ticks) AS since_tick,"
+        " (SELECT count(*) FROM relay.changes c, relay.ticks t"
+        "   WHERE t.id = (SELECT max(id) FROM relay.ticks)"
+        "     AND NOT pg_visible_in_snapshot(c.xid, t.snapshot)) AS unread"
+    ).fetchone()
+    assert row is not None
+    report.ok(f"the change log: {row['bytes'] / 2**20:.1f} MiB, resumable back {_ago(row['kept'])}")
+    if row["unread"] and row["since_tick"].total_seconds() > 10:
+        report.problem(
+            f"{row['unread']} committed changes wait in the log, the last tick"
+            f" {_ago(row['since_tick'])} ago: no relay is reading it",
+            "start a relay, or see its log (nexus-relay serve)",
+        )
+
+
+def _ago(delta: Any) -> str:
+    seconds = delta.total_seconds() if delta is not None else 0.0
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _check_policies(path: Path, published: dict[str, tables.Table], report: _Report) -> None:

@@ -69,6 +69,7 @@ def test_diagnose_a_healthy_deployment_then_a_broken_one(new_database: Callable[
         result = diagnose(url, relay)
         assert result.returncode == 0, result.stdout
         assert "ok       public.nexus_payments publishes DELETE, INSERT, UPDATE" in result.stdout
+        assert "ok       the change log:" in result.stdout
         assert "No problem found." in result.stdout
 
         with psycopg.connect(url, autocommit=True) as conn:
@@ -82,3 +83,8 @@ def test_diagnose_a_healthy_deployment_then_a_broken_one(new_database: Callable[
     result = diagnose(url, relay)
     assert "no relay is connected to this database" in result.stdout
     assert f"cannot reach {relay.ops_url}" in result.stdout
+    with psycopg.connect(url, autocommit=True) as conn:  # written, and nobody reads
+        conn.execute("INSERT INTO open_secrets VALUES (1)")
+        conn.execute("UPDATE relay.ticks SET at = at - interval '1 minute'")
+    result = diagnose(url, relay)
+    assert "1 committed changes wait in the log" in result.stdout

@@ -5,6 +5,7 @@ checks ("Grace receives nothing") wait for a fence, not for time.
 """
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -389,3 +390,41 @@ async def test_a_malformed_position_is_refused(connect: Connect, since: str) -> 
     client = await connect(BOB)
     with pytest.raises(Exception, match="invalid_position"):
         await client.subscribe("nexus_payments", since=since)
+
+
+async def test_a_resume_from_before_what_the_log_keeps_is_a_gap(
+    new_demo_database: Callable[[], str], connect: Connect
+) -> None:
+    url = new_demo_database()  # its own: pruning here must not cut others' resumes
+    relay = RelayProcess(url, RELAY_HISTORY_SIZE="1").start()
+    try:
+        token = mint(*BOB)
+        watcher = await connect(ALICE, target=relay)
+        await watcher.subscribe("nexus_payments")
+        client = await connect(token=token, target=relay)
+        subscription = await client.subscribe("nexus_payments")
+        with psycopg.connect(url, autocommit=True) as db:
+            insert(db, NEW_PAYMENT, "TNT-ALPHA001", "TNT-BETA0001", 1, "pending", "kept")
+            await client.next_event(WAIT)
+            since, resume_token = client.resume_point(subscription["id"])
+            await client.close()
+            for n in range(3):
+                insert(db, NEW_PAYMENT, "TNT-ALPHA001", "TNT-BETA0001", n + 2, "pending", "x")
+            # Two hours pass; the log keeps one.
+            db.execute("UPDATE relay.ticks SET at = at - interval '2 hours'")
+            insert(db, NEW_PAYMENT, "TNT-ALPHA001", "TNT-BETA0001", 9, "pending", "new")
+            db.execute("SELECT relay.tick()")
+            while db.execute("SELECT relay.prune('1 hour', 1073741824)").fetchone() != (0,):
+                pass
+        for _ in range(5):  # the relay has read them all: what it holds in memory moved on
+            await watcher.next_event(WAIT)
+        again = await connect(token=token, target=relay)
+        ack = await again.subscribe("nexus_payments", since=since, resume_token=resume_token)
+        event = await again.next_event(WAIT)
+        assert (ack["resumed"], event["type"], event.get("reason")) == (
+            True,
+            "gap",
+            "history_exceeded",
+        )
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, relay.stop)
