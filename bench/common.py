@@ -54,6 +54,16 @@ def user_id(g: int) -> str:
     return f"USR-B{g:07d}"
 
 
+def mint_service(expires_in: float = 4 * 3600) -> str:
+    """A service_role token: it sees every row of every table with a policy."""
+    import jwt
+
+    now = int(time.time())
+    payload: dict[str, Any] = {"sub": "bench-service", "aud": JWT_AUDIENCE, "role": "service_role"}
+    payload |= {"iat": now, "exp": now + int(expires_in)}
+    return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
+
+
 def mint(user: str, tenant: str, expires_in: float = 4 * 3600) -> str:
     """A token like the portal's (tests/support.py ``mint``)."""
     import jwt

@@ -140,16 +140,29 @@ class RelayServer(Server):
     kind = "relay"
     application_names = ("nexus-relay",)
 
-    def __init__(self, *args: Any, cpus: Sequence[int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        cpus: Sequence[int] | None = None,
+        policy_file: Path | None = None,
+        env: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.ops_port = common.free_port()
         self.cpus = cpus
+        self.policy_file = policy_file or common.POLICY_FILE
+        self.extra_env = env or {}
         self.env: dict[str, str] = {}
 
     def start(self) -> "RelayServer":
+        """Start it (again, on the same ports, after ``stop``); wait until it serves."""
+        policy = self.policy_file
         self.env = {
             "RELAY_DATABASE_URL": self.db.url,
-            "RELAY_POLICY_FILE": str(common.POLICY_FILE.relative_to(common.ROOT)),
+            "RELAY_POLICY_FILE": str(
+                policy.relative_to(common.ROOT) if policy.is_relative_to(common.ROOT) else policy
+            ),
             "RELAY_JWT_SECRET": common.JWT_SECRET,
             "RELAY_PORT": str(self.port),
             "RELAY_OPS_PORT": str(self.ops_port),
@@ -157,9 +170,11 @@ class RelayServer(Server):
             "RELAY_MAX_CONNECTIONS": "20000",
             "RELAY_MAX_CONNECTIONS_PER_USER": "100",
             **self.cfg.relay_env,
+            **self.extra_env,
         }
         env = {**os.environ, **self.env}
         log_path = self.raw / f"{self.label}.relay.log"
+        seen = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to
         argv = [str(common.VENV_BIN / "nexus-relay"), "serve"]
         if self.cfg.gc_probe:
             self.gc_log = self.raw / f"{self.label}.relay-gc.txt"
@@ -174,7 +189,7 @@ class RelayServer(Server):
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if "relay serving" in log_path.read_text(errors="replace"):
+            if b"relay serving" in log_path.read_bytes()[seen:]:
                 break
             if not self.child.alive():
                 raise RuntimeError(f"the relay exited; see {log_path}")
@@ -191,16 +206,13 @@ class RelayServer(Server):
         status, text = common.http_get(f"http://127.0.0.1:{self.ops_port}/metrics")
         return common.prometheus_samples(text) if status == 200 else {}
 
-    def backlog(self) -> float:
-        return self.metrics().get("relay_intake_backlog", 0.0)
-
     def counters(self) -> dict[str, float]:
         m = self.metrics()
         keep = (
             "relay_messages_sent",
             "relay_gaps",
             "relay_disconnects",
-            "relay_listener_reconnects",
+            "relay_reader_reconnects",
         )
         return {k: v for k, v in m.items() if k.startswith(keep) and not k.endswith("_created")}
 

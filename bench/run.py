@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from bench import common, machine, report, scenarios
+from bench import log as change_log
 from bench.common import CHILDREN, RAW, log
 from bench.database import Database
 from bench.harness import Config
 
-SCENARIOS = ("authorized", "ceiling", "baseline", "write")
+SCENARIOS = ("authorized", "ceiling", "baseline", "write", "log")
 
 
 def config(mode: str, args: argparse.Namespace) -> Config:
@@ -347,6 +348,12 @@ def run_scenarios(ctx: scenarios.Context, only: set[str], results: dict[str, Any
         )
         if out is not None:
             results["write_path"] = out
+    if "log" in only:
+        out = attempt(
+            ctx.raw, results, "change log", "change_log", partial(change_log.log_path, ctx)
+        )
+        if out is not None:
+            results["change_log"] = out
 
 
 def measure_sizes(
