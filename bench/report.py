@@ -547,6 +547,18 @@ def headline_table(document: dict[str, Any], keys: dict[str, FigureAndNote]) -> 
         "speedup_vs_per_subscriber_db_auth": "Speedup over one DB query per subscriber",
         "write_throughput_ratio_1_writer": "Published ÷ unpublished inserts/s, 1 writer",
         "write_throughput_ratio_16_writers": "Published ÷ unpublished inserts/s, 16 writers",
+        "write_throughput_ratio_1_writer_production_layout": (
+            "Published ÷ unpublished inserts/s, 1 writer, relay off the database's CPU"
+        ),
+        "write_throughput_ratio_16_writers_production_layout": (
+            "Published ÷ unpublished inserts/s, 16 writers, relay off the database's CPU"
+        ),
+        "p95_ms_under_16_writers": "p95 commit→client under 16 writers (ms)",
+        "p99_ms_under_16_writers": "p99 commit→client under 16 writers (ms)",
+        "p95_ms_fallback_read_only": "p95 commit→client without the bell (ms)",
+        "log_bytes_after_write_load": "The log's size after a sustained write load (bytes)",
+        "idle_queries_per_s_per_relay": "An idle relay's transactions/s in its database",
+        "resume_after_restart_gaps": "Gaps for clients resuming after a relay restart",
         "joins_per_s": "Connection storm: joins/s",
     }
     for key, (value, _) in keys.items():

@@ -4,10 +4,11 @@
     python -m bench.servers baseline --port P --database-url URL
 
 Both accept the same connections as the relay (``auth``, then ``subscribe`` to
-tables; ``ready`` and ``subscribed`` replies), LISTEN to the same channel
-(``relay_changes``), fed by the same writers, and send the same change frames
-(with ``commit_timestamp``) to the same subscribers, with ``websockets`` on
-uvloop like the relay.
+tables; ``ready`` and ``subscribed`` replies), read the same change log as the
+relay reads it (``relay/log.py``: a tick, then the net changes since the last,
+every 10 ms, holding the doorbell's lock as a busy relay does), fed by the
+same writers, and send the same change frames (with ``commit_timestamp``) to
+the same subscribers, with ``websockets`` on uvloop like the relay.
 
 - **ceiling**: the least work that delivers this traffic. The token is read
   without verification; each change is decoded, routed by a dictionary
@@ -41,11 +42,16 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.rows import dict_row
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from bench.common import JWT_AUDIENCE, JWT_SECRET, NOTIFICATIONS, PAYMENTS
+from relay import log as changelog
+from relay.core import tables
+from relay.core.changes import Change
+from relay.core.positions import Position
 
 SUBPROTOCOL = "nexus-relay.v1"
 
@@ -70,7 +76,7 @@ class Server:
         self.changes = 0
         self.dropped = 0
         self.connections = 0
-        self.intake: deque[str] = deque()
+        self.intake: deque[Change] = deque()
         self.wake = asyncio.Event()
         # ceiling routes
         self.pay_by_tenant: Members = {}
@@ -203,44 +209,62 @@ class Server:
     # --- Changes ---------------------------------------------------------------------
 
     async def listen(self) -> None:
+        """The change log, read every 10 ms as the relay reads it when busy."""
         async with await psycopg.AsyncConnection.connect(
-            self.database_url, autocommit=True, application_name=f"bench-{self.mode}"
+            self.database_url,
+            autocommit=True,
+            application_name=f"bench-{self.mode}",
+            options="-c plan_cache_mode=force_custom_plan -c jit=off",
         ) as conn:
-            await conn.execute("LISTEN relay_changes")
-            async for notify in conn.notifies():
-                if self.mode == "ceiling":
-                    self.ceiling(notify.payload)
-                else:
-                    self.intake.append(notify.payload)
-                    self.wake.set()
+            changelog.text_json(conn)
+            await conn.execute("SELECT pg_advisory_lock_shared(1380273242, 0)")  # no bell
+            async with conn.cursor(row_factory=dict_row) as cursor:
+                await cursor.execute("SELECT * FROM relay.published_tables")
+                known = {t.oid: t for t in tables.from_rows(await cursor.fetchall()).values()}
+            last = await changelog.tick(conn)
+            while True:
+                newest = await changelog.tick(conn)
+                if newest > last:
+                    since = Position.after(last)
+                    async for entries in changelog.read(conn, last, newest, since, known):
+                        for _, change in entries:
+                            if isinstance(change, Change):
+                                self.take(change)
+                    last = newest
+                await asyncio.sleep(0.01)
 
-    def frame(self, data: dict[str, Any]) -> bytes:
+    def take(self, change: Change) -> None:
+        if self.mode == "ceiling":
+            self.ceiling(change)
+        else:
+            self.intake.append(change)
+            self.wake.set()
+
+    def frame(self, change: Change) -> bytes:
         self.changes += 1
-        body = {
-            "table": data["table"],
-            "op": data["op"],
-            "commit_timestamp": data["ts"],
+        body: dict[str, Any] = {
+            "table": change.table,
+            "op": change.op,
+            "commit_timestamp": change.timestamp,
             "position": f"bench:{self.changes}",
         }
-        if "new" in data:
-            body["new"] = data["new"]
-        if "old" in data:
-            body["old"] = data["old"]
+        if change.new is not None:
+            body["new"] = change.new
+        if change.old is not None:
+            body["old"] = change.old
         return b'{"type":"change","subscriptions":["s"],' + orjson.dumps(body)[1:]
 
-    def ceiling(self, payload: str) -> None:
-        data = orjson.loads(payload)
-        row = data.get("new") or data.get("old")
+    def ceiling(self, change: Change) -> None:
+        row = change.new or change.old
         if row is None:
             return
-        table = data.get("table")
-        if table == PAYMENTS:
+        if change.table == PAYMENTS:
             targets: set[ServerConnection] = set()
             for tenant in (row.get("from_id"), row.get("to_id")):
                 members = self.pay_by_tenant.get(tenant)
                 if members:
                     targets |= members
-        elif table == NOTIFICATIONS:
+        elif change.table == NOTIFICATIONS:
             if row.get("user_id") is None:
                 targets = self.notif_by_tenant.get(row.get("tenant_id")) or set()
             else:
@@ -248,7 +272,7 @@ class Server:
         else:
             return
         if targets:
-            broadcast(targets, self.frame(data), text=True)
+            broadcast(targets, self.frame(change), text=True)
             self.sent += len(targets)
 
     async def process(self) -> None:
@@ -258,19 +282,18 @@ class Server:
             await self.wake.wait()
             self.wake.clear()
             while self.intake:
-                payload = self.intake.popleft()
-                data = orjson.loads(payload)
-                row = data.get("new") or data.get("old")
-                if row is None or data.get("table") not in (PAYMENTS, NOTIFICATIONS):
+                change = self.intake.popleft()
+                row = change.new or change.old
+                if row is None or change.table not in (PAYMENTS, NOTIFICATIONS):
                     continue
                 cursor = await self.db.execute(
-                    "SELECT bench_walrus.apply_rls(%s::regclass, %s)", (data["table"], row["id"])
+                    "SELECT bench_walrus.apply_rls(%s::regclass, %s)", (change.table, row["id"])
                 )
                 result = await cursor.fetchone()
                 visible = result[0] if result else []
                 targets = [self.by_subscription[s] for s in visible if s in self.by_subscription]
                 if targets:
-                    broadcast(targets, self.frame(data), text=True)
+                    broadcast(targets, self.frame(change), text=True)
                     self.sent += len(targets)
 
     # --- Control ----------------------------------------------------------------------
@@ -324,7 +347,7 @@ class Server:
             close_timeout=5,
             backlog=4096,  # as the relay's (relay/server.py)
         ):
-            await asyncio.sleep(0.3)  # the LISTEN is up before clients come
+            await asyncio.sleep(0.3)  # the log's reader is up before clients come
             print(json.dumps({"serving": port, "started": time.time()}), flush=True)
             control = asyncio.create_task(self.control())
             await stop.wait()
