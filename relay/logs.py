@@ -1,4 +1,4 @@
-"""Logging: one JSON object per line (or plain text), by layer (relay.listener, ...)."""
+"""Logging: one JSON object per line (or plain text), by layer (relay.reader, relay.server, ...)."""
 
 import logging
 import sys

@@ -210,7 +210,11 @@ class LogReader:
                 await asyncio.sleep(delay)
                 continue
             log.text_json(conn)
-            await self._start_from(conn)
+            try:
+                await self._start_from(conn)
+            except BaseException:
+                await conn.close()  # not left open when the log cannot be read (no layer 2?)
+                raise
             self._conn = conn
             self.connected = True
             logger.info(

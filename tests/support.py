@@ -60,7 +60,10 @@ class LogTail:
         """Read from now on, or from what committed after tick ``from_tick``."""
         from psycopg.types.string import TextLoader
 
-        self.conn = psycopg.connect(url, autocommit=True)
+        from relay.reader import CONNECT_OPTIONS
+
+        # As the relay's reader connects: its queries planned for their values.
+        self.conn = psycopg.connect(url, autocommit=True, options=CONNECT_OPTIONS["options"])
         self.conn.adapters.register_loader("json", TextLoader)
         self.last = self._tick() if from_tick is None else from_tick
 

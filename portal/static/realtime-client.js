@@ -198,6 +198,7 @@
           break;
         case "error":
           console.warn("Nexus realtime:", frame.code, frame.message);
+          this.refused(frame);
           break;
         default:
           break;
@@ -226,6 +227,25 @@
       }
       this.heartbeat();
       this.scheduleTokenRefresh();
+    }
+
+    // A subscribe refused. One that resumed from a position the relay cannot
+    // read (say, of an older relay) subscribes again from now, and the page
+    // re-fetches; any other refusal is a bug of the page: logged, not retried.
+    refused(frame) {
+      const spec = this.pending.get(frame.ref);
+      if (!spec) return;
+      this.pending.delete(frame.ref);
+      if (!spec.resuming) return;
+      spec.position = null;
+      spec.token = null;
+      spec.resuming = false;
+      this.needsFullRefresh = true;
+      const ref = this.nextRef++;
+      const again = { type: "subscribe", ref, table: spec.table };
+      if (spec.filter) again.filter = spec.filter;
+      this.pending.set(ref, spec);
+      this.send(again);
     }
 
     subscribed(frame) {

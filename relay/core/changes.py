@@ -52,8 +52,11 @@ class Change:
 
 @dataclass(slots=True, frozen=True)
 class TableReset:
+    """The table's subscribers must re-fetch: it was truncated, or a change of it
+    in the log could not be read."""
+
     table: str
-    reason: Literal["truncate"]
+    reason: Literal["truncate", "unreadable_change"]
 
 
 def net(

@@ -4,7 +4,7 @@ Exception tree::
 
     RelayError
     ├── ConfigError       settings or a policy file that cannot be used; stops start-up
-    ├── ChangeError       a notification that cannot be read; logged, reported as a gap
+    ├── ChangeError       a change in the log that cannot be read; logged, reported as a gap
     └── ClientError       a client's request refused; carries a stable ``code``
         └── AuthError     a token refused; the connection closes with CLOSE_UNAUTHORIZED
 
@@ -74,7 +74,7 @@ class ConfigError(RelayError):
 
 
 class ChangeError(RelayError):
-    """A notification on the changes channel that cannot be read."""
+    """A change in the log that cannot be read."""
 
 
 class ClientError(RelayError):

@@ -419,4 +419,6 @@ class Fanout:
             if body is None:
                 body = bodies[variant] = encode_body(change, text, variant)
             replay.hold(position, candidate.prefix + body)
+            if replay.lost is not None:  # over its budget: its gap now, not when it is sent
+                self._send_replay(replay)
         return live

@@ -18,6 +18,9 @@ from typing import NamedTuple
 from relay.core.errors import ClientError, ErrorCode
 
 TEXT = re.compile(r"([0-9a-z]{1,32}):([0-9]{1,18})\.([0-9]{1,18})")  # ASCII digits only
+# A position of trigger layer 1 ("<epoch>:<offset>", one relay process's
+# stream): of no log. A client that kept one across the upgrade re-fetches.
+FORMER = re.compile(r"[0-9a-f]{1,32}:[0-9]{1,18}")
 
 
 class Position(NamedTuple):
@@ -49,6 +52,8 @@ class Stream:
         is one that another relay, further in the log, has sent: valid.
         """
         match = TEXT.fullmatch(text)
+        if match is None and FORMER.fullmatch(text):
+            return None
         if match is None:
             raise ClientError(
                 ErrorCode.INVALID_POSITION, f"{text!r} is not a position (log:tick.seq)"

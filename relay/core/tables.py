@@ -1,8 +1,8 @@
 """What the relay knows of a published table: its name, events, key and columns.
 
 Read from the view ``relay.published_tables`` when the relay connects, and
-again when ``relay.publish`` or ``relay.unpublish`` runs, or the log names a
-table the relay does not know yet.
+again when ``relay.publish`` or ``relay.unpublish`` runs. Changes of a table it
+does not know (yet) are skipped: nobody can have subscribed to it.
 """
 
 from collections.abc import Iterable, Mapping

@@ -428,3 +428,11 @@ async def test_a_resume_from_before_what_the_log_keeps_is_a_gap(
         )
     finally:
         await asyncio.get_running_loop().run_in_executor(None, relay.stop)
+
+
+async def test_a_position_of_trigger_layer_1_is_a_gap_not_an_error(connect: Connect) -> None:
+    client = await connect(BOB)  # kept by a page across the upgrade to the change log
+    ack = await client.subscribe("nexus_payments", since="8f3a2c1d:1042", resume_token="1042.x")
+    assert ack["resumed"] is False
+    gap = await client.next_event(WAIT)
+    assert (gap["type"], gap["reason"]) == ("gap", "log_changed")

@@ -441,6 +441,31 @@ def test_a_composite_primary_key_is_logged_and_netted(db: Conn, log_tail: LogTai
         db.execute("DROP TABLE scratch_pairs")
 
 
+def test_publish_refuses_a_parent_its_owner_cannot_lock(db: Conn) -> None:
+    db.execute("CREATE TABLE scratch_parents (id int PRIMARY KEY)")
+    db.execute(
+        "CREATE TABLE scratch_children (id int PRIMARY KEY, p int REFERENCES scratch_parents)"
+    )
+    db.execute("DROP ROLE IF EXISTS relay_test_owner")
+    db.execute("CREATE ROLE relay_test_owner NOLOGIN")
+    try:
+        # Schema relay owned by a role without rights on the parent: no capture
+        # that would fail every write, or log parents as null, is made.
+        with db.transaction():
+            db.execute("ALTER SCHEMA relay OWNER TO relay_test_owner")
+            with (
+                pytest.raises(psycopg.errors.InsufficientPrivilege, match="cannot read every row"),
+                db.transaction(),
+            ):
+                db.execute(
+                    """SELECT relay.publish('scratch_children', ARRAY['INSERT'], '{"p": "p"}')"""
+                )
+            db.execute("ALTER SCHEMA relay OWNER TO CURRENT_USER")
+    finally:
+        db.execute("DROP TABLE scratch_children, scratch_parents")
+        db.execute("DROP ROLE relay_test_owner")
+
+
 # --- Nobody reads or writes the log but through the capture --------------------------
 
 
