@@ -227,7 +227,8 @@ class Server:
                 if newest > last:
                     since = Position.after(last)
                     async for entries in changelog.read(conn, last, newest, since, known):
-                        for _, change in entries:
+                        for _, logged in entries:
+                            change = logged.read() if logged is not None else None
                             if isinstance(change, Change):
                                 self.take(change)
                     last = newest

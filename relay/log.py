@@ -14,7 +14,6 @@ is returned (``relay.core.changes.net``): its first operation and row before,
 its last operation and row after, at the position of its first log row.
 """
 
-import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.types.string import TextLoader
 
-from relay.core import changes
-from relay.core.changes import Change, TableReset
-from relay.core.errors import ChangeError
+from relay.core.changes import LoggedChange
 from relay.core.positions import Position
 from relay.core.tables import Table
 
@@ -56,17 +53,16 @@ WITH pairs AS (
     WINDOW w AS (PARTITION BY e.tick, e.xid, e.rel, e.key ORDER BY e.seq)
 )
 SELECT tick, first_seq, rel, first_op, op, first_old::text, new::text,
-       first_old_parents::text, parents::text, xid::text, at
+       first_old_parents::text, parents::text, xid::text,
+       to_json(at) #>> '{}', extract(epoch FROM at)::float8
   FROM rows_of_a_transaction
  WHERE nth = rows AND (tick, first_seq) > (%(since_tick)s, %(since_seq)s)
  ORDER BY tick, first_seq
 """
 
-logger = logging.getLogger("relay.log")
-
-# Entries of the log, in order: a change, a table truncated, or a table the
-# relay does not know (published after it last loaded the list; skipped).
-Entry = tuple[Position, Change | TableReset | None]
+# Entries of the log, in order: a change, or None for a table the relay does
+# not know (published after it last loaded the list; skipped).
+Entry = tuple[Position, LoggedChange | None]
 
 
 @dataclass(frozen=True)
@@ -123,21 +119,14 @@ async def read(
 
 
 def entry(row: tuple[Any, ...], tables: Mapping[int, Table]) -> Entry:
-    """One row of ``NET_CHANGES``, in the core's types. A change that does not
-    read is its table's gap (``unreadable_change``), not the stream's end."""
-    tick, seq, rel, first_op, last_op, old, new, old_parents, parents, xid, at = row
-    position = Position(tick, seq)
+    """One row of ``NET_CHANGES``, in the core's types; None for a table not known."""
+    tick, seq, rel, first_op, last_op, old, new, old_parents, parents, xid, at, epoch = row
     known = tables.get(rel)
     if known is None:
-        return position, None
-    try:
-        change = changes.net(
-            known.name, first_op, last_op, old, new, old_parents, parents, xid, at.isoformat()
-        )
-    except ChangeError as exc:
-        logger.error("unreadable change of %s at %s: %s", known.name, position, exc)
-        return position, TableReset(known.name, "unreadable_change")
-    return position, change
+        return Position(tick, seq), None
+    return Position(tick, seq), LoggedChange(
+        known.name, first_op, last_op, old, new, old_parents, parents, xid, at, epoch
+    )
 
 
 async def prune(

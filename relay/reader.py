@@ -22,7 +22,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -30,7 +29,7 @@ from psycopg.rows import dict_row
 
 from relay import log
 from relay.core import tables
-from relay.core.changes import Change, TableReset
+from relay.core.changes import LoggedChange
 from relay.core.errors import first_line
 from relay.core.fanout import Fanout
 from relay.core.positions import Position
@@ -270,22 +269,19 @@ class LogReader:
         self.last_tick = newest
         return found
 
-    def _dispatch(self, position: Position, entry: Change | TableReset | None) -> None:
+    def _dispatch(self, position: Position, entry: LoggedChange | None) -> None:
+        if entry is None:
+            return
         try:
-            if isinstance(entry, Change):
-                self.fanout.ingest(entry, position)
-                if self.observe_latency is not None:
-                    self.observe_latency(_age(entry.timestamp))
-            elif isinstance(entry, TableReset):
-                self.fanout.reset(entry, position)
+            self.fanout.take(entry, position)
+            if self.observe_latency is not None:
+                self.observe_latency(max(time.time() - entry.committed_at, 0.0))
         except Exception:  # a bug must cost this change, not the stream
-            table = entry.table if entry is not None else None
-            logger.exception("could not process a change of %s; its subscribers told gap", table)
+            logger.exception(
+                "could not process a change of %s; its subscribers told gap", entry.table
+            )
             self.fanout.stats.errors["change"] += 1
-            if table is None:
-                self.fanout.gap_all("relay_error")
-            else:
-                self.fanout.gap_table(table, "relay_error")
+            self.fanout.gap_table(entry.table, "relay_error")
 
     async def _replay(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Read the log for the resumes that memory could not serve, a table at a time."""
@@ -374,13 +370,6 @@ class LogReader:
 
     async def close(self) -> None:
         await self._close()
-
-
-def _age(timestamp: str) -> float:
-    try:
-        return max(time.time() - datetime.fromisoformat(timestamp).timestamp(), 0.0)
-    except ValueError:
-        return 0.0
 
 
 def _backoff(attempt: int, base: float) -> float:

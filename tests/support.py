@@ -98,11 +98,9 @@ class LogTail:
             },
         ).fetchall()
         self.last = newest
-        return [
-            (position, change)
-            for position, change in map(lambda row: log.entry(row, by_oid), rows)
-            if change is not None
-        ]
+        entries = [log.entry(row, by_oid) for row in rows]
+        read = [(position, logged.read()) for position, logged in entries if logged is not None]
+        return [(position, change) for position, change in read if change is not None]
 
     def take(self) -> list[Any]:
         """The changes (``relay.core.changes.Change``, ``TableReset``) committed since."""

@@ -59,6 +59,44 @@ class TableReset:
     reason: Literal["truncate", "unreadable_change"]
 
 
+@dataclass(slots=True, frozen=True)
+class LoggedChange:
+    """A row of the log's net changes, as read, before its JSON is: ``read`` it
+    when someone may receive it (parsing costs more than the rest)."""
+
+    table: str
+    first_op: str
+    last_op: str
+    old: str | None
+    new: str | None
+    old_parents: str | None
+    parents: str | None
+    xid: str
+    timestamp: str  # ISO 8601
+    committed_at: float  # the same, as unix time
+
+    @property
+    def size(self) -> int:
+        return len(self.new or "") + len(self.old or "")
+
+    def read(self) -> "Change | TableReset | None":
+        """The change (``net``); a change that does not read is its table's reset."""
+        try:
+            return net(
+                self.table,
+                self.first_op,
+                self.last_op,
+                self.old,
+                self.new,
+                self.old_parents,
+                self.parents,
+                self.xid,
+                self.timestamp,
+            )
+        except ChangeError:
+            return TableReset(self.table, "unreadable_change")
+
+
 def net(
     table: str,
     first_op: str,

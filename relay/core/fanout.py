@@ -23,7 +23,7 @@ where a re-fetch made then is complete (``take_dirty``).
 from collections.abc import Iterable, Mapping
 
 from relay.core import protocol
-from relay.core.changes import Change, TableReset
+from relay.core.changes import Change, LoggedChange, TableReset
 from relay.core.connections import Connections
 from relay.core.history import Entry, Gap, History
 from relay.core.index import SubscriptionIndex
@@ -284,6 +284,22 @@ class Fanout:
         return describe_problems(found)
 
     # --- The stream ------------------------------------------------------------------
+
+    def take(self, logged: LoggedChange, position: Position) -> None:
+        """One entry of the log, in its order: read and dispatched when its table
+        has subscribers, kept as it is (for resumes) when it has none."""
+        if not self.index.has(logged.table):
+            self.stream.head = position
+            self.history.append(position, logged)
+            self.stats.changes_in[(logged.table, logged.last_op)] += 1
+            return
+        entry = logged.read()
+        if isinstance(entry, Change):
+            self.ingest(entry, position)
+        elif isinstance(entry, TableReset):
+            self.reset(entry, position)
+        else:  # inserted and deleted in one transaction: nothing
+            self.stream.head = position
 
     def ingest(self, change: Change, position: Position) -> None:
         """One committed change, in the log's order."""

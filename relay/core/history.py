@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from relay.core.changes import Change, TableReset
+from relay.core.changes import Change, LoggedChange, TableReset
 from relay.core.positions import Position
 
 
@@ -22,7 +22,9 @@ class Gap:
     reason: str
 
 
-Entry = Change | TableReset | Gap
+# What the history holds: a change (read, or as the log had it when nobody
+# could receive it), a reset, a gap.
+Entry = Change | LoggedChange | TableReset | Gap
 
 
 class History:
@@ -66,4 +68,4 @@ class History:
 
 
 def _size(entry: Entry) -> int:
-    return entry.size if isinstance(entry, Change) else 64
+    return entry.size if isinstance(entry, Change | LoggedChange) else 64

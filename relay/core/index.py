@@ -60,16 +60,23 @@ class SubscriptionIndex:
         self._tables: dict[str, _TableRoutes] = {}
         # Where each subscription is filed: its bounds, or None (unbounded).
         self._filed: dict[Subscription, list[Bound] | None] = {}
+        self._per_table: dict[str, int] = {}
 
     @property
     def count(self) -> int:
         return len(self._filed)
+
+    def has(self, table: str) -> bool:
+        """Whether any subscription is filed on ``table``."""
+        return self._per_table.get(table, 0) > 0
 
     def add(self, subscription: Subscription, bounds: list[Bound] | None) -> None:
         """File ``subscription`` under ``bounds`` (None: it may see any row of its table)."""
         assert subscription not in self._filed
         routes = self._tables.setdefault(subscription.table.name, _TableRoutes())
         self._filed[subscription] = bounds
+        name = subscription.table.name
+        self._per_table[name] = self._per_table.get(name, 0) + 1
         if bounds is None:
             routes.unbounded.add(subscription)
             return
@@ -86,6 +93,7 @@ class SubscriptionIndex:
         if subscription not in self._filed:
             return
         bounds = self._filed.pop(subscription)
+        self._per_table[subscription.table.name] -= 1
         routes = self._tables[subscription.table.name]
         if bounds is None:
             routes.unbounded.discard(subscription)

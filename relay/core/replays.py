@@ -14,7 +14,7 @@ over ``max_replay_bytes``, or across a gap, is lost instead: the client hears
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from relay.core.changes import Change, TableReset
+from relay.core.changes import Change, LoggedChange, TableReset
 from relay.core.history import Entry, Gap
 from relay.core.positions import Position, Stream
 from relay.core.subscription import Subscription, encode_body
@@ -50,6 +50,13 @@ class Replay:
                 return
             if entry is None or not self.since < position <= self.upto:
                 continue
+            if isinstance(entry, LoggedChange):
+                if entry.table != table:
+                    continue
+                read = entry.read()
+                if read is None:
+                    continue
+                entry = read
             if isinstance(entry, Gap):
                 if entry.table in (None, table):
                     self._lose(entry.reason)

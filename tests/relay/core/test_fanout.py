@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.core import policy
-from relay.core.changes import Change, TableReset
+from relay.core.changes import Change, LoggedChange, TableReset
 from relay.core.fanout import Fanout
 from relay.core.limits import Limits
 from relay.core.positions import Position
@@ -643,3 +643,33 @@ def test_malformed_positions_are_refused_with_a_code(since: str) -> None:
     [error] = send(bob, {"type": "subscribe", "table": "nexus_payments", "since": since, "ref": 1})
     assert (error["type"], error["code"], error["ref"]) == ("error", "invalid_position", 1)
     assert bob.close_request is None
+
+
+def test_changes_nobody_receives_are_kept_unread_and_replayed_when_someone_resumes() -> None:
+    fanout = make_fanout()
+    bob = signed_in(fanout, BOB)
+    ack, _ = ack_of(bob, "nexus_notifications")  # no one subscribes to payments yet
+    row = pay("TNT-ALPHA001", "TNT-BETA0001")
+    logged = LoggedChange(
+        "public.nexus_payments",
+        "INSERT",
+        "INSERT",
+        None,
+        orjson.dumps(row).decode(),
+        None,
+        None,
+        "7",
+        "2026-01-01T00:00:00+00:00",
+        0.0,
+    )
+    assert not fanout.index.has("public.nexus_payments")
+    fanout.take(logged, Position(2, 1))  # kept as the log had it: not parsed
+    fanout.end_tick(2)
+    [(_, kept)] = list(fanout.history.since(Position(1, 0)))
+    assert kept is logged
+    resumed, frames = ack_of(
+        bob, "nexus_payments", since=ack["position"], resume_token=ack["resume_token"]
+    )
+    *changes, end = frames
+    assert [(f["op"], f["new"]) for f in changes] == [("INSERT", row)]
+    assert (resumed["resumed"], end["type"]) == (True, "replayed")
