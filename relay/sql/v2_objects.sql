@@ -217,6 +217,61 @@ END
 $$;
 REVOKE ALL ON FUNCTION relay.capture_truncate() FROM PUBLIC;
 
+-- Revocation: relay.revoke(subject, reason) ends a user's access through the
+-- relays at once, instead of when their token expires (a user moved to another
+-- tenant, signed out, deactivated). Every relay closes the connections of that
+-- subject (a token's sub) and refuses the tokens issued (iat) before the
+-- revoking transaction committed, until the user comes with a newer one.
+-- relay.revocations keeps the newest revocation of each subject (a relay
+-- loads it when it connects); a marker in the log tells the relays, in order
+-- with the changes: no change committed after the revocation reaches a
+-- connection of the revoked tokens.
+CREATE TABLE relay.revocations (
+    subject text PRIMARY KEY,
+    revoked_at timestamptz NOT NULL,  -- at the revoking transaction's commit
+    reason text NOT NULL
+);
+REVOKE ALL ON relay.revocations FROM PUBLIC;
+
+CREATE FUNCTION relay.revoke(subject text, reason text DEFAULT '') RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF revoke.subject IS NULL OR revoke.subject = '' THEN
+        RAISE EXCEPTION 'relay.revoke: the subject (a token''s sub) is empty'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Deleted and inserted (not updated): the trigger below fires on INSERT.
+    DELETE FROM relay.revocations r WHERE r.subject = revoke.subject;
+    INSERT INTO relay.revocations (subject, revoked_at, reason)
+    VALUES (revoke.subject, clock_timestamp(), COALESCE(revoke.reason, ''));
+END
+$$;
+REVOKE ALL ON FUNCTION relay.revoke(text, text) FROM PUBLIC;
+
+-- At commit (a deferred trigger), not when relay.revoke was called: a token
+-- issued while the revoking transaction ran (with claims read before it
+-- committed) is refused too.
+CREATE FUNCTION relay.revocation_at_commit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+BEGIN
+    UPDATE relay.revocations r SET revoked_at = at WHERE r.subject = NEW.subject;
+    INSERT INTO relay.changes (rel, op, key, new)
+    VALUES ('relay.revocations'::regclass, 'REVOKE', NEW.subject,
+            json_build_object('reason', NEW.reason, 'revoked_at', extract(epoch FROM at)));
+    PERFORM relay.ring();
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION relay.revocation_at_commit() FROM PUBLIC;
+CREATE CONSTRAINT TRIGGER revocation_at_commit AFTER INSERT ON relay.revocations
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION relay.revocation_at_commit();
+
 CREATE FUNCTION relay.table_name(tbl regclass) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
