@@ -169,6 +169,7 @@ class RelayServer(Server):
             "RELAY_LOG_FORMAT": "text",
             "RELAY_MAX_CONNECTIONS": "20000",
             "RELAY_MAX_CONNECTIONS_PER_USER": "100",
+            "RELAY_DRAIN_S": "0",  # stopped at once, as the figures before draining existed
             **self.cfg.relay_env,
             **self.extra_env,
         }

@@ -18,12 +18,15 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.types.string import TextLoader
 
 from relay.core.changes import LoggedChange
 from relay.core.positions import Position
+from relay.core.revocations import Revocation
 from relay.core.tables import Table
+from relay.core.types import UserId
 
 NET_CHANGES = """
 WITH pairs AS (
@@ -60,9 +63,10 @@ SELECT tick, first_seq, rel, first_op, op, first_old::text, new::text,
  ORDER BY tick, first_seq
 """
 
-# Entries of the log, in order: a change, or None for a table the relay does
-# not know (published after it last loaded the list; skipped).
-Entry = tuple[Position, LoggedChange | None]
+# Entries of the log, in order: a change, a revocation (relay.revoke), or None
+# for a table the relay does not know (published after it last loaded the
+# list; skipped).
+Entry = tuple[Position, LoggedChange | Revocation | None]
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,25 @@ async def read(
 def entry(row: tuple[Any, ...], tables: Mapping[int, Table]) -> Entry:
     """One row of ``NET_CHANGES``, in the core's types; None for a table not known."""
     tick, seq, rel, first_op, last_op, old, new, old_parents, parents, xid, at, epoch = row
+    if last_op == "REVOKE":  # written by relay.revocation_at_commit() only
+        marker = orjson.loads(new)
+        return Position(tick, seq), Revocation(
+            UserId(marker["subject"]), float(marker["revoked_at"]), marker["reason"]
+        )
     known = tables.get(rel)
     if known is None:
         return Position(tick, seq), None
     return Position(tick, seq), LoggedChange(
         known.name, first_op, last_op, old, new, old_parents, parents, xid, at, epoch
     )
+
+
+async def revocations(conn: psycopg.AsyncConnection[Any]) -> list[Revocation]:
+    """The newest revocation of each subject (relay.revoke)."""
+    cursor = await conn.execute(
+        "SELECT subject, extract(epoch FROM revoked_at)::float8, reason FROM relay.revocations"
+    )
+    return [Revocation(UserId(s), float(at), reason) for s, at, reason in await cursor.fetchall()]
 
 
 async def prune(

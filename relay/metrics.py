@@ -49,6 +49,12 @@ class RelayCollector(Collector):
             (((reason,), count) for reason, count in stats.disconnects.items()),
         )
         yield _labelled(
+            "relay_refusals",
+            "Requests refused (each logged, at a limited rate), by stage and reason.",
+            ["stage", "reason"],
+            stats.refusals.items(),
+        )
+        yield _labelled(
             "relay_errors",
             "Unexpected exceptions, logged with their traceback, by where they happened.",
             ["where"],

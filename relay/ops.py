@@ -1,5 +1,7 @@
 """The operations endpoints, on their own port: health, readiness, metrics."""
 
+from collections.abc import Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -10,14 +12,21 @@ from relay.core.fanout import Fanout
 from relay.reader import LogReader
 
 
-def ops_app(fanout: Fanout, reader: LogReader, registry: CollectorRegistry) -> Starlette:
+def ops_app(
+    fanout: Fanout,
+    reader: LogReader,
+    registry: CollectorRegistry,
+    draining: Callable[[], bool] = lambda: False,
+) -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
         # Ready: reading the log, knowing what is published (a relay whose
-        # processing stopped must get no client).
-        ready = reader.connected and reader.first_load.is_set() and reader.processing
+        # processing stopped must get no client), and not draining (SIGTERM).
+        ready = (
+            reader.connected and reader.first_load.is_set() and reader.processing and not draining()
+        )
         return JSONResponse(
             {
                 "ready": ready,
@@ -25,6 +34,7 @@ def ops_app(fanout: Fanout, reader: LogReader, registry: CollectorRegistry) -> S
                 "reader_backend_pid": reader.backend_pid,
                 "doorbell_listening": reader.listening,
                 "processing": reader.processing,
+                "draining": draining(),
                 "log": fanout.stream.log_id,
                 "tables": sorted(fanout.tables),
                 "connections": len(fanout.connections),

@@ -34,6 +34,7 @@ from relay.core.errors import first_line
 from relay.core.fanout import Fanout
 from relay.core.positions import Position
 from relay.core.replays import Replay
+from relay.core.revocations import Revocation
 
 logger = logging.getLogger("relay.reader")
 
@@ -235,6 +236,7 @@ class LogReader:
             self.fanout.begin(head.log_id, Position.after(head.newest_tick))
             self.last_tick = head.newest_tick
             await self._load_tables(conn)
+            self.fanout.load_revocations(await log.revocations(conn))
             self.first_load.set()
             return
         self.reconnects += 1
@@ -247,6 +249,7 @@ class LogReader:
             self.fanout.begin(head.log_id, Position.after(head.newest_tick))
             self.last_tick = head.newest_tick
         await self._load_tables(conn)
+        self.fanout.load_revocations(await log.revocations(conn))
 
     async def _read(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         newest = await log.tick(conn)
@@ -269,8 +272,17 @@ class LogReader:
         self.last_tick = newest
         return found
 
-    def _dispatch(self, position: Position, entry: LoggedChange | None) -> None:
+    def _dispatch(self, position: Position, entry: LoggedChange | Revocation | None) -> None:
         if entry is None:
+            return
+        if isinstance(entry, Revocation):
+            closed = self.fanout.revoke(entry, position)
+            logger.info(
+                "revoked the tokens of %s (%s): %d connection(s) closed",
+                entry.subject,
+                entry.reason or "no reason given",
+                closed,
+            )
             return
         try:
             self.fanout.take(entry, position)
@@ -302,8 +314,10 @@ class LogReader:
             async for entries in log.read(
                 conn, since.tick - 1, upto.tick, since, self.fanout.tables_by_oid, table
             ):
+                # Of this table only: no revocation among them (the claims are checked now).
+                changes = [(p, e) for p, e in entries if not isinstance(e, Revocation)]
                 for replay in replays:
-                    self.fanout.replay_from_log(replay, entries)
+                    self.fanout.replay_from_log(replay, changes)
             for replay in replays:
                 self.fanout.replay_read(replay)
 

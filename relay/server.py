@@ -11,19 +11,23 @@ waits for it.
 import asyncio
 import http
 import logging
+import random
 import time
+import weakref
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.datastructures import Headers, MultipleValuesError
+from websockets.exceptions import ConnectionClosed, InvalidHeader
+from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.protocol import State
-from websockets.typing import Origin, Subprotocol
+from websockets.typing import Subprotocol
 
 from relay.core import protocol
-from relay.core.errors import CloseCode, ErrorCode
+from relay.core.errors import CloseCode, ErrorCode, Refusal
 from relay.core.fanout import Fanout
 from relay.core.session import Session
+from relay.refusals import RefusalLog
 
 logger = logging.getLogger("relay.server")
 
@@ -49,20 +53,18 @@ class RelayServer:
         self._timers: dict[Session, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.server: Server | None = None
+        self.refusals = RefusalLog(fanout.stats)
+        self._refused: weakref.WeakSet[ServerConnection] = weakref.WeakSet()  # handshakes
 
     async def start(self, host: str, port: int) -> Server:
-        # Browsers always send Origin: only the allowed ones get in. Clients
-        # that send none (services, the Python client) are not browsers.
-        origins: list[Origin | None] = [Origin(o) for o in self.allowed_origins]
-        origins.append(None)
         self.server = await serve(
             self.handle,
             host,
             port,
-            origins=origins,
             subprotocols=[Subprotocol(protocol.SUBPROTOCOL)],
             compression=None,  # per-recipient deflate would undo encode-once
             process_request=self._process_request,
+            process_response=self._process_response,
             max_size=self.fanout.limits.max_frame_bytes,
             max_queue=16,
             ping_interval=self.ping_interval,
@@ -78,15 +80,88 @@ class RelayServer:
         return self.server
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Refuse, logged and counted, a handshake for another path, from an origin
+        not allowed, or without the relay's subprotocol; websockets checks the rest."""
         if request.path.split("?", 1)[0] != self.path:
-            body = f"The relay's WebSocket endpoint is {self.path}\n".encode()
-            return Response(
+            return self._refuse_handshake(
+                connection,
                 http.HTTPStatus.NOT_FOUND,
-                "Not Found",
-                Headers([("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]),
-                body,
+                "path",
+                f"The relay's WebSocket endpoint is {self.path}",
+            )
+        # Browsers always send Origin: only the allowed ones get in. Clients
+        # that send none (services, the Python client) are not browsers.
+        try:
+            origin = request.headers.get("Origin")
+        except MultipleValuesError:
+            origin = "(several)"
+        if origin is not None and origin not in self.allowed_origins:
+            return self._refuse_handshake(
+                connection,
+                http.HTTPStatus.FORBIDDEN,
+                "origin",
+                f"The origin {origin} may not connect (RELAY_ALLOWED_ORIGINS)",
+            )
+        try:
+            offered = [
+                subprotocol
+                for value in request.headers.get_all("Sec-WebSocket-Protocol")
+                for subprotocol in parse_subprotocol(value)
+            ]
+        except InvalidHeader:
+            offered = []
+        if protocol.SUBPROTOCOL not in offered:
+            return self._refuse_handshake(
+                connection,
+                http.HTTPStatus.BAD_REQUEST,
+                "subprotocol",
+                f"The relay speaks the WebSocket subprotocol {protocol.SUBPROTOCOL} only",
             )
         return None
+
+    def _process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        """A handshake that websockets itself refused (not an upgrade request, a bad
+        header): logged and counted too."""
+        if (
+            response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS
+            and connection not in self._refused
+        ):
+            message = response.body.decode(errors="replace").strip().splitlines()
+            self._report_handshake(
+                connection, "invalid_request", message[0] if message else response.reason_phrase
+            )
+
+    def _refuse_handshake(
+        self, connection: ServerConnection, status: http.HTTPStatus, reason: str, message: str
+    ) -> Response:
+        self._report_handshake(connection, reason, message)
+        self._refused.add(connection)
+        body = f"{message}\n".encode()
+        headers = Headers([("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return Response(status, status.phrase, headers, body)
+
+    def _report_handshake(self, connection: ServerConnection, reason: str, message: str) -> None:
+        self.refusals.report(
+            Refusal("handshake", reason, message),
+            client=_address(connection),
+            forwarded_for=_forwarded_for(connection),
+        )
+
+    def _report(self, session: Session) -> None:
+        """Log and count what ``session`` refused since the last call."""
+        connection = self.connections.get(session)
+        user = session.identity.subject if session.identity is not None else None
+        for refusal in session.refusals:
+            self.refusals.report(
+                refusal,
+                client=_address(connection) if connection is not None else None,
+                connection=session.id,
+                user=user,
+                forwarded_for=_forwarded_for(connection) if connection is not None else None,
+            )
+        session.refusals.clear()
 
     async def handle(self, connection: ServerConnection) -> None:
         session = self.fanout.open_session(time.time())
@@ -115,6 +190,8 @@ class RelayServer:
             elif exc.rcvd is None:
                 reason = "connection_lost"
         finally:
+            if session.refusals:
+                self._report(session)
             if session.close_request is not None:
                 reason = session.close_request[1].value
             timer = self._timers.pop(session, None)
@@ -148,6 +225,8 @@ class RelayServer:
                     connection.transport.abort()
 
     def flush_session(self, session: Session) -> None:
+        if session.refusals:
+            self._report(session)
         frames = session.data_to_send()
         if not frames:
             return
@@ -160,6 +239,7 @@ class RelayServer:
             and session.close_request is None
         ):
             session.drop_slow()
+            self._report(session)
             session.data_to_send()  # its buffer is full: the close frame would not get through
             self._close_soon(session, connection)
             return
@@ -211,16 +291,61 @@ class RelayServer:
         if session.close_request is None:
             self._schedule(session)
 
+    async def drain(self, window: float) -> None:
+        """Stop accepting, then close the connections over ``window`` seconds, in a
+        random order and evenly spread, with 1001: their clients reconnect (to
+        another relay, behind a load balancer) and resume, a few at a time
+        rather than all at once. Changes reach each until it closes."""
+        if self.server is None:
+            return
+        self.server.close(close_connections=False)  # mid-handshake ones get HTTP 503
+        sessions = list(self.connections)
+        random.shuffle(sessions)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        timers = [
+            loop.call_at(start + window * (i + 1) / (len(sessions) + 1), self._go_away, session)
+            for i, session in enumerate(sessions)
+        ]
+        try:
+            await self.server.wait_closed()
+        finally:
+            for timer in timers:
+                timer.cancel()
+
+    def _go_away(self, session: Session) -> None:
+        if session in self.connections and session.close_request is None:
+            session.close(
+                CloseCode.GOING_AWAY,
+                ErrorCode.GOING_AWAY,
+                "the relay is shutting down; reconnect",
+            )
+            self.flush_session(session)
+
     async def close(self) -> None:
         """Stop accepting; close every connection with 1001 (going away)."""
         if self.server is not None:
             for session in list(self.connections):
-                if session.close_request is None:
-                    session.close(
-                        CloseCode.GOING_AWAY,
-                        ErrorCode.GOING_AWAY,
-                        "the relay is shutting down; reconnect",
-                    )
-                    self.flush_session(session)
+                self._go_away(session)
             self.server.close(close_connections=True)
             await self.server.wait_closed()
+
+
+def _address(connection: ServerConnection) -> str | None:
+    """The peer's address, "host:port" (a proxy's, behind one: see forwarded_for)."""
+    peer = connection.remote_address
+    if not peer:
+        return None
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _forwarded_for(connection: ServerConnection) -> str | None:
+    """What a proxy in front says of the client (X-Forwarded-For): logged, not trusted."""
+    request = connection.request
+    if request is None:
+        return None
+    try:
+        return request.headers.get("X-Forwarded-For")
+    except MultipleValuesError:
+        return ", ".join(request.headers.get_all("X-Forwarded-For"))

@@ -20,6 +20,7 @@ import uvicorn
 
 from relay import jwks, metrics
 from relay.core import policy
+from relay.core.errors import ConfigError
 from relay.core.fanout import Fanout
 from relay.core.tokens import TokenVerifier
 from relay.ops import ops_app
@@ -92,6 +93,8 @@ class Relay:
         self.registry, latency = metrics.registry(self.fanout, self.reader)
         self.reader.observe_latency = latency.observe
         self.stopping = asyncio.Event()
+        self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Serve until ``stopping`` is set (SIGINT, SIGTERM), then shut down gracefully.
@@ -100,7 +103,7 @@ class Relay:
         """
         ops = _OpsServer(
             uvicorn.Config(
-                ops_app(self.fanout, self.reader, self.registry),
+                ops_app(self.fanout, self.reader, self.registry, lambda: self.draining),
                 host=self.settings.ops_host,
                 port=self.settings.ops_port,
                 log_config=None,
@@ -131,6 +134,48 @@ class Relay:
             await self.server.close()
             await self.reader.close()
             logger.info("stopped")
+
+    def reload(self) -> None:
+        """SIGHUP: read the policy file again. A file that does not load changes
+        nothing (the policies in force stay, and the log says why); one that
+        does applies to every live subscription (``Fanout.set_policies``)."""
+        path = self.settings.policy_file
+        try:
+            policies = policy.load(path)
+        except ConfigError as exc:
+            logger.error("policy file not reloaded, the policies in force stay: %s", exc)
+            return
+        self.policies = policies
+        for problem in self.fanout.set_policies(policies):
+            logger.error("%s: subscriptions to this table are refused", problem)
+        self.server.flush()
+        logger.info("reloaded the policy file %s: %d table policies", path, len(policies.tables))
+
+    def drain(self) -> None:
+        """SIGTERM: not ready from now on (the load balancer sends no one new),
+        accept nobody, close the connections over the drain window, then stop.
+        A second SIGTERM stops at once."""
+        if self.draining:
+            self.stopping.set()
+            return
+        self.draining = True
+        window = self.settings.drain_window
+        logger.info(
+            "draining: %d connection(s) closed over %g s, then the relay stops",
+            len(self.server.connections),
+            window,
+        )
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(window))
+
+    async def _drain(self, window: float) -> None:
+        try:
+            # Past the window, a client that does not answer a close gets the
+            # close timeout (5 s) before its connection is dropped.
+            await asyncio.wait_for(self.server.drain(window), window + 10)
+        except TimeoutError:
+            logger.warning("connections still open after the drain window: closing them")
+        finally:
+            self.stopping.set()
 
     def _tasks(self, ops: uvicorn.Server) -> dict[str, Coroutine[Any, Any, None]]:
         tasks = {
@@ -188,6 +233,7 @@ async def serve(settings: Settings) -> None:
         jwk_set = await jwks.fetch_at_start(settings.tokens.jwks_url)
     relay = Relay(settings, jwk_set)
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, relay.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, relay.stopping.set)
+    loop.add_signal_handler(signal.SIGTERM, relay.drain)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload)
     await relay.run()

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from relay.core.errors import ConfigError
 from relay.core.limits import Limits
@@ -47,6 +48,7 @@ class Settings:
     # Timeouts
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    drain_window: float = 10.0  # SIGTERM: connections closed over this many seconds
     # The change log
     poll_interval: float = 0.25  # reads without the doorbell: the most a missed bell costs
     log_retention: float = 3600.0
@@ -108,6 +110,16 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             "RELAY_POLICY_FILE is not set: without policies nobody may subscribe to anything"
         )
+    limits = _limits(read)
+    max_send_buffer_bytes = read.integer(
+        "RELAY_MAX_SEND_BUFFER_BYTES", Settings.max_send_buffer_bytes, 4096
+    )
+    if limits.max_change_bytes >= max_send_buffer_bytes:
+        raise ConfigError(
+            f"RELAY_MAX_CHANGE_BYTES ({limits.max_change_bytes}) must be less than"
+            f" RELAY_MAX_SEND_BUFFER_BYTES ({max_send_buffer_bytes}): one change would"
+            " close its readers as slow consumers"
+        )
     log_format = read.text_or("RELAY_LOG_FORMAT", Settings.log_format).lower()
     if log_format not in ("json", "text"):
         raise ConfigError("RELAY_LOG_FORMAT must be json or text")
@@ -119,14 +131,13 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         path=read.text_or("RELAY_PATH", Settings.path),
         ops_host=read.text_or("RELAY_OPS_HOST", Settings.ops_host),
         ops_port=read.integer("RELAY_OPS_PORT", Settings.ops_port),
-        allowed_origins=read.listing("RELAY_ALLOWED_ORIGINS"),
+        allowed_origins=_origins(read.listing("RELAY_ALLOWED_ORIGINS")),
         tokens=_tokens(read),
-        limits=_limits(read),
-        max_send_buffer_bytes=read.integer(
-            "RELAY_MAX_SEND_BUFFER_BYTES", Settings.max_send_buffer_bytes, 4096
-        ),
+        limits=limits,
+        max_send_buffer_bytes=max_send_buffer_bytes,
         ping_interval=read.number("RELAY_PING_INTERVAL_S", Settings.ping_interval, 1),
         ping_timeout=read.number("RELAY_PING_TIMEOUT_S", Settings.ping_timeout, 1),
+        drain_window=read.number("RELAY_DRAIN_S", Settings.drain_window, 0),
         poll_interval=read.number("RELAY_POLL_INTERVAL_S", Settings.poll_interval, 0.01),
         log_retention=read.number("RELAY_LOG_RETENTION_S", Settings.log_retention, 60),
         log_max_bytes=read.integer("RELAY_LOG_MAX_BYTES", Settings.log_max_bytes, 1024**2),
@@ -164,8 +175,35 @@ def _resume_secret(read: _Environment) -> bytes | None:
     return hmac.new(jwt_secret.encode(), b"nexus-relay resume tokens", hashlib.sha256).digest()
 
 
+def _origins(origins: tuple[str, ...]) -> tuple[str, ...]:
+    """Origins as browsers send them: ``scheme://host[:port]``, lower case, nothing after."""
+    for origin in origins:
+        try:
+            parts = urlsplit(origin)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not one
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username is not None
+            or origin != f"{parts.scheme}://{parts.netloc}"
+            or origin != origin.lower()
+        ):
+            raise ConfigError(
+                f"RELAY_ALLOWED_ORIGINS: {origin!r} is not an origin as browsers send it:"
+                " scheme://host[:port] in lower case, without a path or a trailing slash"
+                " (e.g. https://portal.example.com)"
+            )
+    return origins
+
+
 def _tokens(read: _Environment) -> TokenSettings:
     secret = _secret(read, "RELAY_JWT_SECRET")
+    if secret is not None and len(secret.encode()) < 32:
+        name = "RELAY_JWT_SECRET_FILE" if read.text("RELAY_JWT_SECRET_FILE") else "RELAY_JWT_SECRET"
+        raise ConfigError(f"{name}: the JWT secret must be at least 32 bytes (RFC 7518, 3.2)")
     jwks_file = read.text("RELAY_JWKS_FILE")
     # The audience is checked by default: a token for another application
     # (another Supabase project sharing a secret, say) is not one for the
@@ -192,6 +230,7 @@ def _limits(read: _Environment) -> Limits:
         ),
         max_outbox_bytes=read.integer("RELAY_MAX_OUTBOX_BYTES", default.max_outbox_bytes, 65536),
         max_replay_bytes=read.integer("RELAY_MAX_REPLAY_BYTES", default.max_replay_bytes, 0),
+        max_change_bytes=read.integer("RELAY_MAX_CHANGE_BYTES", default.max_change_bytes, 1024),
         max_connections_per_user=read.integer(
             "RELAY_MAX_CONNECTIONS_PER_USER", default.max_connections_per_user, 1
         ),

@@ -98,12 +98,18 @@ class LogTail:
             },
         ).fetchall()
         self.last = newest
-        entries = [log.entry(row, by_oid) for row in rows]
-        read = [(position, logged.read()) for position, logged in entries if logged is not None]
-        return [(position, change) for position, change in read if change is not None]
+        from relay.core.revocations import Revocation
+
+        read = []
+        for position, logged in (log.entry(row, by_oid) for row in rows):
+            entry = logged if isinstance(logged, Revocation) or logged is None else logged.read()
+            if entry is not None:
+                read.append((position, entry))
+        return read
 
     def take(self) -> list[Any]:
-        """The changes (``relay.core.changes.Change``, ``TableReset``) committed since."""
+        """The changes (``relay.core.changes.Change``, ``TableReset``) and revocations
+        (``relay.core.revocations.Revocation``) committed since."""
         return [change for _, change in self.entries()]
 
     def take_one(self) -> Any:
@@ -302,6 +308,7 @@ class RelayProcess(ServerProcess):
                 "RELAY_PORT": str(self.port),
                 "RELAY_OPS_PORT": str(self.ops_port),
                 "RELAY_LOG_FORMAT": "text",
+                "RELAY_DRAIN_S": "0",  # stopped at once; tests/relay/test_operating.py drains
                 **settings,
             },
             bin_dir,

@@ -34,6 +34,12 @@ class Connections:
     def of_user(self, subject: UserId) -> int:
         return self._per_user.get(subject, 0)
 
+    def sessions_of(self, subject: UserId) -> list[Session]:
+        """The authenticated sessions of this user."""
+        if subject not in self._per_user:
+            return []
+        return [session for session, user in self._users.items() if user == subject]
+
     def add(self, session: Session) -> CloseRequest | None:
         """Hold a new connection's session; or why it may not connect (the relay is full).
 

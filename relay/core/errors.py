@@ -13,6 +13,7 @@ may not read. Codes are part of the wire protocol (docs/protocol.md): they only
 ever get added.
 """
 
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 
@@ -27,6 +28,7 @@ class ErrorCode(StrEnum):
     ALREADY_AUTHENTICATED = "already_authenticated"
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a secret
     TOKEN_EXPIRED = "token_expired"  # noqa: S105
+    TOKEN_REVOKED = "token_revoked"  # noqa: S105 - relay.revoke(): get a newer token
     USER_MISMATCH = "user_mismatch"
     AUTH_TIMEOUT = "auth_timeout"
     # Subscriptions
@@ -62,6 +64,7 @@ class CloseCode(IntEnum):
     TOO_MANY_CONNECTIONS = 4004
     TOO_MANY_USER_CONNECTIONS = 4005
     SLOW_CONSUMER = 4008
+    TOKEN_REVOKED = 4010  # the user's tokens were revoked: a newer one is needed
     RATE_LIMITED = 4029
 
 
@@ -87,7 +90,25 @@ class ClientError(RelayError):
 
 
 class AuthError(ClientError):
-    """A token refused."""
+    """A token refused; ``reason`` says why, for the operator (logs, metrics):
+    ``malformed``, ``algorithm``, ``unknown_key``, ``signature``, ``audience``,
+    ``issuer``, ``expired``, ``not_yet_valid``, ``claims``, ``role``, ``revoked``,
+    ``invalid`` (any other defect pyjwt finds)."""
+
+    def __init__(self, code: ErrorCode, message: str, reason: str) -> None:
+        super().__init__(code, message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """What a client asked for and did not get, for the operator: the shell logs
+    it (with the client's address, never a token) and counts it by stage and
+    reason (``relay_refusals_total``)."""
+
+    stage: str  # handshake, auth, subscribe, request, close
+    reason: str  # a label: an AuthError's reason, an ErrorCode's value, ...
+    message: str
 
 
 def first_line(exc: BaseException) -> str:

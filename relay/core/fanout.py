@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from relay.core import protocol
 from relay.core.changes import Change, LoggedChange, TableReset
 from relay.core.connections import Connections
+from relay.core.errors import CloseCode, ErrorCode
 from relay.core.history import Entry, Gap, History
 from relay.core.index import SubscriptionIndex
 from relay.core.limits import Limits
@@ -32,6 +33,7 @@ from relay.core.policy import PolicySet, describe_problems
 from relay.core.positions import Position, Stream
 from relay.core.replays import Replay
 from relay.core.resume import ResumeTokens
+from relay.core.revocations import Revocation, Revocations
 from relay.core.session import CloseRequest, Session
 from relay.core.stats import Stats
 from relay.core.subscription import (
@@ -68,6 +70,7 @@ class Fanout:
         self.resume_tokens = ResumeTokens(self.stream, resume_secret)
         self.stats = Stats()
         self.connections = Connections(self.limits, self.stats)
+        self.revocations = Revocations()
         self.replays: dict[Subscription, Replay] = {}
         self._replay_requests: list[Replay] = []  # for the shell: from the log
         self._gaps: dict[ConnectionId, dict[SubscriptionId, str]] = {}  # of this batch
@@ -91,7 +94,7 @@ class Fanout:
         session = Session(self, connection_id, now)
         refusal = self.connections.add(session)
         if refusal is not None:
-            session.close(*refusal)
+            session.reject(refusal)
         return session
 
     def close_session(self, session: Session, reason: str) -> None:
@@ -119,6 +122,9 @@ class Fanout:
 
     def position(self) -> str:
         return self.stream.text()
+
+    def revoked(self, identity: Identity) -> bool:
+        return self.revocations.covers(identity)
 
     def admit(self, session: Session, identity: Identity) -> CloseRequest | None:
         return self.connections.admit(session, identity)
@@ -206,7 +212,14 @@ class Fanout:
         gets there) to follow."""
         head = self.stream.head
         from_log = since < head and not self.history.covers(since)
-        replay = Replay(subscription, since, head, self.limits.max_replay_bytes, from_log)
+        replay = Replay(
+            subscription,
+            since,
+            head,
+            self.limits.max_replay_bytes,
+            from_log,
+            self.limits.max_change_bytes,
+        )
         if since <= head and not from_log:
             replay.add(identity, self.stream, self.history.since(since))
             self.stats.replays["memory"] += 1
@@ -277,11 +290,64 @@ class Fanout:
             for filed in list(session.subscriptions.values()):
                 name = filed.table.name
                 if name not in self.tables or name in self.broken_policies:
-                    session.forget(filed.id)
-                    self.unsubscribe(filed)
-                    session.send(protocol.unsubscribed(None, filed.id, "table_unpublished"))
-                    self._mark(session)
+                    self._end(session, filed, "table_unpublished")
         return describe_problems(found)
+
+    def set_policies(self, policies: PolicySet) -> list[str]:
+        """New policies (the policy file reloaded); returns their problems, in words.
+
+        Every live subscription is authorized under them from the next change
+        on: one whose table lost its policy ends (``policy_removed``); one
+        whose policy changed is told gap (``policy_changed``: what its client
+        shows was decided under the old one), as is any resume across this
+        point. New claims or roles change what a token means: every
+        authenticated connection is closed with 1001, to come back with its
+        token read under the new ones.
+        """
+        old, self.policies = self.policies, policies
+        found = policies.problems(self.tables)
+        self.broken_policies = {name for name, _ in found}
+        verifier = self.verifier
+        if (policies.claims, policies.bypass_roles, policies.policy_roles) != (
+            old.claims,
+            old.bypass_roles,
+            old.policy_roles,
+        ):
+            verifier.claims = policies.claims
+            verifier.bypass_roles = policies.bypass_roles
+            verifier.policy_roles = policies.policy_roles
+            for session in list(self.connections.sessions.values()):
+                if session.identity is not None:
+                    session.close(
+                        CloseCode.GOING_AWAY,
+                        ErrorCode.GOING_AWAY,
+                        "the relay's claims or roles changed; reconnect",
+                    )
+                    self._mark(session)
+            return describe_problems(found)
+        changed: list[Subscription] = []
+        for session in self.connections.sessions.values():
+            for filed in list(session.subscriptions.values()):
+                policy = policies.tables.get(filed.table.name)
+                if policy is None or filed.table.name in self.broken_policies:
+                    self._end(session, filed, "policy_removed")
+                elif policy.source != filed.policy.source:
+                    assert session.identity is not None
+                    self.index.remove(filed)
+                    filed.policy = policy
+                    self.index.add(filed, filed.bounds(session.identity))
+                    filed.covered_from = self.stream.head
+                    changed.append(filed)
+        if changed:
+            self._gap(None, "policy_changed", changed)
+        return describe_problems(found)
+
+    def _end(self, session: Session, filed: Subscription, reason: str) -> None:
+        """End a subscription on the relay's side: its client hears why."""
+        session.forget(filed.id)
+        self.unsubscribe(filed)
+        session.send(protocol.unsubscribed(None, filed.id, reason))
+        self._mark(session)
 
     # --- The stream ------------------------------------------------------------------
 
@@ -315,6 +381,29 @@ class Fanout:
         self.stream.head = position
         self.history.append(position, reset)
         self.gap_table(reset.table, reset.reason)
+
+    def revoke(self, revocation: Revocation, position: Position) -> int:
+        """A revocation, in the log's order: the connections of the tokens it
+        covers close before any change committed after it is dispatched.
+        Returns how many closed."""
+        self.stream.head = position
+        self.revocations.add(revocation)
+        return self._close_revoked(self.connections.sessions_of(revocation.subject))
+
+    def load_revocations(self, revocations: Iterable[Revocation]) -> None:
+        """The revocations the database holds (the reader connected): any
+        connection they cover closes now, whether or not its marker is read."""
+        self.revocations.load(revocations)
+        self._close_revoked(list(self.connections.sessions.values()))
+
+    def _close_revoked(self, sessions: Iterable[Session]) -> int:
+        closed = 0
+        for session in sessions:
+            if session.identity is not None and self.revocations.covers(session.identity):
+                session.revoke()
+                self._mark(session)
+                closed += 1
+        return closed
 
     def end_tick(self, tick: int) -> None:
         """Every change of ``tick`` has been read: the head moves past it."""
@@ -390,6 +479,8 @@ class Fanout:
         if not matched:
             return
         text = self.stream.text(position)
+        table = self.tables[change.table]
+        max_bytes = self.limits.max_change_bytes
         bodies: dict[Variant, bytes] = {}
         sent = 0
         dirty = self._dirty
@@ -400,7 +491,7 @@ class Fanout:
                 candidate, variant = hits[0]
                 body = bodies.get(variant)
                 if body is None:
-                    body = bodies[variant] = encode_body(change, text, variant)
+                    body = bodies[variant] = encode_body(change, text, variant, table, max_bytes)
                 session.send_change(candidate.prefix + body)
                 sent += 1
             elif hits:
@@ -410,7 +501,9 @@ class Fanout:
                 for variant, ids in by_variant.items():
                     body = bodies.get(variant)
                     if body is None:
-                        body = bodies[variant] = encode_body(change, text, variant)
+                        body = bodies[variant] = encode_body(
+                            change, text, variant, table, max_bytes
+                        )
                     session.send_change(protocol.change_prefix(ids) + body)
                     sent += 1
             dirty[session] = None
@@ -433,7 +526,9 @@ class Fanout:
                 continue
             body = bodies.get(variant)
             if body is None:
-                body = bodies[variant] = encode_body(change, text, variant)
+                body = bodies[variant] = encode_body(
+                    change, text, variant, candidate.table, self.limits.max_change_bytes
+                )
             replay.hold(position, candidate.prefix + body)
             if replay.lost is not None:  # over its budget: its gap now, not when it is sent
                 self._send_replay(replay)

@@ -12,6 +12,7 @@ class Limits:
     max_subscriptions_per_connection: int = 50
     # Outbound traffic
     max_outbox_bytes: int = 8 * 1024 * 1024  # frames queued for one connection in one batch
+    max_change_bytes: int = 256 * 1024  # a change with larger rows is sent as too_large
     max_replay_bytes: int = 4 * 1024 * 1024  # what one resume may replay; beyond: gap
     # Inbound traffic
     max_messages_per_second: float = 20.0

@@ -269,6 +269,28 @@ def change_body(
     return orjson.dumps(body)[1:]
 
 
+def too_large_body(
+    table: str,
+    op: str,
+    timestamp: str,
+    position: str,
+    key: Mapping[str, Any],
+    size: int,
+) -> bytes:
+    """A change frame's body without its rows, too large to send: the primary
+    key of the row to re-fetch, and how large the rows were."""
+    body = {
+        "table": table,
+        "op": op,
+        "commit_timestamp": timestamp,
+        "position": position,
+        "too_large": True,
+        "key": key,
+        "size": size,
+    }
+    return orjson.dumps(body)[1:]
+
+
 def change_prefix(subscription_ids: Iterable[bytes]) -> bytes:
     """``{"type":"change","subscriptions":[...],`` for one recipient: ids pre-encoded as JSON."""
     return b'{"type":"change","subscriptions":[' + b",".join(subscription_ids) + b"],"

@@ -30,6 +30,7 @@ class Replay:
     upto: Position
     budget: int  # bytes of frames it may replay and hold
     from_log: bool  # else: from memory, or (a position ahead) none
+    max_change_bytes: int  # a change larger is replayed without its rows (too_large)
     frames: list[bytes] = field(default_factory=list)
     # Live frames held back until the replay is sent, with their positions.
     held: list[tuple[Position, bytes]] = field(default_factory=list)
@@ -73,7 +74,10 @@ class Replay:
         subscription = self.subscription
         variant = subscription.receives(identity, change, {})
         if variant is not None:
-            frame = subscription.prefix + encode_body(change, stream.text(position), variant)
+            body = encode_body(
+                change, stream.text(position), variant, subscription.table, self.max_change_bytes
+            )
+            frame = subscription.prefix + body
             self.frames.append(frame)
             self._count(len(frame))
 

@@ -12,13 +12,14 @@ issued (``iat``) no later than ``at``: its claims then held from before the
 client was last known covered until now. A user who went from tenant A to B
 and back to A holds a token for A issued after the move back, later than any
 resume token of A's first period: those rows written while they held B are
-never replayed. (A token that stays valid after its claims changed is the
-identity provider's to revoke.)
+never replayed. (A token that stays valid after its claims changed is revoked
+with ``relay.revoke``: relay/core/revocations.py.)
 """
 
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
 
@@ -27,7 +28,7 @@ import orjson
 from relay.core.positions import Position, Stream
 from relay.core.tokens import Identity
 
-TOKEN = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})\.([0-9]{1,12})\.([A-Za-z0-9_-]{24})")
+TOKEN = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})\.([0-9]{1,15})\.([A-Za-z0-9_-]{24})")
 
 
 class ResumeTokens:
@@ -41,8 +42,9 @@ class ResumeTokens:
 
         ``now`` is at least the identity's ``iat``: a token issued a moment in
         the future, by a clock ahead of ours, has been shown to us by now.
+        ``at`` is in milliseconds (rounded up), as ``iat`` may be fractional.
         """
-        at = int(max(now, identity.issued_at or 0))
+        at = math.ceil(max(now, identity.issued_at or 0) * 1000)
         tick, seq = covered_from
         return f"{tick}.{seq}.{at}.{self._mac(identity, tick, seq, at)}"
 
@@ -56,7 +58,7 @@ class ResumeTokens:
             return "resume_refused"
         if since < Position(tick, seq):
             return "resume_refused"
-        if identity.issued_at is None or identity.issued_at > at:
+        if identity.issued_at is None or identity.issued_at * 1000 > at:
             return "resume_refused"
         return None
 

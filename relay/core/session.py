@@ -19,7 +19,7 @@ import math
 from typing import Protocol
 
 from relay.core import protocol
-from relay.core.errors import AuthError, ClientError, CloseCode, ErrorCode
+from relay.core.errors import AuthError, ClientError, CloseCode, ErrorCode, Refusal
 from relay.core.limits import Limits
 from relay.core.subscription import Subscription
 from relay.core.tokens import Identity, TokenVerifier
@@ -30,6 +30,12 @@ logger = logging.getLogger("relay.session")
 # Why a session must end: the close code, the reason the client reads, and a message.
 CloseRequest = tuple[CloseCode, ErrorCode, str]
 
+# A refused token closes with these; any other refusal of a token with 4001.
+_AUTH_CLOSE_CODES = {
+    ErrorCode.TOKEN_EXPIRED: CloseCode.TOKEN_EXPIRED,
+    ErrorCode.TOKEN_REVOKED: CloseCode.TOKEN_REVOKED,
+}
+
 
 class Hub(Protocol):
     """What a session asks of the state that every session shares (``Fanout``)."""
@@ -39,6 +45,10 @@ class Hub(Protocol):
 
     def position(self) -> str:
         """The stream's latest position."""
+        ...
+
+    def revoked(self, identity: Identity) -> bool:
+        """Whether this identity's token has been revoked (relay.revoke)."""
         ...
 
     def admit(self, session: "Session", identity: Identity) -> CloseRequest | None:
@@ -79,6 +89,7 @@ class Session:
         self.identity: Identity | None = None
         self.subscriptions: dict[SubscriptionId, Subscription] = {}
         self.close_request: CloseRequest | None = None
+        self.refusals: list[Refusal] = []  # for the shell to log and count, then clear
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0  # of change frames in the outbox
         self._auth_deadline = now + self.limits.auth_timeout
@@ -122,6 +133,7 @@ class Session:
         if self.close_request is not None:
             return
         if not self._take_token(now):
+            self._note("close", ErrorCode.RATE_LIMITED, "too many frames per second")
             self.close(
                 CloseCode.RATE_LIMITED,
                 ErrorCode.RATE_LIMITED,
@@ -129,6 +141,7 @@ class Session:
             )
             return
         if isinstance(data, bytes):
+            self._note("request", ErrorCode.BINARY_NOT_SUPPORTED, "a binary frame")
             self._refuse(
                 None,
                 ErrorCode.BINARY_NOT_SUPPORTED,
@@ -138,14 +151,18 @@ class Session:
         try:
             request = protocol.decode(data)
         except protocol.FrameError as exc:
+            self._note("request", exc.code, exc.message)
             self._refuse(exc.ref, exc.code, exc.message)
             return
         if self.identity is None and not isinstance(request, protocol.Auth):
+            self._note("auth", ErrorCode.NOT_AUTHENTICATED, "a frame before auth")
             self._refuse(request.ref, ErrorCode.NOT_AUTHENTICATED, "the first frame must be auth")
             return
         try:
             self._handle(request, now)
         except ClientError as exc:
+            stage = "subscribe" if isinstance(request, protocol.Subscribe) else "request"
+            self._note(stage, exc.code, exc.message)
             self._refuse(request.ref, exc.code, exc.message)
         except Exception:
             # A bug must cost one connection, never the relay: the client is
@@ -179,6 +196,7 @@ class Session:
             return
         if self.identity is None:
             if now >= self._auth_deadline:
+                self._note("auth", "timeout", "no auth frame in time")
                 self.close(
                     CloseCode.AUTH_TIMEOUT,
                     ErrorCode.AUTH_TIMEOUT,
@@ -220,11 +238,23 @@ class Session:
     def drop_slow(self) -> None:
         """The client cannot keep up: drop what waits for it, and close with 4008."""
         self.data_to_send()
+        self._note("close", ErrorCode.SLOW_CONSUMER, "its unsent frames passed the limit")
         self.close(
             CloseCode.SLOW_CONSUMER,
             ErrorCode.SLOW_CONSUMER,
             "the connection does not read its messages fast enough",
         )
+
+    def reject(self, refusal: CloseRequest) -> None:
+        """Refused at once, before a frame (the relay is full)."""
+        self._note("connection", refusal[1], refusal[2])
+        self.close(*refusal)
+
+    def revoke(self) -> None:
+        """Its token was revoked (relay.revoke): close with 4010."""
+        message = "the token was revoked; reconnect with a newer one"
+        self._note("close", ErrorCode.TOKEN_REVOKED, message)
+        self.close(CloseCode.TOKEN_REVOKED, ErrorCode.TOKEN_REVOKED, message)
 
     def forget(self, subscription_id: SubscriptionId) -> Subscription | None:
         """Drop a subscription from this session (the hub has unfiled it, or will)."""
@@ -248,6 +278,7 @@ class Session:
             return
         refusal = self.hub.admit(self, identity)
         if refusal is not None:
+            self._note("auth", refusal[1], refusal[2])
             self._refuse_and_close(request.ref, *refusal)
             return
         self.identity = identity
@@ -272,11 +303,19 @@ class Session:
 
     def _verify(self, token: str, ref: protocol.Ref) -> Identity | None:
         try:
-            return self.hub.verifier.verify(token)
+            identity = self.hub.verifier.verify(token)
+            if self.hub.revoked(identity):
+                raise AuthError(
+                    ErrorCode.TOKEN_REVOKED,
+                    "this token was revoked; get a newer one",
+                    "revoked",
+                )
+            return identity
         except AuthError as exc:
-            expired = exc.code == ErrorCode.TOKEN_EXPIRED
-            close_code = CloseCode.TOKEN_EXPIRED if expired else CloseCode.UNAUTHORIZED
-            self._refuse_and_close(ref, close_code, exc.code, exc.message)
+            self._note("auth", exc.reason, exc.message)
+            self._refuse_and_close(
+                ref, _AUTH_CLOSE_CODES.get(exc.code, CloseCode.UNAUTHORIZED), exc.code, exc.message
+            )
             return None
 
     def _refresh(self, request: protocol.Refresh, now: float) -> None:
@@ -285,6 +324,7 @@ class Session:
             return
         assert self.identity is not None
         if identity.subject != self.identity.subject:
+            self._note("auth", ErrorCode.USER_MISMATCH, "a refresh for another user")
             self._refuse_and_close(
                 request.ref,
                 CloseCode.UNAUTHORIZED,
@@ -325,6 +365,10 @@ class Session:
         self.send(protocol.unsubscribed(request.ref, request.id))
 
     # --- Refusals ------------------------------------------------------------
+
+    def _note(self, stage: str, reason: str, message: str) -> None:
+        """A refusal, for the operator (the client hears of it in its own frames)."""
+        self.refusals.append(Refusal(stage, str(reason), message))
 
     def _refuse(self, ref: protocol.Ref, code: ErrorCode, message: str) -> None:
         """An error for one frame; before auth, it ends the session."""

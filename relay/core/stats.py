@@ -15,3 +15,4 @@ class Stats:
         self.disconnects: Counter[str] = Counter()  # by reason
         self.errors: Counter[str] = Counter()  # unexpected exceptions, by where they happened
         self.replays: Counter[str] = Counter()  # resumes replayed, by source: memory, log, ahead
+        self.refusals: Counter[tuple[str, str]] = Counter()  # by (stage, reason); the shell counts

@@ -147,9 +147,24 @@ def _filter(text: str | None, table: Table) -> Filter | None:
         raise ClientError(ErrorCode.INVALID_FILTER, str(exc)) from None
 
 
-def encode_body(change: Change, position: str, variant: Variant) -> bytes:
-    """The body of a change frame for every recipient of ``variant`` (protocol.change_body)."""
+def encode_body(
+    change: Change, position: str, variant: Variant, table: Table, max_change_bytes: int
+) -> bytes:
+    """The body of a change frame for every recipient of ``variant`` (protocol.change_body).
+
+    A change whose rows weigh more than ``max_change_bytes`` (as JSON, both
+    rows) is sent without them, as ``too_large`` with the row's primary key:
+    its subscribers re-fetch it, rather than one row filling every
+    recipient's buffers and closing them as slow consumers.
+    """
     op, with_new, with_old, select = variant
+    if change.size > max_change_bytes:
+        row = change.new if with_new else change.old
+        assert row is not None
+        key = {column: row.get(column) for column in table.primary_key}
+        return protocol.too_large_body(
+            change.table, op, change.timestamp, position, key, change.size
+        )
     return protocol.change_body(
         change.table,
         op,

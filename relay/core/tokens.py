@@ -94,15 +94,19 @@ class TokenVerifier:
     def verify(self, token: str) -> Identity:
         """The identity of a valid token; ``AuthError`` with a plain reason otherwise."""
         if not isinstance(token, str) or not token:
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is missing")
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is missing", "malformed")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is not a JWT") from None
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, "the token is not a JWT", "malformed"
+            ) from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise AuthError(
-                ErrorCode.INVALID_TOKEN, f"the token's algorithm {alg!r} is not allowed"
+                ErrorCode.INVALID_TOKEN,
+                f"the token's algorithm {alg!r} is not allowed",
+                "algorithm",
             )
         # The key follows from the algorithm's family: a JWKS key never
         # verifies an HMAC token, and the secret never an RSA or EC one.
@@ -122,45 +126,61 @@ class TokenVerifier:
                 },
             )
         except jwt.ExpiredSignatureError:
-            raise AuthError(ErrorCode.TOKEN_EXPIRED, "the token has expired") from None
+            raise AuthError(ErrorCode.TOKEN_EXPIRED, "the token has expired", "expired") from None
         except jwt.ImmatureSignatureError:
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is not valid yet") from None
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, "the token is not valid yet", "not_yet_valid"
+            ) from None
         except jwt.InvalidAudienceError:
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is for another audience") from None
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, "the token is for another audience", "audience"
+            ) from None
         except jwt.InvalidIssuerError:
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is from another issuer") from None
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, "the token is from another issuer", "issuer"
+            ) from None
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(
-                ErrorCode.INVALID_TOKEN, f"the token has no {exc.claim!r} claim"
+                ErrorCode.INVALID_TOKEN, f"the token has no {exc.claim!r} claim", "claims"
             ) from None
         except jwt.InvalidSignatureError:
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token's signature is invalid") from None
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, "the token's signature is invalid", "signature"
+            ) from None
         except jwt.PyJWTError:
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is invalid") from None
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token is invalid", "invalid") from None
         return self._identity(payload)
 
     def _jwk(self, kid: Any, alg: str) -> jwt.PyJWK:
         if self.jwks is None:
-            raise AuthError(ErrorCode.INVALID_TOKEN, "no key for the token's algorithm")
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, "no key for the token's algorithm", "unknown_key"
+            )
         candidates = [k for k in self.jwks.keys if k.algorithm_name == alg]
         if kid is not None:
             candidates = [k for k in candidates if k.key_id == kid]
         if len(candidates) != 1:
             if self.on_unknown_key is not None:
                 self.on_unknown_key()
-            raise AuthError(ErrorCode.INVALID_TOKEN, "no key matches the token's key id")
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, "no key matches the token's key id", "unknown_key"
+            )
         return candidates[0]
 
     def _identity(self, payload: Mapping[str, Any]) -> Identity:
         subject = payload["sub"]
         if not isinstance(subject, str) or not subject:
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token's 'sub' claim is not a string")
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, "the token's 'sub' claim is not a string", "claims"
+            )
         role = payload.get("role")
         if not isinstance(role, str):
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token has no 'role' claim")
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the token has no 'role' claim", "role")
         bypass = role in self.bypass_roles
         if not bypass and role not in self.policy_roles:
-            raise AuthError(ErrorCode.INVALID_TOKEN, f"the role {role!r} may not use the relay")
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN, f"the role {role!r} may not use the relay", "role"
+            )
         values: dict[str, str | None] = {}
         for spec in self.claims.values():
             value: Any = payload
@@ -175,12 +195,15 @@ class TokenVerifier:
                 continue
             if not isinstance(value, str):
                 raise AuthError(
-                    ErrorCode.INVALID_TOKEN, f"the token has no string claim {'.'.join(spec.path)}"
+                    ErrorCode.INVALID_TOKEN,
+                    f"the token has no string claim {'.'.join(spec.path)}",
+                    "claims",
                 )
             if not valid:
                 raise AuthError(
                     ErrorCode.INVALID_TOKEN,
                     f"the token's claim {'.'.join(spec.path)} is not of the expected form",
+                    "claims",
                 )
             values[spec.name] = value
         return Identity(

@@ -263,7 +263,8 @@ BEGIN
     UPDATE relay.revocations r SET revoked_at = at WHERE r.subject = NEW.subject;
     INSERT INTO relay.changes (rel, op, key, new)
     VALUES ('relay.revocations'::regclass, 'REVOKE', NEW.subject,
-            json_build_object('reason', NEW.reason, 'revoked_at', extract(epoch FROM at)));
+            json_build_object('subject', NEW.subject, 'reason', NEW.reason,
+                              'revoked_at', extract(epoch FROM at)));
     PERFORM relay.ring();
     RETURN NULL;
 END

@@ -436,3 +436,40 @@ async def test_a_position_of_trigger_layer_1_is_a_gap_not_an_error(connect: Conn
     assert ack["resumed"] is False
     gap = await client.next_event(WAIT)
     assert (gap["type"], gap["reason"]) == ("gap", "log_changed")
+
+
+async def test_a_change_too_large_to_send_comes_as_its_key(relay_database: str, rdb: Conn) -> None:
+    small = RelayProcess(relay_database, RELAY_MAX_CHANGE_BYTES="2048").start()
+    try:
+        token = mint(*BOB)  # kept for the resume: issued before its resume token
+        client = await RelayClient.connect(small.url, token, timeout=WAIT)
+        subscribed = await client.subscribe("nexus_notifications")
+        large = insert(
+            rdb,
+            "INSERT INTO nexus_notifications (tenant_id, notification_type, title, body)"
+            " VALUES ('TNT-BETA0001', 'test', 'large', repeat('x', 2000)) RETURNING id",
+        )
+        after = insert(
+            rdb,
+            "INSERT INTO nexus_notifications (tenant_id, notification_type, title)"
+            " VALUES ('TNT-BETA0001', 'test', 'after the large one') RETURNING id",
+        )
+        notice = await client.next_event(WAIT)
+        assert notice["too_large"] is True and notice["key"] == {"id": large}
+        assert notice["op"] == "INSERT" and "new" not in notice and notice["size"] > 2048
+        assert (await client.next_event(WAIT))["new"]["id"] == after  # still connected
+
+        # A resume over it replays the notice, not the row.
+        position, resume_token = client.resume_point(subscribed["id"])
+        again = await RelayClient.connect(small.url, token, timeout=WAIT)
+        await again.subscribe(
+            "nexus_notifications", since=subscribed["position"], resume_token=resume_token
+        )
+        replayed = [await again.next_event(WAIT) for _ in range(3)]
+        assert [e["type"] for e in replayed] == ["change", "change", "replayed"]
+        assert replayed[0]["too_large"] is True and replayed[1]["new"]["id"] == after
+        assert position == replayed[1]["position"]
+        await client.close()
+        await again.close()
+    finally:
+        small.stop()

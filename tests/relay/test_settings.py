@@ -71,6 +71,16 @@ def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
         ({**BASE, "RELAY_MAX_CONNECTIONS": "0"}, "RELAY_MAX_CONNECTIONS='0' must be at least 1"),
         ({**BASE, "RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT must be json or text"),
         ({**BASE, "RELAY_AUTH_TIMEOUT_S": "0"}, "RELAY_AUTH_TIMEOUT_S='0' must be at least 0.1"),
+        ({**BASE, "RELAY_DRAIN_S": "-1"}, "RELAY_DRAIN_S='-1' must be at least 0"),
+        # Browsers send scheme://host[:port]: anything else would refuse every browser.
+        ({**BASE, "RELAY_ALLOWED_ORIGINS": "app.example.com"}, "RELAY_ALLOWED_ORIGINS: 'app"),
+        ({**BASE, "RELAY_ALLOWED_ORIGINS": "https://a.example/"}, "RELAY_ALLOWED_ORIGINS: 'https"),
+        ({**BASE, "RELAY_ALLOWED_ORIGINS": "https://A.example"}, "in lower case"),
+        ({**BASE, "RELAY_ALLOWED_ORIGINS": "ftp://a.example"}, "RELAY_ALLOWED_ORIGINS: 'ftp"),
+        (
+            {**BASE, "RELAY_JWT_SECRET": "short"},
+            "RELAY_JWT_SECRET: the JWT secret must be at least",
+        ),
     ],
 )
 def test_bad_values_name_their_variable(env: dict[str, str], message: str) -> None:

@@ -673,3 +673,76 @@ def test_changes_nobody_receives_are_kept_unread_and_replayed_when_someone_resum
     *changes, end = frames
     assert [(f["op"], f["new"]) for f in changes] == [("INSERT", row)]
     assert (resumed["resumed"], end["type"]) == (True, "replayed")
+
+
+# --- Revocation, policies reloaded, changes too large -----------------------------------
+
+
+def test_a_revocation_closes_the_sessions_of_older_tokens_of_its_subject_only() -> None:
+    from relay.core.revocations import Revocation
+    from relay.core.types import UserId
+
+    fanout = make_fanout()
+    old = signed_in(fanout, ALICE, iat=NOW - 10)
+    newer = signed_in(fanout, ALICE, iat=NOW + 5)
+    other = signed_in(fanout, CAROL, iat=NOW - 10)
+    closed = fanout.revoke(Revocation(UserId(ALICE[0]), NOW, "moved"), Position(3, 1))
+    assert closed == 1
+    assert old.close_request is not None and old.close_request[0] == 4010
+    assert [f["reason"] for f in taken(old)] == ["token_revoked"]
+    assert old.refusals[-1].reason == "token_revoked"
+    assert newer.close_request is None and other.close_request is None
+    # A token issued at or before it is refused; without iat too; a newer one is not.
+    for iat in (NOW, NOW - 1, None):
+        session = fanout.open_session(NOW)
+        error, closing = send(session, {"type": "auth", "token": mint(*ALICE, iat=iat)})
+        assert (error["code"], closing["code"]) == ("token_revoked", 4010)
+    signed_in(fanout, ALICE, iat=NOW + 0.001)
+
+
+def test_reloaded_policies_end_gap_or_keep_each_subscription() -> None:
+    fanout = make_fanout()
+    alice = signed_in(fanout, ALICE)
+    payments = subscribe(alice, "public.nexus_payments")
+    notifications = subscribe(alice, "public.nexus_notifications")
+    messages = subscribe(alice, "public.nexus_case_messages")
+    data = {
+        "version": 1,
+        "claims": {
+            "user_id": {"path": "app_metadata.user_id", "pattern": "^USR-[A-Z0-9]{4,32}$"},
+            "tenant_id": {"path": "app_metadata.tenant_id", "pattern": "^TNT-[A-Z0-9]{4,32}$"},
+        },
+        "roles": {"bypass": ["service_role"]},
+        "tables": {
+            "public.nexus_notifications": {"visible": "user_id = claims.user_id"},
+            "public.nexus_case_messages": {
+                "visible": POLICIES.tables["public.nexus_case_messages"].source
+            },
+        },
+    }
+    assert fanout.set_policies(policy.from_dict(data)) == []
+    fanout.take_dirty()  # the batch's end: its gaps go out
+    frames = {f["type"]: f for f in taken(alice)}
+    assert frames["unsubscribed"] == {
+        "type": "unsubscribed",
+        "id": payments,
+        "reason": "policy_removed",
+    }
+    assert frames["gap"]["subscriptions"] == [notifications]
+    assert frames["gap"]["reason"] == "policy_changed"
+    assert set(alice.subscriptions) == {notifications, messages}
+    # New claims: every connection comes back to have its token read anew.
+    data["claims"]["tenant_id"]["pattern"] = "^TNT-.*$"  # type: ignore[index]
+    fanout.set_policies(policy.from_dict(data))
+    assert alice.close_request is not None and alice.close_request[0] == 1001
+
+
+def test_a_change_over_the_size_limit_is_sent_as_its_key() -> None:
+    fanout = make_fanout(max_change_bytes=1024)
+    bob = signed_in(fanout, BOB)
+    subscribe(bob, "public.nexus_payments")
+    big = {**pay("TNT-BETA0001", "TNT-ALPHA001"), "status": "x" * 2000}
+    fanout.write(Change("public.nexus_payments", "INSERT", big, None, {}, None, "1", "t", 2100))
+    [frame] = taken(bob)
+    assert frame["too_large"] is True and frame["key"] == {"id": "PAY-1"}
+    assert frame["size"] == 2100 and "new" not in frame and bob.close_request is None
