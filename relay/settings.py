@@ -110,10 +110,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             "RELAY_POLICY_FILE is not set: without policies nobody may subscribe to anything"
         )
-    limits = _limits(read)
     max_send_buffer_bytes = read.integer(
         "RELAY_MAX_SEND_BUFFER_BYTES", Settings.max_send_buffer_bytes, 4096
     )
+    limits = _limits(read, max_send_buffer_bytes)
     if limits.max_change_bytes >= max_send_buffer_bytes:
         raise ConfigError(
             f"RELAY_MAX_CHANGE_BYTES ({limits.max_change_bytes}) must be less than"
@@ -221,8 +221,10 @@ def _tokens(read: _Environment) -> TokenSettings:
     )
 
 
-def _limits(read: _Environment) -> Limits:
+def _limits(read: _Environment, max_send_buffer_bytes: int) -> Limits:
     default = Limits()
+    # By default a quarter of the send buffer at most: one change never fills it.
+    max_change_bytes = min(default.max_change_bytes, max_send_buffer_bytes // 4)
     return Limits(
         max_connections=read.integer("RELAY_MAX_CONNECTIONS", default.max_connections, 1),
         max_unauthenticated=read.integer(
@@ -230,7 +232,7 @@ def _limits(read: _Environment) -> Limits:
         ),
         max_outbox_bytes=read.integer("RELAY_MAX_OUTBOX_BYTES", default.max_outbox_bytes, 65536),
         max_replay_bytes=read.integer("RELAY_MAX_REPLAY_BYTES", default.max_replay_bytes, 0),
-        max_change_bytes=read.integer("RELAY_MAX_CHANGE_BYTES", default.max_change_bytes, 1024),
+        max_change_bytes=read.integer("RELAY_MAX_CHANGE_BYTES", max_change_bytes, 1024),
         max_connections_per_user=read.integer(
             "RELAY_MAX_CONNECTIONS_PER_USER", default.max_connections_per_user, 1
         ),

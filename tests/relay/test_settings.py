@@ -86,3 +86,13 @@ def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
 def test_bad_values_name_their_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         from_env(env)
+
+
+def test_the_change_size_limit_follows_a_small_send_buffer() -> None:
+    assert from_env(BASE).limits.max_change_bytes == 256 * 1024
+    small = from_env({**BASE, "RELAY_MAX_SEND_BUFFER_BYTES": "65536"})
+    assert small.limits.max_change_bytes == 16384
+    with pytest.raises(ConfigError, match="RELAY_MAX_CHANGE_BYTES .* must be less than"):
+        from_env(
+            {**BASE, "RELAY_MAX_SEND_BUFFER_BYTES": "65536", "RELAY_MAX_CHANGE_BYTES": "65536"}
+        )
