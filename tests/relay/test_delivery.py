@@ -248,14 +248,34 @@ async def test_an_update_out_of_the_filter_tells_it_left(connect: Connect, rdb: 
     assert [e["op"] for e in changes_of(seen["bob"], "nexus_payments")] == ["INSERT", "LEAVE"]
 
 
-async def test_a_one_megabyte_row_is_delivered(connect: Connect, rdb: Conn) -> None:
+async def test_a_one_megabyte_row_is_delivered_where_the_limits_allow_it(
+    relay_database: str, rdb: Conn
+) -> None:
+    large = RelayProcess(
+        relay_database,
+        RELAY_MAX_CHANGE_BYTES=str(2 * 1024 * 1024),
+        RELAY_MAX_SEND_BUFFER_BYTES=str(4 * 1024 * 1024),
+    ).start()
+    try:
+        client = await RelayClient.connect(large.url, mint(*ALICE), timeout=WAIT)
+        await client.subscribe("nexus_case_messages")
+        body = "ü" * (1024 * 1024 // 2)
+        message_id = insert(rdb, NEW_MESSAGE, body)
+        event = await client.next_event(2 * WAIT)
+        assert event["new"]["id"] == message_id
+        assert event["new"]["body"] == body
+        await client.close()
+    finally:
+        large.stop()
+
+
+async def test_a_one_megabyte_row_comes_as_its_key_by_default(connect: Connect, rdb: Conn) -> None:
     client = await connect(ALICE)
     await client.subscribe("nexus_case_messages")
-    body = "ü" * (1024 * 1024 // 2)
-    message_id = insert(rdb, NEW_MESSAGE, body)
+    message_id = insert(rdb, NEW_MESSAGE, "ü" * (1024 * 1024 // 2))
     event = await client.next_event(2 * WAIT)
-    assert event["new"]["id"] == message_id
-    assert event["new"]["body"] == body
+    assert event["too_large"] is True and event["key"] == {"id": message_id}
+    assert "new" not in event
 
 
 async def test_events_filter_by_operation(connect: Connect, rdb: Conn) -> None:
