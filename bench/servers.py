@@ -50,7 +50,7 @@ from websockets.typing import Subprotocol
 from bench.common import JWT_AUDIENCE, JWT_SECRET, NOTIFICATIONS, PAYMENTS
 from relay import log as changelog
 from relay.core import tables
-from relay.core.changes import Change
+from relay.core.changes import Change, LoggedChange
 from relay.core.positions import Position
 
 SUBPROTOCOL = "nexus-relay.v1"
@@ -228,7 +228,9 @@ class Server:
                     since = Position.after(last)
                     async for entries in changelog.read(conn, last, newest, since, known):
                         for _, logged in entries:
-                            change = logged.read() if logged is not None else None
+                            if not isinstance(logged, LoggedChange):
+                                continue  # a table not published, or a revocation
+                            change = logged.read()
                             if isinstance(change, Change):
                                 self.take(change)
                     last = newest

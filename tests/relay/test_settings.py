@@ -92,7 +92,7 @@ def test_the_change_size_limit_follows_a_small_send_buffer() -> None:
     assert from_env(BASE).limits.max_change_bytes == 256 * 1024
     small = from_env({**BASE, "RELAY_MAX_SEND_BUFFER_BYTES": "65536"})
     assert small.limits.max_change_bytes == 16384
-    with pytest.raises(ConfigError, match="RELAY_MAX_CHANGE_BYTES .* must be less than"):
+    with pytest.raises(ConfigError, match=r"RELAY_MAX_CHANGE_BYTES .* must be less than"):
         from_env(
             {**BASE, "RELAY_MAX_SEND_BUFFER_BYTES": "65536", "RELAY_MAX_CHANGE_BYTES": "65536"}
         )
