@@ -63,6 +63,8 @@ SELECT tick, first_seq, rel, first_op, op, first_old::text, new::text,
  ORDER BY tick, first_seq
 """
 
+NET_CHANGES_PAGE = NET_CHANGES + " LIMIT %(limit)s"
+
 # Entries of the log, in order: a change, a revocation (relay.revoke), or None
 # for a table the relay does not know (published after it last loaded the
 # list; skipped).
@@ -108,7 +110,12 @@ async def read(
     chunk: int = 2000,
 ) -> AsyncIterator[list[Entry]]:
     """The net changes of ticks (after_tick, upto_tick] after position ``since``,
-    in order, ``chunk`` at a time; of ``table`` only, if given."""
+    in order, ``chunk`` at a time; of ``table`` only, if given.
+
+    The first ``chunk`` in one round trip (a prepared query with a limit: most
+    reads are that small, and each round trip to a busy server costs more than
+    the rows); what a larger batch holds beyond it, through a cursor, which
+    reads it in one scan however large it is (a bulk transaction)."""
     params = {
         "after": after_tick,
         "upto": upto_tick,
@@ -116,10 +123,20 @@ async def read(
         "since_tick": since.tick,
         "since_seq": since.seq,
     }
+    cursor = await conn.execute(NET_CHANGES_PAGE, {**params, "limit": chunk}, prepare=True)
+    rows = await cursor.fetchall()
+    if rows:
+        yield [entry(row, tables) for row in rows]
+    if len(rows) < chunk:
+        return
+    last_tick, last_seq = rows[-1][0], rows[-1][1]
+    params.update(since_tick=last_tick, since_seq=last_seq)
     async with conn.transaction(), conn.cursor(name="relay_net_changes") as cursor:
         await cursor.execute(NET_CHANGES, params)
         while rows := await cursor.fetchmany(chunk):
             yield [entry(row, tables) for row in rows]
+            if len(rows) < chunk:
+                return
 
 
 def entry(row: tuple[Any, ...], tables: Mapping[int, Table]) -> Entry:

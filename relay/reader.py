@@ -38,6 +38,9 @@ from relay.core.revocations import Revocation
 
 logger = logging.getLogger("relay.reader")
 
+# Within a read, frames are written at least this often (seconds).
+FLUSH_EVERY = 0.005
+
 WAKE_CHANNEL = "relay_wake"
 CONTROL_CHANNEL = "relay_control"
 
@@ -64,7 +67,7 @@ class LogReader:
         self,
         database_url: str,
         fanout: Fanout,
-        flush: Callable[[], None],
+        flush: Callable[[bool], None],
         *,
         poll_interval: float = 0.25,
         busy_poll: float = 0.01,
@@ -128,9 +131,10 @@ class LogReader:
     async def process(self) -> None:
         """Read the log, in order, forever.
 
-        Busy (a read found changes), it reads again every ``busy_poll`` and
-        holds the doorbell's lock in share mode, so that writers do not ring:
-        the bell would only cost them. After ``busy_reads`` reads without
+        Busy (a read found changes), it reads again ``busy_poll`` after the
+        last read began (at once, when reading took longer) and holds the
+        doorbell's lock in share mode, so that writers do not ring: the bell
+        would only cost them. After ``busy_reads`` reads without
         news it lets go, reads once more (a writer may have skipped the bell
         just before), and waits for the bell or ``poll_interval``.
 
@@ -147,6 +151,7 @@ class LogReader:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), wait)
                 self._wake.clear()
+                began = time.monotonic()
                 if await self._read_or_reconnect():
                     quiet = 0
                     await self._hold_bell(True)
@@ -156,7 +161,10 @@ class LogReader:
                         await self._hold_bell(False)
                         wait = 0.0
                         continue
-                wait = self.busy_poll if quiet < self.busy_reads else self.poll_interval
+                if quiet < self.busy_reads:  # busy: a read every busy_poll, or at once if behind
+                    wait = max(self.busy_poll - (time.monotonic() - began), 0.0)
+                else:
+                    wait = self.poll_interval
         finally:
             self.processing = False
 
@@ -194,7 +202,7 @@ class LogReader:
             await self._close()
             return False
         finally:
-            self.flush()
+            self.flush(True)  # the batch is over: with its gaps
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         attempt = 0
@@ -260,13 +268,20 @@ class LogReader:
         # after some changes were dispatched) goes on after the last of them.
         since = max(Position.after(self.last_tick), self.fanout.stream.head)
         found = False
+        flushed = time.monotonic()
         async for entries in log.read(
             conn, self.last_tick, newest, since, self.fanout.tables_by_oid
         ):
             found = True
-            for position, entry in entries:
+            for n, (position, entry) in enumerate(entries, 1):
                 self._dispatch(position, entry)
-            self.flush()
+                # Frames leave every few milliseconds, not after a whole batch:
+                # a batch of thousands of changes would hold the first ones back.
+                if not n % 32 and time.monotonic() - flushed > FLUSH_EVERY:
+                    self.flush(False)
+                    flushed = time.monotonic()
+            self.flush(False)
+            flushed = time.monotonic()
             await asyncio.sleep(0)
         self.fanout.end_tick(newest)
         self.last_tick = newest

@@ -202,13 +202,14 @@ class RelayServer:
 
     # --- Output ----------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Write every session's pending frames; called after each batch of changes.
+    def flush(self, gaps: bool = True) -> None:
+        """Write every session's pending frames: after each batch of changes, with
+        the batch's gaps, and every few milliseconds within a large one, without.
 
         A failure to write to one connection costs that connection, logged and
         counted, never the others nor the stream.
         """
-        for session in self.fanout.take_dirty():
+        for session in self.fanout.take_dirty(gaps):
             try:
                 self.flush_session(session)
             except Exception:

@@ -106,9 +106,10 @@ class Fanout:
         self.connections.count_end(session, reason)
         self.connections.forget(session)
 
-    def take_dirty(self) -> list[Session]:
-        """The sessions with frames to send since the last call; the batch's gaps first."""
-        if self._gaps:
+    def take_dirty(self, gaps: bool = True) -> list[Session]:
+        """The sessions with frames to send since the last call; the batch's gaps
+        first, unless ``gaps`` is false (the batch goes on: they wait for its end)."""
+        if gaps and self._gaps:
             self._send_gaps()
         dirty = list(self._dirty)
         self._dirty.clear()
