@@ -736,7 +736,11 @@ def _log_step(
     latency = summary["latency_ms"]
     use = {k: v / window for k, v in cpu.seconds.items()}
     verdict = "ok" if summary["sustained"] else "MISSED"
-    on_server = f" ({cpu.interference:.0%} on the server CPU)" if summary["disturbed"] else ""
+    on_server = (
+        f" ({cpu.interference:.0%} on the server CPU)"
+        if summary["disturbed"] and cpu.interference is not None  # None: not pinned
+        else ""
+    )
     why = ": " + "; ".join(summary["missed"]) if summary["missed"] else ""
     log(
         f"  {summary['name']}: offered {rate_msgs:,.0f}/s "
