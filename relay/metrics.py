@@ -22,83 +22,93 @@ class RelayCollector(Collector):
         self.reader = reader
 
     def collect(self) -> Iterator[Metric]:
-        fanout, reader, stats = self.fanout, self.reader, self.fanout.stats
+        yield from _fanout_metrics(self.fanout)
+        yield from _reader_metrics(self.reader)
+
+
+def _fanout_metrics(fanout: Fanout) -> Iterator[Metric]:
+    """Connections, subscriptions and what the fan-out counted."""
+    stats = fanout.stats
+    yield GaugeMetricFamily(
+        "relay_connections", "Open WebSocket connections.", len(fanout.connections)
+    )
+    yield GaugeMetricFamily("relay_subscriptions", "Live subscriptions.", fanout.index.count)
+    yield _labelled(
+        "relay_changes",
+        "Changes received from PostgreSQL.",
+        ["table", "op"],
+        stats.changes_in.items(),
+    )
+    yield CounterMetricFamily(
+        "relay_messages_sent", "Change messages sent to clients.", stats.messages_out
+    )
+    yield _labelled(
+        "relay_gaps",
+        "Gaps reported to clients, by reason.",
+        ["reason"],
+        (((reason,), count) for reason, count in stats.gaps.items()),
+    )
+    yield _labelled(
+        "relay_disconnects",
+        "Connections ended, by reason.",
+        ["reason"],
+        (((reason,), count) for reason, count in stats.disconnects.items()),
+    )
+    yield _labelled(
+        "relay_refusals",
+        "Requests refused (each logged, at a limited rate), by stage and reason.",
+        ["stage", "reason"],
+        stats.refusals.items(),
+    )
+    yield _labelled(
+        "relay_errors",
+        "Unexpected exceptions, logged with their traceback, by where they happened.",
+        ["where"],
+        (((where,), count) for where, count in stats.errors.items()),
+    )
+    yield _labelled(
+        "relay_replays",
+        "Resumes replayed, by source: memory, the log, or ahead (another relay's position).",
+        ["source"],
+        (((source,), count) for source, count in stats.replays.items()),
+    )
+
+
+def _reader_metrics(reader: LogReader) -> Iterator[Metric]:
+    """The log reader's connection, reads and the log as it last saw it."""
+    yield GaugeMetricFamily(
+        "relay_reader_connected", "1 while the log reader is connected.", int(reader.connected)
+    )
+    yield GaugeMetricFamily(
+        "relay_doorbell_listening",
+        "1 while the doorbell's LISTEN connection is up (without it, reads are polled).",
+        int(reader.listening),
+    )
+    yield CounterMetricFamily(
+        "relay_reader_reconnects",
+        "Times the reader reconnected (it reads on from where it was).",
+        reader.reconnects,
+    )
+    yield CounterMetricFamily(
+        "relay_log_reads", "Reads of the log that found a new tick.", reader.reads
+    )
+    yield GaugeMetricFamily("relay_log_tick", "The last tick read.", reader.last_tick)
+    if reader.log_bytes is not None:
         yield GaugeMetricFamily(
-            "relay_connections", "Open WebSocket connections.", len(fanout.connections)
+            "relay_log_bytes", "The log's size on disk (relay.changes).", reader.log_bytes
         )
-        yield GaugeMetricFamily("relay_subscriptions", "Live subscriptions.", fanout.index.count)
-        yield _labelled(
-            "relay_changes",
-            "Changes received from PostgreSQL.",
-            ["table", "op"],
-            stats.changes_in.items(),
-        )
-        yield CounterMetricFamily(
-            "relay_messages_sent", "Change messages sent to clients.", stats.messages_out
-        )
-        yield _labelled(
-            "relay_gaps",
-            "Gaps reported to clients, by reason.",
-            ["reason"],
-            (((reason,), count) for reason, count in stats.gaps.items()),
-        )
-        yield _labelled(
-            "relay_disconnects",
-            "Connections ended, by reason.",
-            ["reason"],
-            (((reason,), count) for reason, count in stats.disconnects.items()),
-        )
-        yield _labelled(
-            "relay_refusals",
-            "Requests refused (each logged, at a limited rate), by stage and reason.",
-            ["stage", "reason"],
-            stats.refusals.items(),
-        )
-        yield _labelled(
-            "relay_errors",
-            "Unexpected exceptions, logged with their traceback, by where they happened.",
-            ["where"],
-            (((where,), count) for where, count in stats.errors.items()),
-        )
-        yield _labelled(
-            "relay_replays",
-            "Resumes replayed, by source: memory, the log, or ahead (another relay's position).",
-            ["source"],
-            (((source,), count) for source, count in stats.replays.items()),
-        )
+    if reader.oldest_tick_at is not None:
         yield GaugeMetricFamily(
-            "relay_reader_connected", "1 while the log reader is connected.", int(reader.connected)
+            "relay_log_oldest_seconds",
+            "Age of the oldest tick kept: how far back a client can resume.",
+            max(time.time() - reader.oldest_tick_at, 0.0),
         )
+    if reader.queue_usage is not None:
         yield GaugeMetricFamily(
-            "relay_doorbell_listening",
-            "1 while the doorbell's LISTEN connection is up (without it, reads are polled).",
-            int(reader.listening),
+            "relay_notification_queue_usage",
+            "pg_notification_queue_usage(): the fraction of PostgreSQL's NOTIFY queue in use.",
+            reader.queue_usage,
         )
-        yield CounterMetricFamily(
-            "relay_reader_reconnects",
-            "Times the reader reconnected (it reads on from where it was).",
-            reader.reconnects,
-        )
-        yield CounterMetricFamily(
-            "relay_log_reads", "Reads of the log that found a new tick.", reader.reads
-        )
-        yield GaugeMetricFamily("relay_log_tick", "The last tick read.", reader.last_tick)
-        if reader.log_bytes is not None:
-            yield GaugeMetricFamily(
-                "relay_log_bytes", "The log's size on disk (relay.changes).", reader.log_bytes
-            )
-        if reader.oldest_tick_at is not None:
-            yield GaugeMetricFamily(
-                "relay_log_oldest_seconds",
-                "Age of the oldest tick kept: how far back a client can resume.",
-                max(time.time() - reader.oldest_tick_at, 0.0),
-            )
-        if reader.queue_usage is not None:
-            yield GaugeMetricFamily(
-                "relay_notification_queue_usage",
-                "pg_notification_queue_usage(): the fraction of PostgreSQL's NOTIFY queue in use.",
-                reader.queue_usage,
-            )
 
 
 def registry(fanout: Fanout, reader: LogReader) -> tuple[CollectorRegistry, Histogram]:
