@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from relay import log
+from relay import catalog, log
 from relay.core import tables
 from relay.core.changes import LoggedChange
 from relay.core.errors import first_line
@@ -338,11 +338,12 @@ class LogReader:
 
     async def _load_tables(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute("SELECT * FROM relay.published_tables")
+            await cursor.execute(catalog.PUBLISHED_TABLES)
             rows = await cursor.fetchall()
-        problems = self.fanout.set_tables(tables.from_rows(rows))
-        for problem in problems:
-            logger.error("%s: subscriptions to this table are refused", problem)
+            await cursor.execute(catalog.PARENTS)
+            parents = await cursor.fetchall()
+        problems = self.fanout.set_tables(tables.from_rows(rows), catalog.parent_columns(parents))
+        catalog.log_problems(logger, problems)
         logger.info("published tables: %s", ", ".join(sorted(self.fanout.tables)) or "none")
 
     @property

@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 import uvicorn
 
-from relay import jwks, metrics
+from relay import catalog, jwks, metrics
 from relay.core import policy
 from relay.core.errors import ConfigError
 from relay.core.fanout import Fanout
@@ -146,8 +146,7 @@ class Relay:
             logger.error("policy file not reloaded, the policies in force stay: %s", exc)
             return
         self.policies = policies
-        for problem in self.fanout.set_policies(policies):
-            logger.error("%s: subscriptions to this table are refused", problem)
+        catalog.log_problems(logger, self.fanout.set_policies(policies))
         self.server.flush()
         logger.info("reloaded the policy file %s: %d table policies", path, len(policies.tables))
 
