@@ -1,7 +1,8 @@
-"""``nexus-relay``: serve, check a policy file, diagnose a deployment."""
+"""``nexus-relay``: serve, check a policy file, diagnose a deployment, explain a decision."""
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     diagnose.add_argument(
         "--metrics-url", help="the relay's Prometheus metrics; default: <ops-url>/metrics"
     )
+    explain = commands.add_parser(
+        "explain",
+        help="why a user does or does not receive a row: the relay's decisions, step by step",
+    )
+    from relay import explain as explanation
+
+    explanation.add_arguments(explain)
     args = parser.parse_args(argv)
 
     try:
@@ -42,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve()
         if args.command == "check-policy":
             return _check_policy(args.file, args.database_url)
+        if args.command == "explain":
+            return explanation.run(args, os.environ)
         from relay import diagnose as diagnosis
 
         return diagnosis.run(args.database_url, args.policy_file, args.ops_url, args.metrics_url)
