@@ -196,9 +196,12 @@ def _check_log(conn: Connection, target: _Target, report: _Report) -> None:
     ).fetchone()
     assert row is not None
     entries = max(int(row["entries"]), 0)  # -1: never vacuumed nor analyzed
+    oldest_entry = (
+        "no entry" if row["oldest"] is None else f"oldest entry {_ago(row['oldest'])} old"
+    )
     report.ok(
         f"the change log: {row['bytes'] / 2**20:.1f} MiB, about {entries} entries,"
-        f" oldest entry {_ago(row['oldest'])} old, resumable back {_ago(row['kept'])}"
+        f" {oldest_entry}, resumable back {_ago(row['kept'])}"
         f" (retention {_ago(target.retention)})"
     )
     # Relays prune every 30 s, to the retention: far older entries stay when

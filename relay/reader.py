@@ -32,6 +32,7 @@ from relay.core import tables
 from relay.core.changes import LoggedChange
 from relay.core.errors import first_line
 from relay.core.fanout import Fanout
+from relay.core.policy import Problem
 from relay.core.positions import Position
 from relay.core.replays import Replay
 from relay.core.revocations import Revocation
@@ -82,6 +83,7 @@ class LogReader:
         self.busy_poll = busy_poll
         self.busy_reads = busy_reads
         self.retention = retention
+        self._problems: list[Problem] = []  # the policies' problems, as last logged
         self.max_log_bytes = max_log_bytes
         self.observe_latency: Callable[[float], None] | None = None  # set by the metrics
         self.first_load = asyncio.Event()  # set once the log and the published tables are known
@@ -343,7 +345,9 @@ class LogReader:
             await cursor.execute(catalog.PARENTS)
             parents = await cursor.fetchall()
         problems = self.fanout.set_tables(tables.from_rows(rows), catalog.parent_columns(parents))
-        catalog.log_problems(logger, problems)
+        if problems != self._problems:  # tables are read again after each publish, reconnect
+            catalog.log_problems(logger, problems)
+            self._problems = problems
         logger.info("published tables: %s", ", ".join(sorted(self.fanout.tables)) or "none")
 
     @property
