@@ -22,9 +22,10 @@ from psycopg.rows import dict_row
 from relay import catalog, settings
 from relay.core import changes, explain, policy
 from relay.core.errors import AuthError, ConfigError, first_line
+from relay.core.revocations import Revocation, Revocations
 from relay.core.tables import Table, qualified
 from relay.core.tokens import Identity, identity_of
-from relay.core.types import Parents, Row
+from relay.core.types import Parents, Row, UserId
 
 Connection = psycopg.Connection[dict[str, Any]]
 
@@ -61,7 +62,10 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     policies = policy.load(Path(policy_file))
     identity = _identity(args.token, args.claims, policies, env)
     try:
-        tables, parents_of, row, parents = _read(database_url, qualified(args.table), args.key)
+        subject = identity.subject if isinstance(identity, Identity) else None
+        tables, parents_of, row, parents, revocations = _read(
+            database_url, qualified(args.table), args.key, subject
+        )
     except psycopg.Error as exc:
         raise ConfigError(f"cannot read the database: {first_line(exc)}") from exc
     explanation = explain.explain(
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         parents=parents,
         row_filter=args.filter,
         parent_columns=parents_of,
+        revocations=revocations,
     )
     if args.json:
         print(json.dumps(explanation.as_json(), default=str, indent=2))
@@ -114,19 +119,27 @@ def _identity(
 
 
 def _read(
-    database_url: str, name: str, key: Sequence[str]
-) -> tuple[dict[str, Table], policy.ParentColumns, Row | None, Parents]:
-    """What is published, and the row and its parents, in one read-only transaction."""
+    database_url: str, name: str, key: Sequence[str], subject: str | None
+) -> tuple[dict[str, Table], policy.ParentColumns, Row | None, Parents, Revocations]:
+    """What is published, the row and its parents, and the subject's
+    revocation (relay.revoke), in one read-only transaction."""
     with psycopg.connect(database_url, connect_timeout=5, row_factory=dict_row) as conn:
         conn.read_only = True
         with conn.transaction():
             tables, parents_of = catalog.published(conn)
+            revocations = Revocations()
+            for found in conn.execute(
+                "SELECT subject, extract(epoch FROM revoked_at)::float8 AS at, reason"
+                " FROM relay.revocations WHERE subject = %s",
+                (subject,),
+            ).fetchall():
+                revocations.add(Revocation(UserId(found["subject"]), found["at"], found["reason"]))
             table = tables.get(name)
             if table is None:
-                return tables, parents_of, None, {}
+                return tables, parents_of, None, {}, revocations
             where = _where(table, key)
             row, parents = _row(conn, table, where)
-    return tables, parents_of, row, parents
+    return tables, parents_of, row, parents, revocations
 
 
 def _where(table: Table, key: Sequence[str]) -> dict[str, str]:

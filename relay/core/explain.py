@@ -3,8 +3,8 @@
 ``explain`` takes the decisions the relay takes for a change of the row, in
 its order, with its functions, and records each:
 
-1. the token (``tokens.identity_of``, or a ``TokenVerifier``'s ``AuthError``):
-   its role, and the claims the policies read;
+1. the token (``tokens.identity_of``, or a ``TokenVerifier``'s ``AuthError``;
+   ``Revocations.covers``): its role, and the claims the policies read;
 2. the subscription (``subscription.from_request``): is the table published,
    has it a policy that fits it (``policy.find_problems``), does the filter
    parse;
@@ -28,13 +28,15 @@ from relay.core.changes import Change
 from relay.core.errors import AuthError, ClientError, ErrorCode
 from relay.core.expressions import And, ClaimRef, Compare, Expr, IsNull, Not, Or
 from relay.core.policy import ParentColumns, PolicySet, Problem, TablePolicy, find_problems
+from relay.core.revocations import Revocations
 from relay.core.tables import Table, qualified
 from relay.core.tokens import Identity
 from relay.core.truth import Truth
 from relay.core.types import ConnectionId, Parents, Row, SubscriptionId
 
 # Reason codes of a verdict, beyond the protocol's error codes
-# (invalid_token, token_expired, table_unknown, table_not_allowed, invalid_filter).
+# (invalid_token, token_expired, token_revoked, table_unknown, table_not_allowed,
+# invalid_filter).
 DELIVERED = "delivered"
 ROW_NOT_FOUND = "row_not_found"
 POLICY_DENIED = "policy_denied"
@@ -88,6 +90,7 @@ def explain(
     parents: Parents,
     row_filter: str | None = None,
     parent_columns: ParentColumns | None = None,
+    revocations: Revocations | None = None,
 ) -> Explanation:
     """Whether the subscriber ``identity`` (or the refusal of its token)
     receives a change of ``row`` of ``table`` (None: there is no such row),
@@ -104,6 +107,17 @@ def explain(
     if isinstance(identity, AuthError):
         steps.append(_refused_token(identity))
         return verdict(identity.code.value)
+    if revocations is not None and revocations.covers(identity):
+        steps.append(
+            Step(
+                "token",
+                False,
+                f"the token of {identity.subject} was issued before relay.revoke() revoked"
+                " its user's tokens: the relay refuses it",
+                {"sub": identity.subject, "iat": identity.issued_at},
+            )
+        )
+        return verdict(ErrorCode.TOKEN_REVOKED.value)
     steps.append(_token(identity))
 
     try:

@@ -84,6 +84,17 @@ def test_check_policy_names_the_table_policy_and_column_of_each_problem(
         "  problem: public.nexus_tenant_relationships is published but has no policy:"
         " nobody may subscribe to it (table public.nexus_tenant_relationships)",
     ]
+    # A parent's columns too: the case has client_id, not client.
+    parent = tmp_path / "parent.toml"
+    parent.write_text(
+        Path(POLICY_FILE).read_text().replace("parents.case.client_id", "parents.case.client")
+    )
+    result = run("check-policy", str(parent), "--database-url", relay_database)
+    assert result.returncode == 1
+    assert (
+        "  problem: policy of public.nexus_case_messages: no column 'client' in its parent"
+        " 'case' (table public.nexus_case_messages, column parents.case.client, policy"
+    ) in result.stdout
     # Without the database, the file alone is checked: it is valid.
     assert run("check-policy", str(wrong_policy(tmp_path))).returncode == 0
 
@@ -321,6 +332,18 @@ def test_explain_an_unpublished_table_and_a_forged_token(relay_database: str) ->
     assert result.returncode == 1
     assert "  FAIL  the relay refuses the token: the token's signature is invalid" in result.stdout
     assert result.stdout.splitlines()[-1] == "NOT DELIVERED (invalid_token)"
+
+
+def test_explain_a_revoked_token(relay_database: str, explained_payment: str) -> None:
+    user = ("USR-EXPLAIN1", BOB[1])  # a user of this test's own: no other test is revoked
+    token = mint(*user)
+    args = ("--table", "nexus_payments", "--key", explained_payment)
+    assert explain(relay_database, "--token", token, *args).returncode == 0
+    with psycopg.connect(relay_database, autocommit=True) as conn:
+        conn.execute("SELECT relay.revoke(%s, 'explain test')", (user[0],))
+    result = explain(relay_database, "--token", token, *args)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-1] == "NOT DELIVERED (token_revoked)"
 
 
 def test_explain_reads_the_parent_as_the_relay_does(relay_database: str) -> None:

@@ -13,6 +13,7 @@ from relay.core.errors import AuthError
 from relay.core.fanout import Fanout
 from relay.core.limits import Limits
 from relay.core.positions import Position
+from relay.core.revocations import Revocation, Revocations
 from relay.core.tables import Column, Table
 from relay.core.tokens import Identity, TokenVerifier
 from relay.core.types import Parents, Row
@@ -145,6 +146,25 @@ def test_a_refused_token_stops_at_the_token() -> None:
     assert explanation.steps[0].values == {"reason": "signature"}
     expired = run(mint(*BOB, expires_in=-3600), "nexus_payments", PAYMENT)
     assert expired.reason == "token_expired"
+
+
+def test_a_revoked_token() -> None:
+    token = mint(*BOB)
+    issued = identity(token)
+    assert isinstance(issued, Identity) and issued.issued_at is not None
+    revocations = Revocations()
+    revocations.add(Revocation(issued.subject, issued.issued_at + 1, "moved"))
+    explanation = explain.explain(
+        policies=POLICIES,
+        tables=TABLES,
+        identity=issued,
+        table="nexus_payments",
+        row=PAYMENT,
+        parents={},
+        revocations=revocations,
+    )
+    assert explanation.reason == "token_revoked"
+    assert [s.check for s in explanation.steps] == ["token", "verdict"]
 
 
 def test_an_unpublished_table_a_table_without_policy_and_a_broken_one() -> None:
