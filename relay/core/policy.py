@@ -78,9 +78,10 @@ class PolicySet:
 class Problem:
     """A published table that nobody may subscribe to, and why.
 
-    ``policy`` is the table's policy (its expression) and ``column`` what it
-    names that the table lacks (``parents.case.client_id``, ``parents.case``),
-    or None: the table has no policy, or the problem is the column's type.
+    ``policy`` is the table's policy (its expression), ``column`` what it
+    names that is wrong: a column the table lacks or that is not text, a
+    parent (``parents.case``) or a parent's column (``parents.case.client_id``).
+    Both are None when the table has no policy.
     """
 
     table: str
