@@ -1,14 +1,15 @@
-"""``nexus-relay``: serve, check a policy file, diagnose a deployment."""
+"""``nexus-relay``: serve, check a policy file, diagnose a deployment, explain a decision."""
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from relay import logs
 from relay.core import policy
-from relay.core.errors import ConfigError
+from relay.core.errors import ConfigError, first_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +33,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     diagnose.add_argument("--database-url", help="default: RELAY_DATABASE_URL or DATABASE_URL")
     diagnose.add_argument("--policy-file", type=Path, help="default: RELAY_POLICY_FILE")
     diagnose.add_argument("--ops-url", help="the relay's ops endpoint, e.g. http://127.0.0.1:8766")
+    diagnose.add_argument(
+        "--metrics-url", help="the relay's Prometheus metrics; default: <ops-url>/metrics"
+    )
+    explain = commands.add_parser(
+        "explain",
+        help="why a user does or does not receive a row: the relay's decisions, step by step",
+    )
+    from relay import explain as explanation
+
+    explanation.add_arguments(explain)
     args = parser.parse_args(argv)
 
     try:
@@ -39,9 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve()
         if args.command == "check-policy":
             return _check_policy(args.file, args.database_url)
+        if args.command == "explain":
+            return explanation.run(args, os.environ)
         from relay import diagnose as diagnosis
 
-        return diagnosis.run(args.database_url, args.policy_file, args.ops_url)
+        return diagnosis.run(args.database_url, args.policy_file, args.ops_url, args.metrics_url)
     except ConfigError as exc:
         print(f"nexus-relay: {exc}", file=sys.stderr)
         return 2
@@ -76,12 +89,16 @@ def _check_policy(path: Path, database_url: str | None) -> int:
     import psycopg
     from psycopg.rows import dict_row
 
-    from relay.diagnose import published_tables
+    from relay import catalog
 
-    with psycopg.connect(database_url, row_factory=dict_row) as conn:
-        problems = policies.check_against(published_tables(conn))
+    try:
+        with psycopg.connect(database_url, connect_timeout=5, row_factory=dict_row) as conn:
+            published, parents = catalog.published(conn)
+    except psycopg.Error as exc:
+        raise ConfigError(f"cannot read what is published: {first_line(exc)}") from exc
+    problems = policy.find_problems(policies, published, parents)
     for problem in problems:
-        print(f"  problem: {problem}")
+        print(f"  problem: {catalog.describe(problem)}")
     return 1 if problems else 0
 
 

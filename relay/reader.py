@@ -27,11 +27,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from relay import log
+from relay import catalog, log
 from relay.core import tables
 from relay.core.changes import LoggedChange
 from relay.core.errors import first_line
 from relay.core.fanout import Fanout
+from relay.core.policy import Problem
 from relay.core.positions import Position
 from relay.core.replays import Replay
 from relay.core.revocations import Revocation
@@ -82,6 +83,7 @@ class LogReader:
         self.busy_poll = busy_poll
         self.busy_reads = busy_reads
         self.retention = retention
+        self._problems: list[Problem] = []  # the policies' problems, as last logged
         self.max_log_bytes = max_log_bytes
         self.observe_latency: Callable[[float], None] | None = None  # set by the metrics
         self.first_load = asyncio.Event()  # set once the log and the published tables are known
@@ -338,11 +340,14 @@ class LogReader:
 
     async def _load_tables(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute("SELECT * FROM relay.published_tables")
+            await cursor.execute(catalog.PUBLISHED_TABLES)
             rows = await cursor.fetchall()
-        problems = self.fanout.set_tables(tables.from_rows(rows))
-        for problem in problems:
-            logger.error("%s: subscriptions to this table are refused", problem)
+            await cursor.execute(catalog.PARENTS)
+            parents = await cursor.fetchall()
+        problems = self.fanout.set_tables(tables.from_rows(rows), catalog.parent_columns(parents))
+        if problems != self._problems:  # tables are read again after each publish, reconnect
+            catalog.log_problems(logger, problems)
+            self._problems = problems
         logger.info("published tables: %s", ", ".join(sorted(self.fanout.tables)) or "none")
 
     @property

@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 import uvicorn
 
-from relay import jwks, metrics
+from relay import catalog, jwks, metrics
 from relay.core import policy
 from relay.core.errors import ConfigError
 from relay.core.fanout import Fanout
@@ -26,7 +26,7 @@ from relay.core.tokens import TokenVerifier
 from relay.ops import ops_app
 from relay.reader import LogReader
 from relay.server import RelayServer
-from relay.settings import Settings
+from relay.settings import Settings, TokenSettings
 
 logger = logging.getLogger("relay")
 
@@ -47,25 +47,32 @@ class _OpsServer(uvicorn.Server):
         yield
 
 
+def token_verifier(
+    policies: policy.PolicySet, tokens: TokenSettings, jwk_set: jwt.PyJWKSet | None = None
+) -> TokenVerifier:
+    """The relay's token verifier, from its settings (``jwk_set``: the keys
+    fetched from the JWKS URL, if one is set; a JWKS file is read here)."""
+    if tokens.jwks_file:
+        jwk_set = jwks.read_file(tokens.jwks_file)
+    return TokenVerifier(
+        claims=policies.claims,
+        bypass_roles=policies.bypass_roles,
+        policy_roles=policies.policy_roles,
+        secret=tokens.jwt_secret,
+        jwks=jwk_set,
+        algorithms=tokens.algorithms,
+        audience=tokens.audience,
+        issuer=tokens.issuer,
+        leeway=tokens.leeway,
+    )
+
+
 class Relay:
     def __init__(self, settings: Settings, jwk_set: jwt.PyJWKSet | None = None) -> None:
         """Assemble the relay; ``jwk_set``: the keys fetched from the JWKS URL, if one is set."""
         self.settings = settings
         self.policies = policy.load(settings.policy_file)
-        tokens = settings.tokens
-        if tokens.jwks_file:
-            jwk_set = jwks.read_file(tokens.jwks_file)
-        self.verifier = TokenVerifier(
-            claims=self.policies.claims,
-            bypass_roles=self.policies.bypass_roles,
-            policy_roles=self.policies.policy_roles,
-            secret=tokens.jwt_secret,
-            jwks=jwk_set,
-            algorithms=tokens.algorithms,
-            audience=tokens.audience,
-            issuer=tokens.issuer,
-            leeway=tokens.leeway,
-        )
+        self.verifier = token_verifier(self.policies, settings.tokens, jwk_set)
         self.fanout = Fanout(
             self.policies,
             self.verifier,
@@ -146,8 +153,7 @@ class Relay:
             logger.error("policy file not reloaded, the policies in force stay: %s", exc)
             return
         self.policies = policies
-        for problem in self.fanout.set_policies(policies):
-            logger.error("%s: subscriptions to this table are refused", problem)
+        catalog.log_problems(logger, self.fanout.set_policies(policies))
         self.server.flush()
         logger.info("reloaded the policy file %s: %d table policies", path, len(policies.tables))
 

@@ -149,6 +149,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+def tokens_from_env(env: Mapping[str, str] | None = None) -> TokenSettings:
+    """How the relay verifies tokens, from ``env`` (default: ``os.environ``) alone."""
+    return _tokens(_Environment(os.environ if env is None else env))
+
+
 def _secret(read: _Environment, name: str) -> str | None:
     """``NAME``, or the content of the file that ``NAME_FILE`` names."""
     value = read.text(name)

@@ -15,5 +15,7 @@ the time, and move what it decides to the world. Inside, from the bottom up:
 - ``positions``, ``resume``, ``history``: where a change is in the stream, the
   proof that a subscriber may resume, and the recent past;
 - ``limits``, ``stats``, ``connections``, ``session``, ``fanout``: one
-  connection's protocol state, and the hub that feeds them all.
+  connection's protocol state, and the hub that feeds them all;
+- ``explain``: the decisions for one user and one row, step by step, taken
+  with the functions above (``nexus-relay explain``).
 """

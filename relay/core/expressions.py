@@ -205,7 +205,8 @@ class _Parser:
 # --- Evaluation ----------------------------------------------------------------
 
 
-def _reader(operand: Operand) -> Read:
+def reader(operand: Operand) -> Read:
+    """A function (row, parents, claims) -> the operand's value (None: NULL)."""
     match operand:
         case ColumnRef(name):
             return lambda row, parents, claims: row.get(name)
@@ -227,7 +228,7 @@ def compile_expr(expr: Expr) -> Evaluate:
     """A function (row, parents, claims) -> True, False or None (unknown)."""
     match expr:
         case Compare(left, op, right):
-            read_left, read_right = _reader(left), _reader(right)
+            read_left, read_right = reader(left), reader(right)
             equal = op == "="
 
             def compare(row: Row, parents: Parents, claims: Claims) -> Truth:
@@ -241,7 +242,7 @@ def compile_expr(expr: Expr) -> Evaluate:
 
             return compare
         case IsNull(operand, negated):
-            read = _reader(operand)
+            read = reader(operand)
             return lambda row, parents, claims: (read(row, parents, claims) is None) is not negated
         case And(items):
             return all_of([compile_expr(item) for item in items])
@@ -284,6 +285,34 @@ def claim_bounds(expr: Expr) -> list[ClaimBound] | None:
                 union += bounds
             return union
     return None
+
+
+def text(item: Expr | Operand) -> str:
+    """An expression or operand written in the policy language."""
+    match item:
+        case ColumnRef(name):
+            return name
+        case ParentRef(alias, name):
+            return f"parents.{alias}.{name}"
+        case ClaimRef(name):
+            return f"claims.{name}"
+        case Literal(value):
+            return "'" + value.replace("'", "''") + "'"
+        case Compare(left, op, right):
+            return f"{text(left)} {op} {text(right)}"
+        case IsNull(operand, negated):
+            return f"{text(operand)} is {'not ' if negated else ''}null"
+        case And(items):
+            return " and ".join(_grouped(i) for i in items)
+        case Or(items):
+            return " or ".join(_grouped(i) for i in items)
+        case Not(item):
+            return f"not {_grouped(item)}"
+    raise AssertionError(item)  # pragma: no cover
+
+
+def _grouped(item: Expr) -> str:
+    return f"({text(item)})" if isinstance(item, And | Or) else text(item)
 
 
 def operands(expr: Expr) -> list[tuple[Operand, bool]]:

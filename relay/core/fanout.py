@@ -29,7 +29,7 @@ from relay.core.errors import CloseCode, ErrorCode
 from relay.core.history import Entry, Gap, History
 from relay.core.index import SubscriptionIndex
 from relay.core.limits import Limits
-from relay.core.policy import PolicySet, describe_problems
+from relay.core.policy import ParentColumns, PolicySet, Problem, find_problems
 from relay.core.positions import Position, Stream
 from relay.core.replays import Replay
 from relay.core.resume import ResumeTokens
@@ -63,6 +63,8 @@ class Fanout:
         self.limits = limits or Limits()
         self.tables: dict[str, Table] = {}
         self.tables_by_oid: dict[int, Table] = {}
+        self.parent_columns: dict[tuple[str, str], frozenset[str]] = {}
+        # Published tables whose policy does not fit them: refused to subscribers.
         self.broken_policies: set[str] = set()
         self.index = SubscriptionIndex()
         self.history = History(history_size, history_max_bytes)
@@ -277,25 +279,35 @@ class Fanout:
 
     # --- Tables ----------------------------------------------------------------------
 
-    def set_tables(self, tables: Mapping[str, Table]) -> list[str]:
-        """What is published now; returns the policies' problems with it, in words.
+    def set_tables(
+        self, tables: Mapping[str, Table], parent_columns: ParentColumns | None = None
+    ) -> list[Problem]:
+        """What is published now (and the columns of its parents); returns the
+        policies' problems with it (``policy.find_problems``).
 
         A table whose policy does not fit it is refused to subscribers (deny by
         default); subscriptions to a table no longer published are ended.
         """
         self.tables = dict(tables)
         self.tables_by_oid = {t.oid: t for t in self.tables.values()}
-        found = self.policies.problems(self.tables)
-        self.broken_policies = {name for name, _ in found}
+        self.parent_columns = dict(parent_columns or {})
+        found = self._problems(self.policies)
         for session in self.connections.sessions.values():
             for filed in list(session.subscriptions.values()):
                 name = filed.table.name
                 if name not in self.tables or name in self.broken_policies:
                     self._end(session, filed, "table_unpublished")
-        return describe_problems(found)
+        return found
 
-    def set_policies(self, policies: PolicySet) -> list[str]:
-        """New policies (the policy file reloaded); returns their problems, in words.
+    def _problems(self, policies: PolicySet) -> list[Problem]:
+        """The policies' problems with what is published; sets ``broken_policies``."""
+        found = find_problems(policies, self.tables, self.parent_columns)
+        self.broken_policies = {p.table for p in found if p.policy is not None}
+        return found
+
+    def set_policies(self, policies: PolicySet) -> list[Problem]:
+        """New policies (the policy file reloaded); returns their problems
+        (``policy.find_problems``).
 
         Every live subscription is authorized under them from the next change
         on: one whose table lost its policy ends (``policy_removed``); one
@@ -306,8 +318,7 @@ class Fanout:
         token read under the new ones.
         """
         old, self.policies = self.policies, policies
-        found = policies.problems(self.tables)
-        self.broken_policies = {name for name, _ in found}
+        found = self._problems(policies)
         verifier = self.verifier
         if (policies.claims, policies.bypass_roles, policies.policy_roles) != (
             old.claims,
@@ -325,7 +336,7 @@ class Fanout:
                         "the relay's claims or roles changed; reconnect",
                     )
                     self._mark(session)
-            return describe_problems(found)
+            return found
         changed: list[Subscription] = []
         for session in self.connections.sessions.values():
             for filed in list(session.subscriptions.values()):
@@ -341,7 +352,7 @@ class Fanout:
                     changed.append(filed)
         if changed:
             self._gap(None, "policy_changed", changed)
-        return describe_problems(found)
+        return found
 
     def _end(self, session: Session, filed: Subscription, reason: str) -> None:
         """End a subscription on the relay's side: its client hears why."""

@@ -73,44 +73,105 @@ class PolicySet:
     # The roles whose tokens the policies apply to; any other role is refused.
     policy_roles: frozenset[str] = field(default_factory=lambda: frozenset({"authenticated"}))
 
-    def check_against(self, tables: Mapping[str, Table]) -> list[str]:
-        """Problems of the policies with the published tables, in words; empty if none."""
-        return describe_problems(self.problems(tables))
 
-    def problems(self, tables: Mapping[str, Table]) -> list[tuple[str, str]]:
-        """(table, problem) for each problem of the policies with the published tables.
+@dataclass(frozen=True)
+class Problem:
+    """A published table that nobody may subscribe to, and why.
 
-        A policy must name columns (and parents) that its table has, and
-        compare only text columns, since claims and literals are text.
-        """
-        found = []
-        for name, policy in self.tables.items():
-            table = tables.get(name)
-            if table is None:
-                continue  # not published (yet): nobody can subscribe to it anyway
-            for operand, compared in expressions.operands(policy.expr):
-                problem = _operand_problem(operand, table, compared)
-                if problem:
-                    found.append((name, problem))
-        return found
+    ``policy`` is the table's policy (its expression), ``column`` what it
+    names that is wrong: a column the table lacks or that is not text, a
+    parent (``parents.case``) or a parent's column (``parents.case.client_id``).
+    Both are None when the table has no policy.
+    """
+
+    table: str
+    policy: str | None
+    column: str | None
+    reason: str  # no_policy, no_column, not_text, no_parent, no_parent_column
+    detail: str
+
+    def __str__(self) -> str:
+        if self.policy is None:
+            return f"{self.table} {self.detail}"
+        return f"policy of {self.table}: {self.detail}"
+
+    def fields(self) -> dict[str, str | None]:
+        """For a JSON log line."""
+        return {
+            "table": self.table,
+            "policy": self.policy,
+            "column": self.column,
+            "reason": self.reason,
+        }
 
 
-def describe_problems(found: list[tuple[str, str]]) -> list[str]:
-    return [f"policy of {name}: {problem}" for name, problem in found]
+# Columns of the tables that a published table's parents point at, by
+# (table, alias); a parent absent from it is not checked.
+ParentColumns = Mapping[tuple[str, str], frozenset[str]]
 
 
-def _operand_problem(operand: Operand, table: Table, compared: bool) -> str | None:
+def find_problems(
+    policies: PolicySet, tables: Mapping[str, Table], parent_columns: ParentColumns | None = None
+) -> list[Problem]:
+    """What makes a published table one nobody may subscribe to; empty if nothing.
+
+    A published table needs a policy; a policy must name columns (and parents,
+    and their columns) that its table has, and compare only text columns,
+    since claims and literals are text. A policy of a table not published
+    (yet) is not checked: nobody can subscribe to it anyway.
+    """
+    found = []
+    for name in sorted(tables):
+        table = tables[name]
+        table_policy = policies.tables.get(name)
+        if table_policy is None:
+            found.append(
+                Problem(
+                    name,
+                    None,
+                    None,
+                    "no_policy",
+                    "is published but has no policy: nobody may subscribe to it",
+                )
+            )
+            continue
+        for operand, compared in expressions.operands(table_policy.expr):
+            problem = _operand_problem(operand, table, compared, parent_columns or {})
+            if problem is not None:
+                column, reason, detail = problem
+                found.append(Problem(name, table_policy.source, column, reason, detail))
+    return found
+
+
+def _operand_problem(
+    operand: Operand, table: Table, compared: bool, parent_columns: ParentColumns
+) -> tuple[str | None, str, str] | None:
+    """(column, reason, detail) of what is wrong with ``operand`` on ``table``, if anything."""
     if isinstance(operand, ColumnRef):
         column = table.columns.get(operand.name)
         if column is None:
-            return f"no column {operand.name!r}"
+            return operand.name, "no_column", f"no column {operand.name!r}"
         if compared and column.category not in TEXT_CATEGORIES:
-            return f"column {operand.name!r} is {column.type}: policies compare text columns"
-    if isinstance(operand, ParentRef) and operand.alias not in table.parents:
-        return (
-            f"no parent {operand.alias!r}: publish the table with "
-            f'parents => \'{{"{operand.alias}": "<fk column>"}}\''
-        )
+            return (
+                operand.name,
+                "not_text",
+                f"column {operand.name!r} is {column.type}: policies compare text columns",
+            )
+    if isinstance(operand, ParentRef):
+        if operand.alias not in table.parents:
+            return (
+                f"parents.{operand.alias}",
+                "no_parent",
+                f"no parent {operand.alias!r}: publish the table with "
+                f'parents => \'{{"{operand.alias}": "<fk column>"}}\'',
+            )
+        columns = parent_columns.get((table.name, operand.alias))
+        if columns is not None and operand.name not in columns:
+            return (
+                f"parents.{operand.alias}.{operand.name}",
+                "no_parent_column",
+                f"no column {operand.name!r} in its parent {operand.alias!r}",
+            )
     return None
 
 

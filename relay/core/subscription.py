@@ -107,9 +107,16 @@ def from_request(
     if table is None:
         raise ClientError(ErrorCode.TABLE_UNKNOWN, f"{name} is not published")
     policy = policies.tables.get(name)
-    if policy is None or name in broken_policies:
+    if policy is None:
         raise ClientError(
             ErrorCode.TABLE_NOT_ALLOWED, f"{name} has no policy: nobody may subscribe to it"
+        )
+    if name in broken_policies:
+        # Which column is wrong is the operator's business: the relay's log says.
+        raise ClientError(
+            ErrorCode.TABLE_NOT_ALLOWED,
+            f"{name}'s policy does not fit the table (the relay's log says why):"
+            " nobody may subscribe to it",
         )
     missing = request.events - table.events
     if missing:

@@ -168,49 +168,57 @@ class TokenVerifier:
         return candidates[0]
 
     def _identity(self, payload: Mapping[str, Any]) -> Identity:
-        subject = payload["sub"]
-        if not isinstance(subject, str) or not subject:
-            raise AuthError(
-                ErrorCode.INVALID_TOKEN, "the token's 'sub' claim is not a string", "claims"
-            )
-        role = payload.get("role")
-        if not isinstance(role, str):
-            raise AuthError(ErrorCode.INVALID_TOKEN, "the token has no 'role' claim", "role")
-        bypass = role in self.bypass_roles
-        if not bypass and role not in self.policy_roles:
-            raise AuthError(
-                ErrorCode.INVALID_TOKEN, f"the role {role!r} may not use the relay", "role"
-            )
-        values: dict[str, str | None] = {}
-        for spec in self.claims.values():
-            value: Any = payload
-            for part in spec.path:
-                value = value.get(part) if isinstance(value, Mapping) else None
-            valid = isinstance(value, str) and (
-                spec.pattern is None or spec.pattern.fullmatch(value)
-            )
-            if bypass:
-                # A role that sees every row needs no claim; one it has is kept if valid.
-                values[spec.name] = value if valid else None
-                continue
-            if not isinstance(value, str):
-                raise AuthError(
-                    ErrorCode.INVALID_TOKEN,
-                    f"the token has no string claim {'.'.join(spec.path)}",
-                    "claims",
-                )
-            if not valid:
-                raise AuthError(
-                    ErrorCode.INVALID_TOKEN,
-                    f"the token's claim {'.'.join(spec.path)} is not of the expected form",
-                    "claims",
-                )
-            values[spec.name] = value
-        return Identity(
-            subject=UserId(subject),
-            role=role,
-            bypass=bypass,
-            claims=values,
-            expires_at=float(payload["exp"]),
-            issued_at=float(iat) if isinstance(iat := payload.get("iat"), int | float) else None,
+        return identity_of(payload, self.claims, self.bypass_roles, self.policy_roles)
+
+
+def identity_of(
+    payload: Mapping[str, Any],
+    claims: Mapping[str, ClaimSpec],
+    bypass_roles: frozenset[str],
+    policy_roles: frozenset[str],
+) -> Identity:
+    """Who a verified token's ``payload`` speaks for, under the policy file's
+    claims and roles; ``AuthError`` if its role may not use the relay, or a
+    claim that the policies read is missing or not of the expected form."""
+    subject = payload.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise AuthError(
+            ErrorCode.INVALID_TOKEN, "the token's 'sub' claim is not a string", "claims"
         )
+    role = payload.get("role")
+    if not isinstance(role, str):
+        raise AuthError(ErrorCode.INVALID_TOKEN, "the token has no 'role' claim", "role")
+    bypass = role in bypass_roles
+    if not bypass and role not in policy_roles:
+        raise AuthError(ErrorCode.INVALID_TOKEN, f"the role {role!r} may not use the relay", "role")
+    values: dict[str, str | None] = {}
+    for spec in claims.values():
+        value: Any = payload
+        for part in spec.path:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        valid = isinstance(value, str) and (spec.pattern is None or spec.pattern.fullmatch(value))
+        if bypass:
+            # A role that sees every row needs no claim; one it has is kept if valid.
+            values[spec.name] = value if valid else None
+            continue
+        if not isinstance(value, str):
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN,
+                f"the token has no string claim {'.'.join(spec.path)}",
+                "claims",
+            )
+        if not valid:
+            raise AuthError(
+                ErrorCode.INVALID_TOKEN,
+                f"the token's claim {'.'.join(spec.path)} is not of the expected form",
+                "claims",
+            )
+        values[spec.name] = value
+    return Identity(
+        subject=UserId(subject),
+        role=role,
+        bypass=bypass,
+        claims=values,
+        expires_at=float(payload["exp"]),
+        issued_at=float(iat) if isinstance(iat := payload.get("iat"), int | float) else None,
+    )

@@ -70,25 +70,64 @@ def table(**columns: str) -> Table:
     )
 
 
+def problems(policies: policy.PolicySet, *tables: Table, **parents: frozenset[str]) -> list[str]:
+    """``find_problems`` in words, with the columns of parents by alias."""
+    parent_columns = {("public.items", alias): columns for alias, columns in parents.items()}
+    found = policy.find_problems(policies, {t.name: t for t in tables}, parent_columns)
+    return [str(p) for p in found]
+
+
 def test_policies_are_checked_against_the_published_tables(tmp_path: Path) -> None:
     policies = policy.load(write(tmp_path, VALID.replace("tenant_id = claims", "owner = claims")))
-    assert policies.check_against({"public.items": table(id="integer", owner="text")}) == []
-    assert policies.check_against({"public.items": table(id="integer")}) == [
-        "policy of public.items: no column 'owner'"
-    ]
-    assert policies.check_against({"public.items": table(id="integer", owner="integer")}) == [
+    assert problems(policies, table(id="integer", owner="text")) == []
+    assert problems(policies, table(id="integer")) == ["policy of public.items: no column 'owner'"]
+    assert problems(policies, table(id="integer", owner="integer")) == [
         "policy of public.items: column 'owner' is integer: policies compare text columns"
     ]
     # "is null" takes a column of any type.
     nullable = policy.load(
         write(tmp_path, VALID.replace("tenant_id = claims.tenant_id", "id is null"))
     )
-    assert nullable.check_against({"public.items": table(id="integer")}) == []
+    assert problems(nullable, table(id="integer")) == []
     parent = policy.load(
         write(tmp_path, VALID.replace("tenant_id = claims", "parents.p.owner = claims"))
     )
-    [problem] = parent.check_against({"public.items": table(id="integer")})
+    [problem] = problems(parent, table(id="integer"))
     assert "no parent 'p'" in problem
+
+
+def test_a_problem_names_its_table_policy_and_column(tmp_path: Path) -> None:
+    policies = policy.load(write(tmp_path, VALID.replace("tenant_id = claims", "owner = claims")))
+    [problem] = policy.find_problems(policies, {"public.items": table(id="integer")})
+    assert problem.fields() == {
+        "table": "public.items",
+        "policy": "owner = claims.tenant_id",
+        "column": "owner",
+        "reason": "no_column",
+    }
+    # A published table without a policy is a problem too (deny by default).
+    other = Table("public.other", frozenset({"INSERT"}), ("id",), {}, {})
+    [missing] = policy.find_problems(policies, {"public.other": other})
+    assert (missing.table, missing.policy, missing.column, missing.reason) == (
+        "public.other",
+        None,
+        None,
+        "no_policy",
+    )
+
+
+def test_the_columns_of_a_parent_are_checked_when_known(tmp_path: Path) -> None:
+    policies = policy.load(
+        write(tmp_path, VALID.replace("tenant_id = claims", "parents.p.owner = claims"))
+    )
+    child = Table("public.items", frozenset({"INSERT"}), ("id",), {}, {"p": "parent_id"})
+    assert problems(policies, child) == []  # the parent's columns are not known
+    assert problems(policies, child, p=frozenset({"id", "owner"})) == []
+    [problem] = policy.find_problems(
+        policies, {"public.items": child}, {("public.items", "p"): frozenset({"id", "ownr"})}
+    )
+    assert (problem.column, problem.reason) == ("parents.p.owner", "no_parent_column")
+    assert str(problem) == "policy of public.items: no column 'owner' in its parent 'p'"
 
 
 def test_the_nexus_policy_file_loads() -> None:
