@@ -27,6 +27,7 @@ from relay.core import expressions, protocol, subscription
 from relay.core.changes import Change
 from relay.core.errors import AuthError, ClientError, ErrorCode
 from relay.core.expressions import And, ClaimRef, Compare, Expr, IsNull, Not, Or
+from relay.core.filters import Filter
 from relay.core.policy import ParentColumns, PolicySet, Problem, TablePolicy, find_problems
 from relay.core.revocations import Revocations
 from relay.core.tables import Table, qualified
@@ -148,43 +149,10 @@ def _row_reason(
     if subscribed.table.parents:
         steps.append(_parents(subscribed.table, parents))
 
-    if not identity.bypass:
-        visible = table_policy.evaluate(row, parents, identity.claims)
-        steps.append(
-            Step(
-                "policy",
-                visible is True,
-                f"the policy is {_truth(visible)}: {table_policy.source}",
-                {"result": visible},
-            )
-        )
-        expr = table_policy.expr
-        parts: tuple[Expr, ...] = (
-            expr.items
-            if isinstance(expr, And | Or)
-            else (expr.item,)
-            if isinstance(expr, Not)
-            else (expr,)
-        )
-        for part in parts:
-            steps.extend(_conditions(part, row, parents, identity.claims))
-        if visible is not True:
-            return POLICY_DENIED
-
-    if subscribed.filter is not None:
-        matched = subscribed.filter.match(row)
-        columns = _filtered_columns(subscribed.filter.source, row)
-        compared = ", ".join(f"{c} = {_value(v)}" for c, v in columns.items())
-        steps.append(
-            Step(
-                "filter",
-                matched is True,
-                f"the filter {subscribed.filter.source} is {_truth(matched)}  ({compared})",
-                {"result": matched, "row": columns},
-            )
-        )
-        if matched is not True:
-            return FILTER_MISMATCH
+    if not identity.bypass and not _policy_allows(table_policy, identity, row, parents, steps):
+        return POLICY_DENIED
+    if subscribed.filter is not None and not _filter_matches(subscribed.filter, row, steps):
+        return FILTER_MISMATCH
 
     change = _change_of(subscribed.table, row, parents)
     variant = subscribed.receives(identity, change, {})
@@ -194,6 +162,47 @@ def _row_reason(
         Step("delivery", True, f"a change of this row ({change.op}) is sent as {variant[0]}")
     )
     return DELIVERED
+
+
+def _policy_allows(
+    table_policy: TablePolicy, identity: Identity, row: Row, parents: Parents, steps: list[Step]
+) -> bool:
+    """Whether the table's policy lets this identity see the row; records the
+    policy's verdict and each of its top-level conditions."""
+    visible = table_policy.evaluate(row, parents, identity.claims)
+    steps.append(
+        Step(
+            "policy",
+            visible is True,
+            f"the policy is {_truth(visible)}: {table_policy.source}",
+            {"result": visible},
+        )
+    )
+    expr = table_policy.expr
+    parts: tuple[Expr, ...] = (expr,)
+    if isinstance(expr, And | Or):
+        parts = expr.items
+    elif isinstance(expr, Not):
+        parts = (expr.item,)
+    for part in parts:
+        steps.extend(_conditions(part, row, parents, identity.claims))
+    return visible is True
+
+
+def _filter_matches(subscription_filter: Filter, row: Row, steps: list[Step]) -> bool:
+    """Whether the subscription's filter matches the row; records the values compared."""
+    matched = subscription_filter.match(row)
+    columns = _filtered_columns(subscription_filter.source, row)
+    compared = ", ".join(f"{c} = {_value(v)}" for c, v in columns.items())
+    steps.append(
+        Step(
+            "filter",
+            matched is True,
+            f"the filter {subscription_filter.source} is {_truth(matched)}  ({compared})",
+            {"result": matched, "row": columns},
+        )
+    )
+    return matched is True
 
 
 def _refused_token(error: AuthError) -> Step:
