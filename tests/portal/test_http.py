@@ -224,7 +224,7 @@ def test_the_realtime_config_gives_a_short_lived_token_and_no_secret(
     assert claims["sub"] == "USR-ALIC0001"
     assert claims["role"] == "authenticated"
     assert claims["app_metadata"] == {"user_id": "USR-ALIC0001", "tenant_id": "TNT-ALPHA001"}
-    assert claims["exp"] - claims["iat"] == 300  # minutes, not days
+    assert claims["exp"] - int(claims["iat"]) == 300  # minutes, not days
     for secret in (JWT_SECRET, portal.env["NEXUS_SESSION_SECRET"]):
         assert secret not in response.text
 
