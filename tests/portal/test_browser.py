@@ -170,6 +170,7 @@ def test_5_bob_accepts_an_invite_and_both_lists_update(people: Person, pdb: Conn
     b.open("/nexus/relationships")
     d.page.fill("input[name=tenant_id]", "TNT-BETA0001")  # Dave invites Beta in the UI
     d.page.click("form[hx-post='/nexus/relationships'] button[type=submit]")
+    expect(d.page.locator("#invite-sent")).to_contain_text("TNT-BETA0001 is a tenant")
     bob_row = b.page.locator("#relationships-list tr", has_text="Delta Freight")
     expect(bob_row).to_contain_text("they invited you")
     bob_row.get_by_role("button", name="Accept").click()
