@@ -40,6 +40,17 @@ LOGIN_POLICY = """
 
 def upgrade() -> None:
     op.execute(f"""
+        DO $$
+        BEGIN
+            IF NOT pg_has_role(current_user,
+                               (SELECT nspowner FROM pg_namespace WHERE nspname = 'relay'),
+                               'USAGE') THEN
+                RAISE EXCEPTION 'migration 0007: run it as the owner of schema relay'
+                    USING HINT = 'Its triggers run relay.revoke as the role that creates them.';
+            END IF;
+        END
+        $$;
+
         ALTER TABLE nexus_users ADD COLUMN deactivated_at timestamptz;
         GRANT SELECT (deactivated_at) ON nexus_users TO authenticated, nexus_login;
 
