@@ -59,13 +59,20 @@ def no_content(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def signed_in(otherwise: Refusal = to_login) -> Callable[[UserEndpoint[V]], Endpoint[V]]:
-    """Decorate an endpoint method of an object with a ``db``: it runs for a live user only."""
+def signed_in(
+    otherwise: Refusal = to_login, *, hold_session: bool = False
+) -> Callable[[UserEndpoint[V]], Endpoint[V]]:
+    """Decorate an endpoint method of an object with a ``db``: it runs for a live user only.
+
+    ``hold_session``: the check waits for a change to the session or its user
+    that is being committed (``auth.live_user``); for what must not be issued
+    from a state being revoked (the relay token).
+    """
 
     def decorate(endpoint: UserEndpoint[V]) -> Endpoint[V]:
         @functools.wraps(endpoint)
         async def guarded(views: V, request: Request) -> Response:
-            user = await auth.live_user(request, views.db)
+            user = await auth.live_user(request, views.db, hold_session=hold_session)
             if user is None:
                 return otherwise(request)
             request.state.user = user

@@ -5,7 +5,7 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 from argon2 import PasswordHasher
@@ -31,6 +31,9 @@ class SignedIn:
     user_id: str
     tenant_id: str
     session_id: str  # random; the database keeps its SHA-256 only
+    # When the database began the check that found the session live (unix
+    # time, the database's clock); None until checked.
+    checked_at: float | None = None
 
     @property
     def claims(self) -> Claims:
@@ -55,13 +58,18 @@ async def sign_in(db: Database, email: str, password: str, session_seconds: int)
         row = (
             await conn.execute(
                 select(
-                    schema.users.c.id, schema.users.c.tenant_id, schema.users.c.password_hash
+                    schema.users.c.id,
+                    schema.users.c.tenant_id,
+                    schema.users.c.password_hash,
+                    schema.users.c.deactivated_at,
                 ).where(schema.users.c.email == email)
             )
         ).first()
         stored = row.password_hash if row else _DUMMY_HASH
         valid = await anyio.to_thread.run_sync(_verify, stored, password, limiter=_HASHING)
-        if row is None or not valid:
+        # A deactivated user is refused as a wrong password is: the answer says
+        # nothing about the account (and the database would refuse the session).
+        if row is None or not valid or row.deactivated_at is not None:
             return None
         if HASHER.check_needs_rehash(row.password_hash):
             rehashed = await anyio.to_thread.run_sync(HASHER.hash, password, limiter=_HASHING)
@@ -91,31 +99,47 @@ def from_cookie(request: HTTPConnection) -> SignedIn | None:
     return None
 
 
-async def live_user(request: HTTPConnection, db: Database) -> SignedIn | None:
+async def live_user(
+    request: HTTPConnection, db: Database, *, hold_session: bool = False
+) -> SignedIn | None:
     """The signed-in user, if their session is live and they are still who it says.
 
-    A session ended by signing out, expired, of a deleted user, or of a user
-    moved to another tenant since, is not.
+    A session ended by signing out, expired, of a deleted or deactivated user,
+    or of a user moved to another tenant since, is not. The user's
+    ``checked_at`` is when the database began the check (its
+    ``statement_timestamp()``: before the check read anything).
+
+    With ``hold_session``, the check locks the session row (``FOR SHARE``)
+    until its transaction ends: a move, deactivation, deletion or sign-out
+    that has written the row but not yet committed is waited for, and then
+    seen. What is issued on the strength of such a check (a relay token, with
+    ``iat`` = ``checked_at``) is then either refused by the revocation that
+    follows (issued before it) or issued after the change, never from a state
+    that the revoking transaction has already left.
     """
     user = from_cookie(request)
     if user is None:
         return None
     sessions, users = schema.sessions, schema.users
-    async with db.as_user(user.claims) as conn:
-        live = await conn.scalar(
-            select(func.count())
-            .select_from(sessions.join(users, users.c.id == sessions.c.user_id))
-            .where(
-                sessions.c.id_hash == user.session_hash,
-                sessions.c.revoked_at.is_(None),
-                sessions.c.expires_at > func.now(),
-                users.c.tenant_id == sessions.c.tenant_id,
-            )
+    query = (
+        select(func.extract("epoch", func.statement_timestamp()))
+        .select_from(sessions.join(users, users.c.id == sessions.c.user_id))
+        .where(
+            sessions.c.id_hash == user.session_hash,
+            sessions.c.revoked_at.is_(None),
+            sessions.c.expires_at > func.now(),
+            users.c.tenant_id == sessions.c.tenant_id,
+            users.c.deactivated_at.is_(None),
         )
-    if not live:
+    )
+    if hold_session:
+        query = query.with_for_update(read=True, of=sessions)
+    async with db.as_user(user.claims) as conn:
+        checked_at = await conn.scalar(query)
+    if checked_at is None:
         request.session.clear()
         return None
-    return user
+    return replace(user, checked_at=float(checked_at))
 
 
 async def end_session(db: Database, user: SignedIn) -> None:

@@ -3,9 +3,15 @@
 Starts an embedded PostgreSQL under ``.data/`` (or uses ``DATABASE_URL``),
 applies the migrations, loads the demo data, starts the servers, prints how to
 reach them, and stops everything on Ctrl-C.
+
+However the demo ends (Ctrl-C, SIGTERM, even SIGKILL), nothing it started
+keeps running: the relay and the portal get SIGTERM from Linux when it dies
+(``PR_SET_PDEATHSIG``), and the embedded PostgreSQL is stopped by its keeper
+(``embedded_postgres.start_kept``) when the demo's end closes its pipe.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import secrets
@@ -15,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,19 +65,44 @@ def demo_secrets(data_dir: Path) -> dict[str, str]:
     return made
 
 
-def database(data_dir: Path) -> tuple[str, str]:
-    """The demo's database URL, and where it comes from."""
+def database(data_dir: Path) -> tuple[str, str, "subprocess.Popen[bytes] | None"]:
+    """The demo's database URL, where it comes from, and the embedded server's keeper."""
     url = os.environ.get("DATABASE_URL")
     if url:
-        return url, "DATABASE_URL"
-    server_url = embedded_postgres.start(data_dir / "postgres")
+        return url, "DATABASE_URL", None
+    server_url, keeper = embedded_postgres.start_kept(data_dir / "postgres")
     with psycopg.connect(server_url, autocommit=True) as conn:
         exists = conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)
         ).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
-    return with_database(server_url, DEMO_DATABASE), f"embedded, data in {data_dir / 'postgres'}"
+    source = f"embedded, data in {data_dir / 'postgres'}"
+    return with_database(server_url, DEMO_DATABASE), source, keeper
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def dying_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux send the child SIGTERM when this process dies.
+
+    Also when it dies by SIGKILL, which no handler of ours sees. The signal
+    follows the thread that started the child: start children from the main
+    thread. None off Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here, not in the child
+    parent = os.getpid()
+
+    def preexec() -> None:  # pragma: no cover - runs in the child, before exec
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(0)
+
+    return preexec
 
 
 def servers(url: str, secret: dict[str, str], ports: Ports) -> list[Server]:
@@ -171,15 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # also while starting, so that no server is left behind.
     signal.signal(signal.SIGTERM, _interrupt)
     running: list[Server] = []
+    keeper = None
     try:
-        url, source = database(args.data_dir.resolve())
+        url, source, keeper = database(args.data_dir.resolve())
         print(f"Applying migrations to {redacted(url)} ...", flush=True)
         migrations.upgrade(url)
         demo_data.load(url)
         running = servers(url, demo_secrets(args.data_dir.resolve()), ports)
         for server in running:
             server.process = subprocess.Popen(  # noqa: S603 - our own commands
-                server.argv, env={**os.environ, **server.env}, cwd=ROOT
+                server.argv,
+                env={**os.environ, **server.env},
+                cwd=ROOT,
+                preexec_fn=dying_with_this_process(),
             )
             wait_ready(server)
         print_banner(url, source, running)
@@ -195,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         print("\nStopping ...", flush=True)
         stop_all(running)
-        # The embedded PostgreSQL stops when this process exits.
+        if keeper is not None:
+            embedded_postgres.stop_kept(keeper)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -37,16 +37,19 @@ def claims(
 ) -> dict[str, Any]:
     """The claims of a token for this user, issued ``now`` (default: the current time).
 
-    ``sub`` is ``subject``, by default the user id; ``exp`` is ``lifetime``
-    seconds after ``now``; ``iss`` is left out when ``issuer`` is None. A None
-    id is a null claim, which the relay refuses (only the tests forge those).
+    ``sub`` is ``subject``, by default the user id; ``iat`` is ``now`` to the
+    microsecond (a float: the relay compares it with the time of a
+    revocation, ``relay.revoke``, and a token issued in the same second after
+    it must pass); ``exp`` is ``lifetime`` seconds after ``now``, in whole
+    seconds; ``iss`` is left out when ``issuer`` is None. A None id is a null
+    claim, which the relay refuses (only the tests forge those).
     """
     now = time.time() if now is None else now
     payload: dict[str, Any] = {
         "sub": user_id if subject is None else subject,
         "role": role,
         "aud": audience,
-        "iat": int(now),
+        "iat": round(now, 6),
         "exp": int(now + lifetime),
         "app_metadata": {"user_id": user_id, "tenant_id": tenant_id},
     }
@@ -67,7 +70,13 @@ def issue(
     secret: str,
     audience: str = AUDIENCE,
     lifetime: int = LIFETIME,
+    issued_at: float | None = None,
 ) -> tuple[str, int]:
-    """A token for this user from the portal, and when it expires (unix time)."""
-    payload = claims(user_id, tenant_id, audience=audience, lifetime=lifetime)
+    """A token for this user from the portal, and when it expires (unix time).
+
+    ``issued_at`` (default: now) must be taken before the user's tenant was
+    read, so that a token made from what a move has since changed is older
+    than the move's revocation (docs/architecture.md, "Revocation").
+    """
+    payload = claims(user_id, tenant_id, audience=audience, lifetime=lifetime, now=issued_at)
     return encode(payload, secret), payload["exp"]

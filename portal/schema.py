@@ -20,6 +20,7 @@ users = Table(
     Column("email", String),
     Column("display_name", Text),
     Column("password_hash", Text),
+    Column("deactivated_at", DateTime(timezone=True)),
 )
 
 cases = Table(

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -170,7 +171,6 @@ class Process:
         """Read output until a line contains ``text``; fail with the output after
         ``timeout``, or as soon as the process has exited without printing it."""
         import queue
-        import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -223,7 +223,10 @@ def mint(
     ``sub`` is the user, ``anonymous`` without one. ``extra`` claims are added,
     or replace the shape's (``aud``, ``iss``, ``nbf``, ``iat``...), or, given as
     None, are left out: with another ``secret``, ``algorithm`` or a past
-    ``expires_in``, a way to forge bad ones.
+    ``expires_in``, a way to forge bad ones. ``iat`` is in whole seconds, as
+    most issuers make it (the portal's has microseconds): two tokens minted
+    in the same second are issued at the same time, which the resume tests
+    rely on.
     """
     payload = relay_token.claims(
         user_id,
@@ -232,6 +235,7 @@ def mint(
         role=role,
         issuer=None,
         lifetime=expires_in,
+        now=float(int(time.time())),
     )
     merged = {**payload, **extra}
     return relay_token.encode(
@@ -380,7 +384,6 @@ class PortalProcess(ServerProcess):
 def eventually(check: Any, timeout: float = WAIT, interval: float = 0.05) -> Any:
     """Call ``check`` until it returns something true, for state that is only polled
     (a metric, a process table); fail after ``timeout``. Not for events: wait for those."""
-    import time
 
     deadline = time.monotonic() + timeout
     while True:

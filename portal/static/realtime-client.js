@@ -13,7 +13,10 @@
  *    resume or hears of a gap, so no stale data survives a fault;
  *  - refreshes its token before it expires; heartbeats with ping/pong;
  *  - unsubscribes and closes when the page goes away;
- *  - shows the connection's state in #realtime-status: live, reconnecting, offline.
+ *  - after its token is revoked (close 4010) asks the portal for a new one, and
+ *    stops when the portal answers that the user is signed out (401);
+ *  - shows the connection's state in #realtime-status: live, reconnecting,
+ *    offline, signed-out.
  */
 (function () {
   "use strict";
@@ -24,8 +27,10 @@
   const BACKOFF_FIRST_MS = 500;
   const BACKOFF_MAX_MS = 30000;
   const REFRESH_BEFORE_S = 60;
-  // Close codes after which a new token is needed (docs/protocol.md).
-  const NEEDS_NEW_TOKEN = new Set([4001, 4003]);
+  // Close codes after which a new token is needed (docs/protocol.md): refused,
+  // expired, revoked (the user moved, was deactivated or signed out: the
+  // portal answers 401 if they are no longer signed in as this user).
+  const NEEDS_NEW_TOKEN = new Set([4001, 4003, 4010]);
 
   function meta(name) {
     const element = document.querySelector(`meta[name="${name}"]`);
@@ -101,7 +106,7 @@
     setState(state) {
       if (!this.status) return;
       this.status.dataset.state = state;
-      this.status.textContent = state;
+      this.status.textContent = state.replace("-", " ");
     }
 
     async start() {
@@ -113,8 +118,8 @@
         if (!this.tokenLasts()) this.config = await this.fetchConfig();
       } catch (error) {
         if (error.signedOut) {
-          this.setState("offline");
-          return; // nothing to do until the user signs in again
+          this.stop("signed-out"); // nothing to do until the user signs in again
+          return;
         }
         this.scheduleReconnect();
         return;
@@ -364,7 +369,7 @@
         this.send({ type: "refresh", token: this.config.token });
         this.scheduleTokenRefresh();
       } catch (error) {
-        if (error.signedOut) this.stop("offline");
+        if (error.signedOut) this.stop("signed-out");
       } finally {
         this.refreshing = false;
       }

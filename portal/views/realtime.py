@@ -1,7 +1,9 @@
 """The browser's link to the relay: where it is, and a short-lived token for it.
 
 realtime-client.js asks for this when it starts and again before the token
-expires; a 401 tells it that the user signed out, and it stays offline.
+expires, and after the relay closed its connection because the user's
+tokens were revoked (4010); a 401 tells it that the user signed out (or was
+moved or deactivated), and it stops.
 """
 
 from starlette.requests import Request
@@ -14,7 +16,10 @@ from portal.views.rendering import Views
 
 
 class RealtimeViews(Views):
-    @signed_in(otherwise=json_401)
+    # The session is held while it is checked, and the token is issued at the
+    # check's start (its iat): a move, deactivation or sign-out committing
+    # meanwhile either is seen (401) or revokes this token (auth.live_user).
+    @signed_in(otherwise=json_401, hold_session=True)
     async def config(self, request: Request, user: SignedIn) -> Response:
         """The relay's URL, a token for it and when that expires (unix time), never cached."""
         token, expires_at = relay_token.issue(
@@ -23,6 +28,7 @@ class RealtimeViews(Views):
             secret=self.settings.relay_jwt_secret,
             audience=self.settings.relay_audience,
             lifetime=self.settings.relay_token_ttl,
+            issued_at=user.checked_at,
         )
         return JSONResponse(
             {

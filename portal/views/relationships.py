@@ -1,7 +1,5 @@
 """Relationships between tenants: the list, inviting a tenant, answering an invitation."""
 
-from typing import Any
-
 import psycopg
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +30,11 @@ def invitation_error(other: str, user: SignedIn) -> str | None:
 async def insert_invitation(conn: AsyncConnection, user: SignedIn, other: str) -> str | None:
     """Invite tenant ``other`` to a relationship with the user's; what went wrong, or None.
 
-    The user's tenant is the client if it is one, else the vendor.
+    The user's tenant is the client if it is one, else the vendor. A tenant
+    id that does not exist is not an error: the answer must not tell which
+    tenants exist (the same statements run either way, and fail or not in the
+    database; the invitation then shows in the list, or does not). An
+    existing relationship is, since the list shows it already.
     """
     kind = await conn.scalar(
         select(schema.tenants.c.kind).where(schema.tenants.c.id == user.tenant_id)
@@ -51,7 +53,8 @@ async def insert_invitation(conn: AsyncConnection, user: SignedIn, other: str) -
     except IntegrityError as exc:
         if isinstance(exc.orig, psycopg.errors.UniqueViolation):
             return "You already have a relationship with that tenant."
-        return "There is no tenant with that id."
+        if not isinstance(exc.orig, psycopg.errors.ForeignKeyViolation):
+            raise
     return None
 
 
@@ -72,23 +75,26 @@ class RelationshipViews(Views):
 
     @signed_in()
     async def invite(self, request: Request, user: SignedIn) -> Response:
-        """Invite the tenant of the form's ``tenant_id``; 422 with the reason if that cannot be."""
+        """Invite the tenant of the form's ``tenant_id``; 422 with the reason if that cannot be.
+
+        Whether that tenant exists or not, the answer is the same (an htmx
+        request gets a notice for the form, a plain post is sent back to the
+        page); the list shows the invitation when there is one.
+        """
         form = await request.form()
         check_csrf(request, form)
         other = str(form.get("tenant_id", "")).strip().upper()
         error = invitation_error(other, user)
-        rows: list[Any] = []  # an error answer shows no list
         if error is None:
             async with self.db.as_user(user.claims) as conn:
                 error = await insert_invitation(conn, user, other)
-                rows = await queries.relationship_rows(conn, user)
         return self.answer_form(
             request,
             error=error,
             error_target="#invite-error",
             page=request.url_for("relationships").path,
-            partial="partials/relationships_list.html",
-            relationships=rows,
+            partial="partials/invitation_sent.html",
+            tenant_id=other,
         )
 
     @signed_in()

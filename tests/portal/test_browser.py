@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from argon2 import PasswordHasher
 from playwright.sync_api import expect
 
 from tests.portal.conftest import DAVE, Session
@@ -169,6 +170,7 @@ def test_5_bob_accepts_an_invite_and_both_lists_update(people: Person, pdb: Conn
     b.open("/nexus/relationships")
     d.page.fill("input[name=tenant_id]", "TNT-BETA0001")  # Dave invites Beta in the UI
     d.page.click("form[hx-post='/nexus/relationships'] button[type=submit]")
+    expect(d.page.locator("#invite-sent")).to_contain_text("TNT-BETA0001 is a tenant")
     bob_row = b.page.locator("#relationships-list tr", has_text="Delta Freight")
     expect(bob_row).to_contain_text("they invited you")
     bob_row.get_by_role("button", name="Accept").click()
@@ -272,6 +274,52 @@ def test_signing_out_ends_live_updates(people: Person, portal: PortalProcess) ->
     expect(a.page).to_have_url(f"{portal.url}/nexus/login")
     response = a.page.request.get(f"{portal.url}/nexus/api/realtime-config")
     assert response.status == 401
+
+
+def new_alpha_user(db: Conn) -> tuple[str, str]:
+    """A user of Alpha of the test's own (moving or deactivating them spares the demo's)."""
+    suffix = secrets.token_hex(4).upper()
+    user_id, email = f"USR-B{suffix}", f"b{suffix.lower()}@alpha.com"
+    db.execute(
+        "INSERT INTO nexus_users (id, tenant_id, email, display_name, password_hash)"
+        " VALUES (%s, 'TNT-ALPHA001', %s, 'Browser test', %s)",
+        (user_id, email, PasswordHasher().hash("browser-test-pass")),
+    )
+    return user_id, email
+
+
+def test_a_revoked_token_is_replaced_and_the_page_stays_live(people: Person, pdb: Conn) -> None:
+    user_id, email = new_alpha_user(pdb)
+    try:
+        u = people("moved", email, "browser-test-pass")
+        u.open(CASE)
+        with u.page.expect_websocket():  # closed with 4010, back with a new token
+            pdb.execute("SELECT relay.revoke(%s, 'test')", (user_id,))
+        u.wait_live()
+        after = unique("After the revocation")
+        bob_writes(pdb, after)
+        expect(u.page.locator("#case-thread")).to_contain_text(after)
+        closing = [json.loads(f) for f in u.frames_received if '"closing"' in f]
+        assert [f["reason"] for f in closing] == ["token_revoked"]
+    finally:
+        pdb.execute("DELETE FROM nexus_users WHERE id = %s", (user_id,))
+
+
+def test_a_user_moved_to_another_tenant_is_shown_signed_out(people: Person, pdb: Conn) -> None:
+    user_id, email = new_alpha_user(pdb)
+    try:
+        u = people("moved", email, "browser-test-pass")
+        u.open(CASE)
+        pdb.execute("UPDATE nexus_users SET tenant_id = 'TNT-GAMMA001' WHERE id = %s", (user_id,))
+        status = u.page.locator("#realtime-status")
+        expect(status).to_have_attribute("data-state", "signed-out")
+        expect(status).to_have_text("signed out")
+        hidden = unique("Alpha's, after the move")
+        bob_writes(pdb, hidden)
+        assert hidden not in "".join(u.frames_received)
+        no_csp_violations(u)
+    finally:
+        pdb.execute("DELETE FROM nexus_users WHERE id = %s", (user_id,))
 
 
 def test_a_narrow_screen_shows_every_column(people: Person) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from relay.client import RelayClient
-from tests.support import WAIT, Process, free_port, mint
+from tests.support import WAIT, Process, eventually, free_port, mint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,3 +106,56 @@ def test_ctrl_c_while_starting_leaves_no_server_behind(
     finally:
         demo.kill()
     assert not any("Traceback" in line for line in demo.output)
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``, from /proc."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.add(int(entry.name))
+    return children
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for its parent is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture(scope="module")
+def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo")  # one initdb for the module's runs
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_the_demo_takes_its_children_with_it_however_it_ends(
+    demo_data_dir: Path, server_url: str, signal_number: int
+) -> None:
+    del server_url  # a database test: it runs where PostgreSQL runs
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    demo = run_demo(env, "--data-dir", str(demo_data_dir))
+    try:
+        demo.wait_for("Press Ctrl-C to stop.", timeout=12 * WAIT)
+        children = children_of(demo.popen.pid)
+        assert len(children) == 3, children  # the relay, the portal, PostgreSQL's keeper
+        postmaster = int((demo_data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        assert running(postmaster)
+        demo.popen.send_signal(signal_number)
+        demo.popen.wait(4 * WAIT)
+        left = eventually(
+            lambda: not [pid for pid in {*children, postmaster} if running(pid)],
+            timeout=6 * WAIT,
+        )
+        assert left
+    finally:
+        demo.kill()
+    assert not (demo_data_dir / "postgres" / "postmaster.pid").exists()

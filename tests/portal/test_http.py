@@ -2,11 +2,15 @@
 
 import asyncio
 import re
+import secrets
+import statistics
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import jwt
+import psycopg
 import pytest
 
 from tests.support import JWT_SECRET, WAIT, PortalProcess, client, csrf_of, signed_in
@@ -200,7 +204,6 @@ def test_invalid_input_answers_with_a_message(alice: httpx.Client) -> None:
     for tenant_id, message in (
         ("ALPHA", "A tenant id looks like TNT-ACME0001."),
         ("TNT-ALPHA001", "That is your own tenant."),
-        ("TNT-NOSUCH01", "There is no tenant with that id."),
         ("TNT-BETA0001", "You already have a relationship with that tenant."),
     ):
         response = alice.post("/nexus/relationships", data={"tenant_id": tenant_id}, headers=htmx)
@@ -210,6 +213,63 @@ def test_invalid_input_answers_with_a_message(alice: httpx.Client) -> None:
         "/nexus/payments/PAY-AB000001/status", data={"status": "stolen"}, headers=htmx
     )
     assert bad_status.status_code == 409
+
+
+def test_an_invitation_answers_the_same_whether_the_tenant_exists_or_not(
+    alice: httpx.Client, pdb: psycopg.Connection[Any]
+) -> None:
+    """No oracle of tenant ids: same status, same body (but for the id), about the same time."""
+    token = csrf_of(alice, "/nexus/relationships")
+    htmx = {"X-CSRF-Token": token, "HX-Request": "true"}
+    made: list[str] = []
+
+    def new_vendor() -> str:
+        tenant_id = f"TNT-V{secrets.token_hex(4).upper()}"
+        pdb.execute(
+            "INSERT INTO nexus_tenants (id, name, kind) VALUES (%s, 'Invited Ltd', 'vendor')",
+            (tenant_id,),
+        )
+        made.append(tenant_id)
+        return tenant_id
+
+    def invite(tenant_id: str, headers: dict[str, str]) -> tuple[httpx.Response, float]:
+        started = time.perf_counter()
+        response = alice.post(
+            "/nexus/relationships",
+            data={"tenant_id": tenant_id, "csrf_token": token},
+            headers=headers,
+        )
+        return response, time.perf_counter() - started
+
+    try:
+        existing, missing = new_vendor(), f"TNT-N{secrets.token_hex(4).upper()}"
+        real, _ = invite(existing, htmx)
+        unknown, _ = invite(missing, htmx)
+        assert real.status_code == unknown.status_code == 200
+        assert real.text.replace(existing, "ID") == unknown.text.replace(missing, "ID")
+        assert "HX-Retarget" not in real.headers and "HX-Retarget" not in unknown.headers
+        # The real one invited: the invitee sees it in the database.
+        row = pdb.execute(
+            "SELECT status, invited_by_tenant_id FROM nexus_tenant_relationships"
+            " WHERE client_id = 'TNT-ALPHA001' AND vendor_id = %s",
+            (existing,),
+        ).fetchone()
+        assert row == ("invited", "TNT-ALPHA001")
+        # Without htmx: both sent back to the page.
+        plain = [invite(tenant_id, {})[0] for tenant_id in (new_vendor(), missing)]
+        assert [(r.status_code, r.headers["location"]) for r in plain] == [
+            (303, "/nexus/relationships")
+        ] * 2
+        # About the same time: no extra query, no wait, on either side.
+        times: dict[str, list[float]] = {"existing": [], "missing": []}
+        for _ in range(10):
+            times["existing"].append(invite(new_vendor(), htmx)[1])
+            times["missing"].append(invite(f"TNT-N{secrets.token_hex(4).upper()}", htmx)[1])
+        medians = {side: statistics.median(values) for side, values in times.items()}
+        assert abs(medians["existing"] - medians["missing"]) < WAIT / 200, medians
+    finally:
+        pdb.execute("DELETE FROM nexus_tenant_relationships WHERE vendor_id = ANY(%s)", (made,))
+        pdb.execute("DELETE FROM nexus_tenants WHERE id = ANY(%s)", (made,))
 
 
 def test_the_realtime_config_gives_a_short_lived_token_and_no_secret(
@@ -224,7 +284,7 @@ def test_the_realtime_config_gives_a_short_lived_token_and_no_secret(
     assert claims["sub"] == "USR-ALIC0001"
     assert claims["role"] == "authenticated"
     assert claims["app_metadata"] == {"user_id": "USR-ALIC0001", "tenant_id": "TNT-ALPHA001"}
-    assert claims["exp"] - claims["iat"] == 300  # minutes, not days
+    assert claims["exp"] - int(claims["iat"]) == 300  # minutes, not days
     for secret in (JWT_SECRET, portal.env["NEXUS_SESSION_SECRET"]):
         assert secret not in response.text
 
