@@ -13,7 +13,33 @@ import psycopg
 from relay.core import tables
 from relay.core.policy import ParentColumns, Problem
 
-PUBLISHED_TABLES = "SELECT * FROM relay.published_tables"
+# The published tables, with the collation of each collatable column: the
+# view predates collations, and what names a locale differs across versions
+# (datlocale from PostgreSQL 17, daticulocale before), hence to_jsonb.
+PUBLISHED_TABLES = """
+SELECT t.*, (
+    SELECT jsonb_object_agg(a.attname, jsonb_build_object(
+               'name', co.collname,
+               'provider', CASE WHEN co.collprovider = 'd'
+                                THEN coalesce(d.j->>'datlocprovider', 'c')
+                                ELSE co.collprovider::text END,
+               'collate', CASE WHEN co.collprovider = 'd' THEN d.j->>'datcollate'
+                               ELSE co.collcollate END,
+               'ctype', CASE WHEN co.collprovider = 'd' THEN d.j->>'datctype'
+                             ELSE co.collctype END,
+               'locale', CASE WHEN co.collprovider = 'd'
+                              THEN coalesce(d.j->>'datlocale', d.j->>'daticulocale')
+                              ELSE coalesce(to_jsonb(co)->>'colllocale',
+                                            to_jsonb(co)->>'colliculocale') END,
+               'deterministic', co.collisdeterministic))
+      FROM pg_attribute a
+      JOIN pg_collation co ON co.oid = a.attcollation
+     CROSS JOIN (SELECT to_jsonb(db) AS j FROM pg_database db
+                  WHERE db.datname = current_database()) d
+     WHERE a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped
+) AS collations
+FROM relay.published_tables t
+"""
 
 # Each published parent (relay.publish(..., parents => '{"alias": "fk_column"}')):
 # the table and column its foreign key points at, found as the capture function

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     INVALID_EVENTS = "invalid_events"
     INVALID_SELECT = "invalid_select"
     INVALID_FILTER = "invalid_filter"
+    UNSUPPORTED_FILTER = "unsupported_filter"  # valid, but not decidable as PostgreSQL would
     INVALID_POSITION = "invalid_position"
     UNKNOWN_SUBSCRIPTION = "unknown_subscription"
     # Limits

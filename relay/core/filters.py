@@ -28,14 +28,13 @@ collation. Comparisons follow SQL: a NULL column matches no comparison, only
 ``is.null``; ``not.`` of an unknown result is still unknown.
 """
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from relay.core.tables import BOOLEAN, DATETIME, NUMERIC, Column, Table
+from relay.core import values
+from relay.core.tables import BOOLEAN, Column, Table
 from relay.core.truth import Truth, all_of, any_of, negation
 from relay.core.types import Bound, Row
 
@@ -54,6 +53,11 @@ NOT_SCALAR_TYPES = frozenset(("json", "jsonb"))
 
 class FilterError(ValueError):
     """A filter that does not parse or does not fit its table; the message says why."""
+
+
+class UnsupportedFilter(FilterError):
+    """A valid filter that the relay cannot decide exactly as PostgreSQL would:
+    refused, rather than delivering other rows than PostgreSQL would select."""
 
 
 @dataclass(frozen=True)
@@ -149,16 +153,34 @@ class _Parser:
         bound = None
         if op == "is":
             match = _is(column, raw)
-        elif op == "in":
-            match = _in(column, raw)
-        elif op in TEXT_OPERATORS:
-            match = _like(column, op, raw)
         else:
-            value = _coerce(_unquote(raw), column.category, column.name)
-            match = _compare(column, op, value)
-            if op == "eq" and not negated and column.category not in (NUMERIC, BOOLEAN, DATETIME):
-                bound = value
+            kind = _kind(column)
+            if op == "in":
+                match = _in(column, kind, raw)
+            elif op in TEXT_OPERATORS:
+                match = _like(column, kind, op, raw)
+            else:
+                key = _literal(column, kind, _unquote(raw))
+                match = _compare(column, kind, op, key)
+                if op == "eq" and not negated and kind.text:
+                    bound = key[0]
         return _Condition(negation(match) if negated else match, bound)
+
+
+def _kind(column: Column) -> values.Kind:
+    try:
+        return values.kind(column)
+    except values.Unsupported as exc:
+        raise UnsupportedFilter(f"{column.name}: {exc}") from None
+
+
+def _literal(column: Column, kind: values.Kind, raw: str) -> values.Key:
+    try:
+        return kind.literal(raw)
+    except values.Unsupported as exc:
+        raise UnsupportedFilter(f"{column.name}: {exc}") from None
+    except values.Invalid as exc:
+        raise FilterError(f"{column.name} is {column.type}: {exc}") from None
 
 
 def _is(column: Column, raw: str) -> Match:
@@ -168,31 +190,42 @@ def _is(column: Column, raw: str) -> Match:
         raise FilterError(f"{name}=is.{raw}: is takes null, true, false or unknown")
     if value is None:
         return lambda row: row.get(name) is None
+    if column.category != BOOLEAN:
+        raise FilterError(f"{name} is {column.type}: is.{raw} needs a boolean column")
     return lambda row: row.get(name) is value
 
 
-def _in(column: Column, raw: str) -> Match:
-    name, category = column.name, column.category
+def _in(column: Column, kind: values.Kind, raw: str) -> Match:
+    name = column.name
     if not (raw.startswith("(") and raw.endswith(")")):
         raise FilterError(f"{name}=in.{raw}: write in.(a,b,c)")
-    values = [_unquote(v) for v in _split(raw[1:-1], ",")]
-    if len(values) > MAX_IN_VALUES:
+    items = [_unquote(v) for v in _split(raw[1:-1], ",")]
+    if len(items) > MAX_IN_VALUES:
         raise FilterError(f"{name}=in.(...): at most {MAX_IN_VALUES} values")
-    allowed = frozenset(_coerce(v, category, name) for v in values)
-    convert = _converter(category)
+    allowed = frozenset(_literal(column, kind, v) for v in items)
+    read = kind.row
 
     def match(row: Row) -> Truth:
-        value = convert(row.get(name))
-        return None if value is None else value in allowed
+        value = row.get(name)
+        key = None if value is None else read(value)
+        return None if key is None else key in allowed
 
     return match
 
 
-def _like(column: Column, op: str, raw: str) -> Match:
+def _like(column: Column, kind: values.Kind, op: str, raw: str) -> Match:
     name = column.name
-    if column.category in (NUMERIC, BOOLEAN, DATETIME):
+    if not kind.text:
         raise FilterError(f"{name} is {column.type}: {op} needs a text column")
-    pattern = LikePattern(_unquote(raw), ignore_case=op == "ilike")
+    lower = None
+    if op == "ilike":
+        lower = kind.lower
+        if lower is None:
+            raise UnsupportedFilter(
+                f"{name}: ilike compares lower() of both sides, and the relay does not know"
+                f" lower() of {_collation_name(column)}; use like"
+            )
+    pattern = LikePattern(_unquote(raw), lower=lower)
 
     def match(row: Row) -> Truth:
         value = row.get(name)
@@ -201,19 +234,24 @@ def _like(column: Column, op: str, raw: str) -> Match:
     return match
 
 
-def _compare(column: Column, op: str, value: Any) -> Match:
+def _collation_name(column: Column) -> str:
+    return "an unknown collation" if column.collation is None else column.collation.name
+
+
+def _compare(column: Column, kind: values.Kind, op: str, key: values.Key) -> Match:
     name = column.name
+    if op not in ("eq", "neq") and not kind.ordered:
+        what = _collation_name(column) if kind.text else column.type
+        raise UnsupportedFilter(
+            f"{name}: {op} orders values as {what} does, which the relay cannot; use eq, neq or in"
+        )
     compare = _COMPARE[op]
-    convert = _converter(column.category)
+    read = kind.row
 
     def match(row: Row) -> Truth:
-        current = convert(row.get(name))
-        if current is None:
-            return None
-        try:
-            return compare(current, value)
-        except TypeError:  # e.g. a naive and an aware datetime
-            return None
+        value = row.get(name)
+        current = None if value is None else read(value)
+        return None if current is None else compare(current, key)
 
     return match
 
@@ -228,61 +266,6 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def _converter(category: str) -> Callable[[Any], Any]:
-    """How a row's JSON value becomes comparable with a coerced filter value.
-
-    A value that does not convert (PostgreSQL's 'infinity', a time without a
-    date) compares as unknown, like a NULL.
-    """
-    if category == DATETIME:
-
-        def to_datetime(value: Any) -> Any:
-            try:
-                return None if value is None else _datetime(str(value))
-            except ValueError:
-                return None
-
-        return to_datetime
-    if category == NUMERIC:
-
-        def to_number(value: Any) -> Any:
-            if value is None or isinstance(value, int | float):
-                return value
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                return None
-
-        return to_number
-    return lambda value: value
-
-
-def _coerce(raw: str, category: str, column: str) -> Any:
-    if category == NUMERIC:
-        try:
-            number = float(raw)
-        except ValueError:
-            raise FilterError(f"{column} is a number: {raw!r} is not") from None
-        if not math.isfinite(number):
-            raise FilterError(f"{column}: {raw!r} is not a finite number")
-        return number
-    if category == BOOLEAN:
-        if raw not in ("true", "false"):
-            raise FilterError(f"{column} is a boolean: use true or false, not {raw!r}")
-        return raw == "true"
-    if category == DATETIME:
-        try:
-            return _datetime(raw)
-        except ValueError:
-            raise FilterError(f"{column} is a date or time: {raw!r} is not ISO 8601") from None
-    return raw
-
-
-def _datetime(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 class LikePattern:
     """SQL ``LIKE`` without backtracking: time linear in the text, whatever the pattern.
 
@@ -295,8 +278,9 @@ class LikePattern:
     patterns such as ``%a%a%a%a%b`` (ReDoS).
     """
 
-    def __init__(self, pattern: str, ignore_case: bool) -> None:
-        self.ignore_case = ignore_case
+    def __init__(self, pattern: str, lower: Callable[[str], str] | None = None) -> None:
+        # ILIKE is LIKE on lower() of both sides (PostgreSQL's like.c, for UTF8).
+        self.lower = lower
         segments: list[list[str | None]] = [[]]  # characters; None for "_"
         escaped = False
         for char in pattern:
@@ -318,10 +302,10 @@ class LikePattern:
     def _compile(self, chars: list[str | None]) -> "str | re.Pattern[str]":
         if None not in chars:
             text = "".join(c for c in chars if c is not None)
-            return text.casefold() if self.ignore_case else text
+            return self.lower(text) if self.lower else text
         # Fixed length, no quantifier: a regular expression that cannot backtrack.
-        fold = str.casefold if self.ignore_case else str
-        regex = "".join("." if c is None else re.escape(fold(c)) for c in chars)
+        lower = self.lower or str
+        regex = "".join("." if c is None else re.escape(lower(c)) for c in chars)
         return re.compile(regex, re.DOTALL)
 
     @staticmethod
@@ -339,8 +323,8 @@ class LikePattern:
         return -1 if found is None else found.start()
 
     def matches(self, text: str) -> bool:
-        if self.ignore_case:
-            text = text.casefold()
+        if self.lower:
+            text = self.lower(text)
         if len(self.segments) == 1:  # no %: the whole text, exactly
             segment, length = self.segments[0]
             return length == len(text) and self._at(segment, text, 0)

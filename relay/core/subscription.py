@@ -151,7 +151,12 @@ def _filter(text: str | None, table: Table) -> Filter | None:
     try:
         return filters.parse(text, table)
     except filters.FilterError as exc:
-        raise ClientError(ErrorCode.INVALID_FILTER, str(exc)) from None
+        code = (
+            ErrorCode.UNSUPPORTED_FILTER
+            if isinstance(exc, filters.UnsupportedFilter)
+            else ErrorCode.INVALID_FILTER
+        )
+        raise ClientError(code, str(exc)) from None
 
 
 def encode_body(

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portal import migrations
+from relay import catalog
 from relay.core import policy, tables
 from relay.core.changes import Change
 from relay.core.fanout import Fanout
@@ -59,9 +60,7 @@ def database(new_database: Callable[[], str]) -> Iterator[Database]:
     migrations.upgrade(url)
     with psycopg.connect(url, autocommit=True) as db, psycopg.connect(url) as rls:
         log_tail = LogTail(url)
-        rows = db.cursor(row_factory=psycopg.rows.dict_row).execute(
-            "SELECT * FROM relay.published_tables"
-        )
+        rows = db.cursor(row_factory=psycopg.rows.dict_row).execute(catalog.PUBLISHED_TABLES)
         published = tables.from_rows(rows.fetchall())
         yield Database(db, rls, log_tail, published)
         log_tail.close()
