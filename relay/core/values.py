@@ -205,7 +205,7 @@ _DATETIME = re.compile(
     r"(?P<offset>Z|[+-][0-9]{2}(?::[0-9]{2}(?::[0-9]{2})?|[0-9]{2})?)?"
     r"(?P<bc> BC)?"
 )
-_INFINITY = re.compile(r"(?i)(?P<sign>[+-]?)infinity")
+_INFINITY = re.compile(r"(?i)(?P<sign>-?)infinity")  # "+infinity" only from PostgreSQL 18
 # The years whose every day each type holds (PostgreSQL docs, "Date/Time Types":
 # timestamps from 4713 BC to 294276 AD).
 _FIRST_YEAR, _LAST_YEAR = -4712, 294275  # astronomical: 4713 BC is -4712
