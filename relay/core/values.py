@@ -128,17 +128,19 @@ def _numeric_literal(raw: str) -> Key:
         raise Invalid(f"{raw!r} is not a number")
     value = Decimal(raw)
     exponent = int(number["exponent"] or 0)
-    if len(raw) > _MAX_LITERAL_DIGITS or max(abs(exponent), abs(value.adjusted())) > 1000:
+    if abs(exponent) > _MAX_LITERAL_DIGITS:
         # numeric_in refuses exponents beyond NUMERIC_MAX_PRECISION (1000).
-        raise Unsupported(f"{raw[:20]!r}...: the relay takes exponents up to 1000")
+        raise Invalid(f"{raw[:20]!r}: an exponent beyond {_MAX_LITERAL_DIGITS}")
+    if len(raw) > _MAX_LITERAL_DIGITS or abs(value.adjusted()) > _MAX_LITERAL_DIGITS:
+        raise Unsupported(f"{raw[:20]!r}...: the relay reads numbers of up to 1000 digits")
     return _numeric_key(value)
 
 
 def _special(match: "re.Match[str]") -> str:
-    """NaN, Infinity or -Infinity; a signed NaN is refused."""
+    """NaN, Infinity or -Infinity; a signed NaN is refused (numeric_in does too)."""
     if match["word"].lower() == "nan":
         if match["sign"]:
-            raise Unsupported(f"{match[0]!r}: a NaN with a sign")
+            raise Invalid(f"{match[0]!r}: a NaN has no sign")
         return "NaN"
     return "-Infinity" if match["sign"] == "-" else "Infinity"
 

@@ -636,6 +636,18 @@ def test_index_delivers_exactly_what_checking_every_subscription_would(
     assert expected <= by_index
 
 
+def test_a_filter_the_relay_cannot_decide_exactly_is_refused_with_a_code() -> None:
+    fanout = make_fanout()
+    bob = signed_in(fanout, BOB)
+    # amount is numeric without a precision here: its values may reach the relay rounded.
+    request = {"type": "subscribe", "table": "nexus_payments", "filter": "amount=gt.1", "ref": 1}
+    [error] = send(bob, request)
+    assert (error["code"], error["ref"]) == ("unsupported_filter", 1)
+    assert "numeric(p,s) with p at most 15" in error["message"]
+    [error] = send(bob, {**request, "filter": "status=is.maybe"})
+    assert error["code"] == "invalid_filter"
+
+
 @pytest.mark.parametrize("since", ["x:²", "x:-1", "x:1e3", "x:" + "9" * 19, "nocolon", ":5"])
 def test_malformed_positions_are_refused_with_a_code(since: str) -> None:
     fanout = make_fanout()

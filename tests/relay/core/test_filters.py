@@ -133,7 +133,7 @@ def test_equality_on_text_bounds_the_rows() -> None:
         ("status", "write column=operator.value"),
         ("status=eq", "eq needs a value"),
         ("amount=gt.lots", "amount is numeric(14,2): 'lots' is not a number"),
-        ("amount=gt.-nan", "a NaN with a sign"),
+        ("amount=gt.-nan", "a NaN has no sign"),
         ("urgent=eq.yes", "urgent is boolean: use true or false"),
         ("due_at=gt.soon", "'soon' is not a timestamp with time zone the relay reads"),
         ("status=is.maybe", "is takes null, true, false or unknown"),
