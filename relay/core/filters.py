@@ -21,10 +21,10 @@ Operators: ``eq neq lt lte gt gte in is like ilike``, each with an optional
 written in double quotes, with ``\\"`` and ``\\\\`` inside. ``like`` and ``ilike``
 take ``%`` (or ``*``) for any run of characters and ``_`` for one.
 
-Values are read as the column's type: numbers for numeric columns, ``true`` and
-``false`` for booleans, ISO 8601 for dates and times (a time without an offset
-is UTC), text otherwise. Text compares by code point, as in PostgreSQL's "C"
-collation. Comparisons follow SQL: a NULL column matches no comparison, only
+A condition means what PostgreSQL means by ``column op 'value'``: values are
+read and compared as the column's type (``relay.core.values``). What the relay
+cannot decide exactly as PostgreSQL would is refused (``UnsupportedFilter``).
+Comparisons follow SQL: a NULL column matches no comparison, only
 ``is.null``; ``not.`` of an unknown result is still unknown.
 """
 
