@@ -29,6 +29,7 @@ Comparisons follow SQL: a NULL column matches no comparison, only
 """
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -224,6 +225,12 @@ def _like(column: Column, kind: values.Kind, op: str, raw: str) -> Match:
             raise UnsupportedFilter(
                 f"{name}: ilike compares lower() of both sides, and the relay does not know"
                 f" lower() of {_collation_name(column)}; use like"
+            )
+        unknown = kind.unknown_case(_unquote(raw))
+        if unknown is not None:
+            raise UnsupportedFilter(
+                f"{name}: ilike: the relay does not know lower() of U+{ord(unknown):04X},"
+                f" which its Unicode {unicodedata.unidata_version} does not assign"
             )
     pattern = LikePattern(_unquote(raw), lower=lower)
 

@@ -14,6 +14,7 @@ exactly. A literal PostgreSQL itself would reject is ``Invalid``.
 
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -43,6 +44,8 @@ class Kind:
     ordered: bool = True  # lt, lte, gt, gte decide as PostgreSQL does
     text: bool = False  # like and ilike apply
     lower: Callable[[str], str] | None = None  # PostgreSQL's lower(), for ilike
+    # A character of the text whose lower() the relay may not know, if any.
+    unknown_case: Callable[[str], str | None] = lambda text: None
 
 
 def kind(column: Column) -> Kind:
@@ -312,7 +315,9 @@ _CODE_POINT_ORDER = {
     "b": frozenset(("C", "C.UTF-8", "PG_UNICODE_FAST")),
 }
 _ASCII_CTYPES = {"c": frozenset(("C", "POSIX")), "b": frozenset(("C",))}
-_UNICODE_CTYPES = {"c": frozenset(("C.UTF-8", "C.utf8")), "b": frozenset(("C.UTF-8",))}
+# Not the builtin provider's C.UTF-8: its own Unicode tables (15.1 in PostgreSQL
+# 17, 16.0 in 18) map characters that the relay's Python does not know.
+_UNICODE_CTYPES = {"c": frozenset(("C.UTF-8", "C.utf8"))}
 _ASCII_LOWER = {ord(c): ord(c) + 32 for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
 # Python's str.lower() is Unicode's full mapping; PostgreSQL's lower() under a
 # C.UTF-8 ctype is the simple one, character by character (towlower). They differ
@@ -328,6 +333,14 @@ def _simple_lower(text: str) -> str:
     return text.translate(_SIMPLE_ONLY).lower()
 
 
+def _unassigned(text: str) -> str | None:
+    """A character that Python's Unicode database does not assign: a C library of
+    a later Unicode may know a lower case of it."""
+    if text.isascii():
+        return None
+    return next((c for c in text if unicodedata.category(c) == "Cn"), None)
+
+
 def _text(collation: Collation | None) -> Kind:
     if collation is not None and not collation.deterministic:
         raise Unsupported(f"the relay does not compare text of collation {collation.name}")
@@ -339,7 +352,15 @@ def _text(collation: Collation | None) -> Kind:
         if locale in _ASCII_CTYPES.get(collation.provider, ()):
             lower = _ascii_lower
         elif locale in _UNICODE_CTYPES.get(collation.provider, ()):
-            lower = _simple_lower
+            return Kind(
+                "text",
+                _text_literal,
+                _text_row,
+                ordered=ordered,
+                text=True,
+                lower=_simple_lower,
+                unknown_case=_unassigned,
+            )
     return Kind("text", _text_literal, _text_row, ordered=ordered, text=True, lower=lower)
 
 

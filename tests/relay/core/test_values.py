@@ -12,6 +12,7 @@ rejects is a failure. Each example is one round trip.
 
 import os
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -460,17 +461,20 @@ def test_lower_is_postgresqls_for_every_character(database: Database) -> None:
         expected = row[0]
         assert len(expected) == len(everything)
         differ = [
-            (hex(ord(c)), a, b)
-            for c, a, b in zip(everything, expected, lower(everything), strict=True)
-            if a != b
+            c for c, a, b in zip(everything, expected, lower(everything), strict=True) if a != b
         ]
-        assert differ == [], column
+        # Only where the server's C library knows characters that Python does not
+        # (none with glibc 2.36 and Python 3.11: both Unicode 14); ilike refuses
+        # patterns with those.
+        assert [c for c in differ if unicodedata.category(c) != "Cn"] == [], column
 
 
 def _column(type_: str, collation: tables.Collation | None = None) -> tables.Column:
     return tables.Column("v", type_, "S" if collation else "N", collation)
 
 
+C_UTF8 = tables.Collation("default", "c", "C.UTF-8", "C.UTF-8", None)
+PG_C_UTF8 = tables.Collation("pg_c_utf8", "b", "", "", "C.UTF-8")
 ICU = tables.Collation("und-x-icu", "i", "", "", "und")
 EN_US = tables.Collation("en_US", "c", "en_US.UTF-8", "en_US.UTF-8", None)
 NONDETERMINISTIC = tables.Collation("ci", "i", "", "", "und-u-ks-level2", deterministic=False)
@@ -492,6 +496,8 @@ NONDETERMINISTIC = tables.Collation("ci", "i", "", "", "und-u-ks-level2", determ
         (_column("text", ICU), "v=gte.a", "gte orders values as und-x-icu does"),
         (_column("text"), "v=gt.a", "gt orders values as an unknown collation does"),
         (_column("text"), "v=ilike.a", "lower() of an unknown collation"),
+        (_column("text", PG_C_UTF8), "v=ilike.a", "lower() of pg_c_utf8"),
+        (_column("text", C_UTF8), "v=ilike.%\U00010d50%", "lower() of U+10D50"),
         (_column("text", NONDETERMINISTIC), "v=eq.a", "text of collation ci"),
         (_column("timestamp with time zone"), "v=gt.294276-01-01", "years from 4713 BC"),
         (_column("date"), "v=lt.4714-12-01 BC", "years from 4713 BC"),
