@@ -50,7 +50,7 @@ class Kind:
 
 def kind(column: Column) -> Kind:
     """The kind of ``column``; ``Unsupported`` if the relay cannot compare its values."""
-    base = re.sub(r"\(\d+(?:,\d+)?\)", "", column.type)
+    base = re.sub(r"\(\d+(?:,-?\d+)?\)", "", column.type)
     if base in _INTEGERS:
         return _integer(base, *_INTEGERS[base])
     if base == "numeric":
@@ -215,7 +215,9 @@ _INFINITY = re.compile(r"(?i)(?P<sign>-?)infinity")  # "+infinity" only from Pos
 # timestamps from 4713 BC to 294276 AD).
 _FIRST_YEAR, _LAST_YEAR = -4712, 294275  # astronomical: 4713 BC is -4712
 _DAYS_PER_400_YEARS = 146097
-_MAX_OFFSET_HOURS = 14
+# PostgreSQL takes offsets up to 15:59:59 (MAX_TZDISP_HOUR); local mean times
+# before time zones come close (Asia/Manila until 1844: -15:56:08).
+_MAX_OFFSET_HOURS = 15
 _READS = "ISO 8601, as 2026-03-01, 2026-03-01T12:00:00.5+01:00 or 0044-03-15 BC; or infinity"
 
 
