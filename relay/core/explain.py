@@ -37,7 +37,7 @@ from relay.core.types import ConnectionId, Parents, Row, SubscriptionId
 
 # Reason codes of a verdict, beyond the protocol's error codes
 # (invalid_token, token_expired, token_revoked, table_unknown, table_not_allowed,
-# invalid_filter).
+# invalid_filter, unsupported_filter).
 DELIVERED = "delivered"
 ROW_NOT_FOUND = "row_not_found"
 POLICY_DENIED = "policy_denied"
