@@ -465,14 +465,18 @@ async def test_a_published_table_without_a_policy_cannot_be_subscribed(
 ) -> None:
     rdb.execute("CREATE TABLE IF NOT EXISTS scratch_unguarded (id int PRIMARY KEY, secret text)")
     rdb.execute("SELECT relay.publish('scratch_unguarded')")
-    # The relay reloads what is published when relay.publish notifies it, and
-    # logs the tables it now knows: until then the table is unknown to it.
-    assert relay.process is not None
-    line = ""
-    while "public.scratch_unguarded" not in line:
-        line = relay.process.wait_for("published tables:")
-    client = await connect(token=mint("service-x", None, role="service_role"))
-    assert await subscribe_error(client, "scratch_unguarded") == "table_not_allowed"
+    try:
+        # The relay reloads what is published when relay.publish notifies it, and
+        # logs the tables it now knows: until then the table is unknown to it.
+        assert relay.process is not None
+        line = ""
+        while "public.scratch_unguarded" not in line:
+            line = relay.process.wait_for("published tables:")
+        client = await connect(token=mint("service-x", None, role="service_role"))
+        assert await subscribe_error(client, "scratch_unguarded") == "table_not_allowed"
+    finally:  # the shared database's other tests (check-policy) see every published table
+        rdb.execute("SELECT relay.unpublish('scratch_unguarded')")
+        rdb.execute("DROP TABLE scratch_unguarded")
 
 
 async def subscribe_error(client: RelayClient, table: str) -> str | None:
