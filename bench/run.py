@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import common, machine, report, scenarios
+from bench import common, machine, profiling, report, scenarios
 from bench import log as change_log
 from bench.common import CHILDREN, RAW, log
 from bench.database import Database
@@ -270,6 +270,11 @@ def fit_to_machine(cfg: Config) -> None:
 def report_only(raw: Path, update_readme: bool) -> int:
     """``--report-only``: bench/results/ again from the last run's raw data."""
     results = json.loads((raw / "results.json").read_text())
+    # The profiles again from py-spy's raw stacks: the areas may have been redrawn since.
+    for size, found in results.get("authorized", {}).items():
+        stacks = raw / f"relay-{size}.py-spy.txt"
+        if isinstance(found, dict) and found.get("profile") and stacks.exists():
+            found["profile"] = profiling.summarize(stacks) | {"step": found["profile"]["step"]}
     files = report.write_all(results, report.curves_from_raw(raw, results), update_readme)
     log("rebuilt: " + ", ".join(str(p.relative_to(common.ROOT)) for p in files.values()))
     return 0
