@@ -114,10 +114,10 @@ def routes(settings: PortalSettings, db: Database, templates: Jinja2Templates) -
         Route("/nexus/relationships/list", relationships.partial, name="relationships_list"),
         Route("/nexus/relationships", relationships.invite, methods=POST, name="invite"),
         Route(
-            "/nexus/relationships/{relationship_id}/{answer}",
+            "/nexus/invitations/{invitation_id}/{answer}",
             relationships.answer,
             methods=POST,
-            name="answer_invite",
+            name="answer_invitation",
         ),
         Route("/nexus/api/notifications/unread", notifications.badge, name="unread_badge"),
         Route("/nexus/api/realtime-config", realtime.config, name="realtime_config"),

@@ -86,6 +86,17 @@ relationships = Table(
     Column("updated_at", DateTime(timezone=True)),
 )
 
+invitations = Table(
+    "nexus_invitations",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("inviter_tenant_id", String),
+    Column("invitee_tenant_id", String),
+    Column("status", String),
+    Column("created_at", DateTime(timezone=True)),
+    Column("answered_at", DateTime(timezone=True)),
+)
+
 sessions = Table(
     "nexus_sessions",
     metadata,

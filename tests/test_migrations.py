@@ -19,6 +19,7 @@ NEXUS_TABLES = {
     "nexus_payments",
     "nexus_notifications",
     "nexus_tenant_relationships",
+    "nexus_invitations",
     "nexus_sessions",
 }
 
@@ -62,7 +63,7 @@ def test_upgrade_downgrade_upgrade(new_database: Callable[[], str]) -> None:
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
         assert row is not None
         published = conn.execute("SELECT count(*) FROM relay.published_tables").fetchone()
-        assert published == (4,)
+        assert published == (5,)
 
 
 def test_every_revision_downgrades_one_step(new_database: Callable[[], str]) -> None:
@@ -72,6 +73,59 @@ def test_every_revision_downgrades_one_step(new_database: Callable[[], str]) -> 
     for _ in range(revisions):
         migrations.downgrade(url, "-1")
     assert public_tables(url) == {"alembic_version"}
+
+
+def test_open_invitations_move_to_their_table_and_back(new_database: Callable[[], str]) -> None:
+    """0008 moves relationships of status 'invited' to nexus_invitations and leaves
+    the others; its downgrade moves the open invitations back, but for those to
+    ids that are no tenant, which a relationship cannot hold."""
+    url = new_database()
+    migrations.upgrade(url, "0007")
+    demo_data.load(url)
+    relationships = (
+        "SELECT client_id, vendor_id, status, invited_by_tenant_id FROM nexus_tenant_relationships"
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO nexus_tenants (id, name, kind) VALUES ('TNT-DELTA001', 'Delta', 'vendor')"
+        )
+        # Gamma (a client) invited Beta; Delta (a vendor) invited Gamma.
+        conn.execute(
+            "INSERT INTO nexus_tenant_relationships (client_id, vendor_id, invited_by_tenant_id)"
+            " VALUES ('TNT-GAMMA001', 'TNT-BETA0001', 'TNT-GAMMA001'),"
+            " ('TNT-GAMMA001', 'TNT-DELTA001', 'TNT-DELTA001')"
+        )
+        before = set(conn.execute(relationships).fetchall())
+
+    migrations.upgrade(url, "0008")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert set(conn.execute(relationships).fetchall()) == {
+            ("TNT-ALPHA001", "TNT-BETA0001", "active", "TNT-ALPHA001")
+        }
+        invitations = (
+            "SELECT inviter_tenant_id, invitee_tenant_id, status, answered_at"
+            " FROM nexus_invitations"
+        )
+        assert set(conn.execute(invitations).fetchall()) == {
+            ("TNT-GAMMA001", "TNT-BETA0001", "invited", None),
+            ("TNT-DELTA001", "TNT-GAMMA001", "invited", None),
+        }
+        # One to an id that is no tenant, and one answered: neither goes back.
+        conn.execute(
+            "INSERT INTO nexus_invitations (inviter_tenant_id, invitee_tenant_id)"
+            " VALUES ('TNT-GAMMA001', 'TNT-NOBODY01'), ('TNT-DELTA001', 'TNT-ALPHA001')"
+        )
+        conn.execute(
+            "UPDATE nexus_invitations SET status = 'declined'"
+            " WHERE invitee_tenant_id = 'TNT-ALPHA001'"
+        )
+
+    migrations.downgrade(url, "0007")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert set(conn.execute(relationships).fetchall()) == before
+    assert "nexus_invitations" not in public_tables(url)
+    migrations.upgrade(url)
+    assert public_tables(url) >= NEXUS_TABLES
 
 
 def test_demo_data_is_idempotent(database_url: str) -> None:

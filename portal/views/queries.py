@@ -15,6 +15,7 @@ from portal import schema
 from portal.auth import SignedIn
 
 THREAD_LENGTH = 500  # the latest messages a thread shows
+LIST_LENGTH = 200  # the rows each list of the relationships page shows at most
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,51 @@ async def notification_rows(conn: AsyncConnection) -> list[Any]:
     return list((await conn.execute(query)).all())
 
 
+@dataclass(frozen=True)
+class RelationshipLists:
+    """What the relationships page lists, each newest first."""
+
+    received: list[Any]  # open invitations to the user's tenant, with who sent them
+    sent: list[Any]  # the tenant's invitations, open or declined, to any id
+    established: list[Any]  # relationships, each with the other side
+
+
+async def relationship_lists(conn: AsyncConnection, user: SignedIn) -> RelationshipLists:
+    """The user's tenant's invitations, received and sent, and its relationships.
+
+    A sent invitation shows the id it was sent to and nothing of a tenant
+    behind it (no name, no kind): the same rows, the same columns, whether
+    or not that id is a tenant. An accepted one shows as a relationship.
+    """
+    invitations, tenants = schema.invitations, schema.tenants
+    received = (
+        select(invitations, tenants.c.name.label("inviter_name"))
+        .outerjoin(tenants, tenants.c.id == invitations.c.inviter_tenant_id)
+        .where(
+            invitations.c.invitee_tenant_id == user.tenant_id,
+            invitations.c.status == "invited",
+        )
+        .order_by(invitations.c.created_at.desc(), invitations.c.id.desc())
+        .limit(LIST_LENGTH)
+    )
+    sent = (
+        select(invitations)
+        .where(
+            invitations.c.inviter_tenant_id == user.tenant_id,
+            invitations.c.status != "accepted",
+        )
+        .order_by(invitations.c.created_at.desc(), invitations.c.id.desc())
+        .limit(LIST_LENGTH)
+    )
+    return RelationshipLists(
+        received=list((await conn.execute(received)).all()),
+        sent=list((await conn.execute(sent)).all()),
+        established=await relationship_rows(conn, user),
+    )
+
+
 async def relationship_rows(conn: AsyncConnection, user: SignedIn) -> list[Any]:
-    """The user's tenant's relationships, open invitations first, each with the other side."""
+    """The user's tenant's relationships, active first, each with the other side."""
     relationships, tenants = schema.relationships, schema.tenants
     other_id = case(
         (relationships.c.client_id == user.tenant_id, relationships.c.vendor_id),
@@ -165,7 +209,6 @@ async def relationship_rows(conn: AsyncConnection, user: SignedIn) -> list[Any]:
             relationships,
             other_id.label("other_id"),
             tenants.c.name.label("other_name"),
-            (relationships.c.invited_by_tenant_id != user.tenant_id).label("invited_me"),
             (relationships.c.client_id == user.tenant_id).label("i_am_client"),
         )
         .outerjoin(tenants, tenants.c.id == other_id)
@@ -176,8 +219,10 @@ async def relationship_rows(conn: AsyncConnection, user: SignedIn) -> list[Any]:
             )
         )
         .order_by(
-            case((relationships.c.status == "invited", 0), else_=1),
+            case((relationships.c.status == "active", 0), else_=1),
             relationships.c.updated_at.desc(),
+            relationships.c.id,
         )
+        .limit(LIST_LENGTH)
     )
     return list((await conn.execute(query)).all())

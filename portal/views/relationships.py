@@ -1,8 +1,16 @@
-"""Relationships between tenants: the list, inviting a tenant, answering an invitation."""
+"""Relationships between tenants: the list, inviting a tenant, answering an invitation.
 
-import psycopg
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+An invitation is a row of ``nexus_invitations`` (migration 0008), to any
+tenant id of the right form: whether a tenant has that id or not, the inviter
+gets the same answer, the same row in its list and the same change from the
+relay. The invited tenant, if there is one, accepts or declines; accepting
+makes the relationship (a trigger, in the database).
+"""
+
+import re
+
+from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,12 +23,15 @@ from portal.security import check_csrf
 from portal.views import queries
 from portal.views.rendering import Views
 
-ANSWERS = {"accept": "active", "decline": "declined"}  # the path's answer: the new status
+ANSWERS = {"accept": "accepted", "decline": "declined"}  # the path's answer: the new status
+
+# As the database checks it (nexus_tenants.id, nexus_invitations.invitee_tenant_id).
+TENANT_ID = re.compile(r"TNT-[A-Z0-9]{4,32}")
 
 
 def invitation_error(other: str, user: SignedIn) -> str | None:
     """What is wrong with inviting the tenant id ``other``, known without the database."""
-    if not other.startswith("TNT-") or not other[4:].isalnum() or not 4 <= len(other) - 4 <= 32:
+    if not TENANT_ID.fullmatch(other):
         return "A tenant id looks like TNT-ACME0001."
     if other == user.tenant_id:
         return "That is your own tenant."
@@ -28,33 +39,41 @@ def invitation_error(other: str, user: SignedIn) -> str | None:
 
 
 async def insert_invitation(conn: AsyncConnection, user: SignedIn, other: str) -> str | None:
-    """Invite tenant ``other`` to a relationship with the user's; what went wrong, or None.
+    """Invite tenant id ``other`` to a relationship with the user's; what went wrong, or None.
 
-    The user's tenant is the client if it is one, else the vendor. A tenant
-    id that does not exist is not an error: the answer must not tell which
-    tenants exist (the same statements run either way, and fail or not in the
-    database; the invitation then shows in the list, or does not). An
-    existing relationship is, since the list shows it already.
+    Whether a tenant has that id is never looked at: the same statements run
+    and store the same row either way. Inviting again while an invitation is
+    open changes nothing, and answers the same. A relationship with ``other``
+    is an error: the user's list shows it already, so saying so reveals
+    nothing.
     """
-    kind = await conn.scalar(
-        select(schema.tenants.c.kind).where(schema.tenants.c.id == user.tenant_id)
-    )
-    client, vendor = (user.tenant_id, other) if kind == "client" else (other, user.tenant_id)
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                insert(schema.relationships).values(
-                    client_id=client,
-                    vendor_id=vendor,
-                    invited_by_tenant_id=user.tenant_id,
-                    status="invited",
-                )
+    relationships, invitations = schema.relationships, schema.invitations
+    related = await conn.scalar(
+        select(relationships.c.id).where(
+            or_(
+                and_(
+                    relationships.c.client_id == user.tenant_id,
+                    relationships.c.vendor_id == other,
+                ),
+                and_(
+                    relationships.c.client_id == other,
+                    relationships.c.vendor_id == user.tenant_id,
+                ),
             )
-    except IntegrityError as exc:
-        if isinstance(exc.orig, psycopg.errors.UniqueViolation):
-            return "You already have a relationship with that tenant."
-        if not isinstance(exc.orig, psycopg.errors.ForeignKeyViolation):
-            raise
+        )
+    )
+    if related is not None:
+        return "You already have a relationship with that tenant."
+    await conn.execute(
+        insert(invitations)
+        .values(inviter_tenant_id=user.tenant_id, invitee_tenant_id=other)
+        .on_conflict_do_nothing(
+            index_elements=[invitations.c.inviter_tenant_id, invitations.c.invitee_tenant_id],
+            # Literal, as the index's predicate is: a bound parameter would not
+            # prove it once PostgreSQL uses a generic plan.
+            index_where=text("status = 'invited'"),
+        )
+    )
     return None
 
 
@@ -63,23 +82,24 @@ class RelationshipViews(Views):
     async def page(self, request: Request, user: SignedIn) -> Response:
         async with self.db.as_user(user.claims) as conn:
             viewer = await self.viewer(request, conn, user)
-            rows = await queries.relationship_rows(conn, user)
-        return self.render(request, "relationships.html", viewer=viewer, relationships=rows)
+            lists = await queries.relationship_lists(conn, user)
+        return self.render(request, "relationships.html", viewer=viewer, lists=lists)
 
     @signed_in()
     async def partial(self, request: Request, user: SignedIn) -> Response:
-        """The list's live region."""
+        """The lists' live region."""
         async with self.db.as_user(user.claims) as conn:
-            rows = await queries.relationship_rows(conn, user)
-        return self.render(request, "partials/relationships_list.html", relationships=rows)
+            lists = await queries.relationship_lists(conn, user)
+        return self.render(request, "partials/relationships_list.html", lists=lists)
 
     @signed_in()
     async def invite(self, request: Request, user: SignedIn) -> Response:
         """Invite the tenant of the form's ``tenant_id``; 422 with the reason if that cannot be.
 
-        Whether that tenant exists or not, the answer is the same (an htmx
-        request gets a notice for the form, a plain post is sent back to the
-        page); the list shows the invitation when there is one.
+        Whether that tenant exists or not, and whether it is invited already,
+        the answer is the same (an htmx request gets a notice for the form, a
+        plain post is sent back to the page), and so is the invitation the
+        list shows.
         """
         form = await request.form()
         check_csrf(request, form)
@@ -99,38 +119,40 @@ class RelationshipViews(Views):
 
     @signed_in()
     async def answer(self, request: Request, user: SignedIn) -> Response:
-        """Accept or decline an open invitation, as the invited tenant; 409 otherwise."""
-        relationship_id = request.path_params["relationship_id"]
+        """Accept or decline an open invitation, as the invited tenant.
+
+        404 for an invitation the user cannot see (another tenant's, or none);
+        409 for one the user's tenant sent, or that was answered already.
+        """
+        invitation_id = request.path_params["invitation_id"]
         form = await request.form()
         check_csrf(request, form)
         status = ANSWERS.get(request.path_params["answer"])
         if status is None:
             raise HTTPException(404)
+        invitations = schema.invitations
         async with self.db.as_user(user.claims) as conn:
-            exists = (
-                await conn.execute(
-                    select(schema.relationships.c.status).where(
-                        schema.relationships.c.id == relationship_id
-                    )
-                )
-            ).first()
-            if exists is None:
+            seen = await conn.scalar(
+                select(invitations.c.id).where(invitations.c.id == invitation_id)
+            )
+            if seen is None:
                 raise HTTPException(404)
-            # RLS lets only the invitee update; the status must still be "invited".
+            # RLS lets only the invitee update, and only an open invitation.
             result = await conn.execute(
-                update(schema.relationships)
+                update(invitations)
                 .where(
-                    schema.relationships.c.id == relationship_id,
-                    schema.relationships.c.status == "invited",
+                    invitations.c.id == invitation_id,
+                    invitations.c.invitee_tenant_id == user.tenant_id,
+                    invitations.c.status == "invited",
                 )
                 .values(status=status)
             )
             if result.rowcount != 1:
                 raise HTTPException(409, "Only the invited tenant can answer an open invitation.")
-            rows = await queries.relationship_rows(conn, user)
+            lists = await queries.relationship_lists(conn, user)
         return self.answer_form(
             request,
             page=request.url_for("relationships").path,
             partial="partials/relationships_list.html",
-            relationships=rows,
+            lists=lists,
         )

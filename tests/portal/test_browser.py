@@ -160,6 +160,7 @@ def test_4_a_high_priority_notification_shows_a_toast(people: Person, pdb: Conn)
 
 
 def test_5_bob_accepts_an_invite_and_both_lists_update(people: Person, pdb: Conn) -> None:
+    pdb.execute("DELETE FROM nexus_invitations WHERE inviter_tenant_id = 'TNT-DELTA001'")
     pdb.execute(
         "DELETE FROM nexus_tenant_relationships"
         " WHERE client_id = 'TNT-DELTA001' AND vendor_id = 'TNT-BETA0001'"
@@ -168,16 +169,31 @@ def test_5_bob_accepts_an_invite_and_both_lists_update(people: Person, pdb: Conn
     b = bob(people)
     d.open("/nexus/relationships")
     b.open("/nexus/relationships")
-    d.page.fill("input[name=tenant_id]", "TNT-BETA0001")  # Dave invites Beta in the UI
-    d.page.click("form[hx-post='/nexus/relationships'] button[type=submit]")
-    expect(d.page.locator("#invite-sent")).to_contain_text("TNT-BETA0001 is a tenant")
-    bob_row = b.page.locator("#relationships-list tr", has_text="Delta Freight")
+    # Dave invites Beta, and an id that is no tenant, in the UI: the same to him.
+    nobody = f"TNT-N{secrets.token_hex(4).upper()}"
+    sent = d.page.locator("#invitations-sent tr")
+    for tenant_id in ("TNT-BETA0001", nobody):
+        d.page.fill("input[name=tenant_id]", tenant_id)
+        d.page.click("form[hx-post='/nexus/relationships'] button[type=submit]")
+        expect(d.page.locator("#invite-sent")).to_contain_text(f"Invitation sent to {tenant_id}")
+        expect(sent.filter(has_text=tenant_id)).to_contain_text("waiting for them")
+    rows = [sent.filter(has_text=t) for t in ("TNT-BETA0001", nobody)]
+    assert rows[0].inner_html().replace("TNT-BETA0001", nobody) == rows[1].inner_html()
+    bob_row = b.page.locator("#invitations-received tr", has_text="Delta Freight")
     expect(bob_row).to_contain_text("they invited you")
     bob_row.get_by_role("button", name="Accept").click()
-    expect(bob_row.locator("[data-status]")).to_have_text("active")
     expect(
-        d.page.locator("#relationships-list tr", has_text="TNT-BETA0001").locator("[data-status]")
+        b.page.locator("#relationships tr", has_text="Delta Freight").locator("[data-status]")
     ).to_have_text("active")
+    expect(b.page.locator("#invitations-received")).to_have_count(0)
+    # Dave's list, live: Beta is a relationship now, by name; the other still waits.
+    expect(
+        d.page.locator("#relationships tr", has_text="Beta Services").locator("[data-status]")
+    ).to_have_text("active")
+    expect(sent.filter(has_text="TNT-BETA0001")).to_have_count(0)
+    expect(sent.filter(has_text=nobody)).to_contain_text("waiting for them")
+    no_csp_violations(d, b)
+    pdb.execute("DELETE FROM nexus_invitations WHERE inviter_tenant_id = 'TNT-DELTA001'")
 
 
 def test_6_navigating_away_and_back_reconnects_with_no_stale_data(

@@ -127,7 +127,7 @@ POSTS = [
     "/nexus/notifications/read",
     "/nexus/notifications/NOTIF-AL000001/read",
     "/nexus/relationships",
-    "/nexus/relationships/REL-AB000001/accept",
+    "/nexus/invitations/INV-00000001/accept",
 ]
 
 
@@ -149,7 +149,13 @@ def test_the_login_form_needs_the_csrf_token(portal: PortalProcess) -> None:
         assert response.status_code == 403
 
 
-def test_another_tenants_things_are_not_found(grace: httpx.Client) -> None:
+def test_another_tenants_things_are_not_found(
+    grace: httpx.Client, pdb: psycopg.Connection[Any]
+) -> None:
+    invitation = pdb.execute(
+        "INSERT INTO nexus_invitations (inviter_tenant_id, invitee_tenant_id)"
+        " VALUES ('TNT-ALPHA001', 'TNT-NOSUCH99') RETURNING id"
+    ).fetchone()[0]  # type: ignore[index]
     token = csrf_of(grace, "/nexus/")
     htmx = {"X-CSRF-Token": token, "HX-Request": "true"}
     assert grace.get("/nexus/cases/CASE-AB000001").status_code == 404
@@ -166,7 +172,10 @@ def test_another_tenants_things_are_not_found(grace: httpx.Client) -> None:
         ).status_code
         == 404
     )
-    assert grace.post("/nexus/relationships/REL-AB000001/accept", headers=htmx).status_code == 404
+    for invitation_id in (invitation, "INV-NOSUCH01"):
+        answer = grace.post(f"/nexus/invitations/{invitation_id}/accept", headers=htmx)
+        assert answer.status_code == 404
+    pdb.execute("DELETE FROM nexus_invitations WHERE id = %s", (invitation,))
     assert (
         grace.get("/nexus/cases/CASE-NOSUCH01").status_code == 404
     )  # the same answer as "not yours"
@@ -248,13 +257,13 @@ def test_an_invitation_answers_the_same_whether_the_tenant_exists_or_not(
         assert real.status_code == unknown.status_code == 200
         assert real.text.replace(existing, "ID") == unknown.text.replace(missing, "ID")
         assert "HX-Retarget" not in real.headers and "HX-Retarget" not in unknown.headers
-        # The real one invited: the invitee sees it in the database.
-        row = pdb.execute(
-            "SELECT status, invited_by_tenant_id FROM nexus_tenant_relationships"
-            " WHERE client_id = 'TNT-ALPHA001' AND vendor_id = %s",
-            (existing,),
-        ).fetchone()
-        assert row == ("invited", "TNT-ALPHA001")
+        # Both invited, alike (tests/portal/test_invitations.py compares the rest).
+        rows = pdb.execute(
+            "SELECT invitee_tenant_id, status FROM nexus_invitations"
+            " WHERE inviter_tenant_id = 'TNT-ALPHA001' AND invitee_tenant_id = ANY(%s)",
+            ([existing, missing],),
+        ).fetchall()
+        assert sorted(rows) == sorted([(existing, "invited"), (missing, "invited")])
         # Without htmx: both sent back to the page.
         plain = [invite(tenant_id, {})[0] for tenant_id in (new_vendor(), missing)]
         assert [(r.status_code, r.headers["location"]) for r in plain] == [
@@ -268,7 +277,7 @@ def test_an_invitation_answers_the_same_whether_the_tenant_exists_or_not(
         medians = {side: statistics.median(values) for side, values in times.items()}
         assert abs(medians["existing"] - medians["missing"]) < WAIT / 200, medians
     finally:
-        pdb.execute("DELETE FROM nexus_tenant_relationships WHERE vendor_id = ANY(%s)", (made,))
+        pdb.execute("DELETE FROM nexus_invitations WHERE inviter_tenant_id = 'TNT-ALPHA001'")
         pdb.execute("DELETE FROM nexus_tenants WHERE id = ANY(%s)", (made,))
 
 

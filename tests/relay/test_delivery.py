@@ -111,9 +111,9 @@ async def test_relationships_reach_both_tenants_only(connect: Connect, rdb: Conn
         for name, who in (("alice", ALICE), ("bob", BOB), ("grace", GRACE))
     }
     rdb.execute(
-        "INSERT INTO nexus_tenant_relationships (client_id, vendor_id, invited_by_tenant_id)"
-        " VALUES ('TNT-ALPHA001', 'TNT-NEWV0001', 'TNT-ALPHA001')"
-        " ON CONFLICT (client_id, vendor_id) DO UPDATE SET status = 'invited'"
+        "INSERT INTO nexus_tenant_relationships (client_id, vendor_id, invited_by_tenant_id,"
+        " status) VALUES ('TNT-ALPHA001', 'TNT-NEWV0001', 'TNT-ALPHA001', 'declined')"
+        " ON CONFLICT (client_id, vendor_id) DO UPDATE SET status = 'declined'"
     )
     seen = await until_fence(rdb, clients)
     assert len(changes_of(seen["alice"], "nexus_tenant_relationships")) == 1

@@ -77,18 +77,28 @@ WRITES = [
             " VALUES (%s, 'TNT-BETA0001', %s) RETURNING id",
             (tenant := new_tenant(db), tenant),
         ).fetchone()[0],  # type: ignore[index]
-        "UPDATE nexus_tenant_relationships SET status = 'active' WHERE id = %s",
+        "UPDATE nexus_tenant_relationships SET status = 'declined' WHERE id = %s",
+    ),
+    Writes(
+        "nexus_invitations",
+        lambda db: db.execute(
+            "INSERT INTO nexus_invitations (inviter_tenant_id, invitee_tenant_id)"
+            " VALUES ('TNT-ALPHA001', %s) RETURNING id",
+            (f"TNT-N{secrets.token_hex(4).upper()}",),
+        ).fetchone()[0],  # type: ignore[index]
+        "UPDATE nexus_invitations SET status = 'declined' WHERE id = %s",
     ),
 ]
 
 
-def test_published_tables_lists_the_four_seed_tables(db: Conn) -> None:
+def test_published_tables_lists_the_nexus_tables(db: Conn) -> None:
     rows = db.execute(
         "SELECT tablename, events, parents, primary_key, columns, relid::regclass::text"
         " FROM relay.published_tables ORDER BY tablename"
     ).fetchall()
     assert [r[0] for r in rows] == [
         "nexus_case_messages",
+        "nexus_invitations",
         "nexus_notifications",
         "nexus_payments",
         "nexus_tenant_relationships",

@@ -12,7 +12,8 @@ before and after the write. For every published table and every operation:
   row iff that was visible too), as LEAVE iff only the old row was.
 
 Claims include forged combinations (a user of one tenant with another tenant's
-id) and tenants that do not exist.
+id) and tenants that do not exist; invitations go to tenants and to an id
+that is no tenant.
 """
 
 import itertools
@@ -42,6 +43,7 @@ VERIFIER = TokenVerifier(
     claims=POLICIES.claims, bypass_roles=POLICIES.bypass_roles, secret=JWT_SECRET
 )
 EXAMPLES = int(os.environ.get("EQUIVALENCE_EXAMPLES", "300"))
+NO_TENANT = "TNT-NOBODY01"  # a well-formed tenant id that no tenant has
 
 Conn = psycopg.Connection[Any]
 
@@ -107,6 +109,7 @@ def operations(draw: st.DrawFn, world: World) -> Operation:
                 "nexus_payments",
                 "nexus_case_messages",
                 "nexus_tenant_relationships",
+                "nexus_invitations",
             ]
         )
     )
@@ -165,10 +168,22 @@ def operations(draw: st.DrawFn, world: World) -> Operation:
         }
         other = draw(st.sampled_from(world.cases))[0]
         update = draw(st.sampled_from([{"body": "edited"}, {"case_id": other}]))
-    else:
+    elif table == "nexus_tenant_relationships":
         a, b = pair()
         row = {"client_id": a, "vendor_id": b, "invited_by_tenant_id": a}
         update = {"status": draw(st.sampled_from(["active", "declined"]))}
+    else:
+        # To a tenant of the world or to an id that is no tenant (the forged
+        # claims use it too); accepting needs a tenant, which the relationship
+        # it makes references.
+        a, b = pair()
+        invitee = draw(st.sampled_from([b, NO_TENANT]))
+        other = draw(st.sampled_from([t for t in [*world.tenants, NO_TENANT] if t != a]))
+        row = {"inviter_tenant_id": a, "invitee_tenant_id": invitee}
+        answers = ["declined"] if invitee == NO_TENANT else ["accepted", "declined"]
+        update = draw(
+            st.sampled_from([*({"status": s} for s in answers), {"invitee_tenant_id": other}])
+        )
     return Operation(table, op, row, update)
 
 
@@ -181,7 +196,7 @@ def scenarios(draw: st.DrawFn) -> tuple[World, Operation, list[tuple[str, str]]]
         st.lists(
             st.tuples(
                 st.sampled_from([u for u, _ in honest]),
-                st.sampled_from([*world.tenants, "TNT-NOBODY01"]),
+                st.sampled_from([*world.tenants, NO_TENANT]),
             ),
             max_size=3,
         )
