@@ -310,6 +310,7 @@ class Subscriber:
     token: str = field(default_factory=lambda: mint(*BOB))
     titles: list[str] = field(default_factory=list)
     reconnects: int = 0
+    flowing: asyncio.Event = field(default_factory=asyncio.Event)  # 20 changes received
 
     async def run(self, last: str, subscribed: asyncio.Event) -> None:
         since: tuple[str, str] | None = None
@@ -332,6 +333,8 @@ class Subscriber:
                     assert event["type"] in ("change", "replayed"), event
                     if event["type"] == "change":
                         self.titles.append(event["new"]["title"])
+                        if len(self.titles) >= 20:
+                            self.flowing.set()
                         if event["new"]["title"] == last:
                             await client.close()
                             return
@@ -360,7 +363,8 @@ async def test_two_relays_behind_haproxy_one_killed_while_changes_flow(
         writer = threading.Thread(target=write, args=(server.url, titles, errors, "ha", 0.003))
         loop = asyncio.get_running_loop()
         writer.start()
-        await asyncio.sleep(0.3)  # changes are flowing when the relay dies
+        # Changes are flowing to every subscriber when the relay dies.
+        await asyncio.wait_for(asyncio.gather(*(s.flowing.wait() for s in subscribers)), 4 * WAIT)
         relays[0].stop(signal.SIGKILL)
         await loop.run_in_executor(None, writer.join, 8 * WAIT)
         await asyncio.wait_for(asyncio.gather(*tasks), 12 * WAIT)
