@@ -48,6 +48,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from bench.common import JWT_AUDIENCE, JWT_SECRET, NOTIFICATIONS, PAYMENTS
+from relay import catalog
 from relay import log as changelog
 from relay.core import tables
 from relay.core.changes import Change, LoggedChange
@@ -219,7 +220,7 @@ class Server:
             changelog.text_json(conn)
             await conn.execute("SELECT pg_advisory_lock_shared(1380273242, 0)")  # no bell
             async with conn.cursor(row_factory=dict_row) as cursor:
-                await cursor.execute("SELECT * FROM relay.published_tables")
+                await cursor.execute(catalog.PUBLISHED_TABLES)
                 known = {t.oid: t for t in tables.from_rows(await cursor.fetchall()).values()}
             last = await changelog.tick(conn)
             while True:
