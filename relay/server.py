@@ -26,7 +26,7 @@ from websockets.typing import Subprotocol
 from relay.core import protocol
 from relay.core.errors import CloseCode, ErrorCode, Refusal
 from relay.core.fanout import Fanout
-from relay.core.session import Session
+from relay.core.session import BaseSession
 from relay.refusals import RefusalLog
 
 logger = logging.getLogger("relay.server")
@@ -49,8 +49,8 @@ class RelayServer:
         self.max_send_buffer_bytes = max_send_buffer_bytes
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self.connections: dict[Session, ServerConnection] = {}
-        self._timers: dict[Session, asyncio.TimerHandle] = {}
+        self.connections: dict[BaseSession, ServerConnection] = {}
+        self._timers: dict[BaseSession, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.server: Server | None = None
         self.refusals = RefusalLog(fanout.stats)
@@ -149,7 +149,7 @@ class RelayServer:
             forwarded_for=_forwarded_for(connection),
         )
 
-    def _report(self, session: Session) -> None:
+    def _report(self, session: BaseSession) -> None:
         """Log and count what ``session`` refused since the last call."""
         connection = self.connections.get(session)
         user = session.identity.subject if session.identity is not None else None
@@ -225,7 +225,7 @@ class RelayServer:
                 if connection is not None:
                     connection.transport.abort()
 
-    def flush_session(self, session: Session) -> None:
+    def flush_session(self, session: BaseSession) -> None:
         if session.refusals:
             self._report(session)
         frames = session.data_to_send()
@@ -262,7 +262,7 @@ class RelayServer:
         if session.close_request is not None:
             self._close_soon(session, connection)
 
-    def _close_soon(self, session: Session, connection: ServerConnection) -> None:
+    def _close_soon(self, session: BaseSession, connection: ServerConnection) -> None:
         assert session.close_request is not None
         code, error, _ = session.close_request
         task = asyncio.get_running_loop().create_task(connection.close(code, error.value))
@@ -271,7 +271,7 @@ class RelayServer:
 
     # --- Time ------------------------------------------------------------------------
 
-    def _schedule(self, session: Session) -> None:
+    def _schedule(self, session: BaseSession) -> None:
         deadline = session.deadline()
         timer = self._timers.pop(session, None)
         if timer is not None:
@@ -283,7 +283,7 @@ class RelayServer:
             loop.time() + max(deadline - time.time(), 0.0), self._tick, session
         )
 
-    def _tick(self, session: Session) -> None:
+    def _tick(self, session: BaseSession) -> None:
         self._timers.pop(session, None)
         if session not in self.connections:
             return
@@ -314,7 +314,7 @@ class RelayServer:
             for timer in timers:
                 timer.cancel()
 
-    def _go_away(self, session: Session) -> None:
+    def _go_away(self, session: BaseSession) -> None:
         if session in self.connections and session.close_request is None:
             session.close(
                 CloseCode.GOING_AWAY,

@@ -34,7 +34,7 @@ from relay.core.positions import Position, Stream
 from relay.core.replays import Replay
 from relay.core.resume import ResumeTokens
 from relay.core.revocations import Revocation, Revocations
-from relay.core.session import CloseRequest, Session
+from relay.core.session import BaseSession, CloseRequest, Session
 from relay.core.stats import Stats
 from relay.core.subscription import (
     Subscription,
@@ -76,7 +76,7 @@ class Fanout:
         self.replays: dict[Subscription, Replay] = {}
         self._replay_requests: list[Replay] = []  # for the shell: from the log
         self._gaps: dict[ConnectionId, dict[SubscriptionId, str]] = {}  # of this batch
-        self._dirty: dict[Session, None] = {}
+        self._dirty: dict[BaseSession, None] = {}
         self._next_connection = 1
 
     def begin(self, log_id: str, head: Position) -> None:
@@ -99,7 +99,7 @@ class Fanout:
             session.reject(refusal)
         return session
 
-    def close_session(self, session: Session, reason: str) -> None:
+    def close_session(self, session: BaseSession, reason: str) -> None:
         """The connection is gone: forget the session.
 
         ``reason`` says why, for the metrics, unless the relay ended it itself.
@@ -108,7 +108,7 @@ class Fanout:
         self.connections.count_end(session, reason)
         self.connections.forget(session)
 
-    def take_dirty(self, gaps: bool = True) -> list[Session]:
+    def take_dirty(self, gaps: bool = True) -> list[BaseSession]:
         """The sessions with frames to send since the last call; the batch's gaps
         first, unless ``gaps`` is false (the batch goes on: they wait for its end)."""
         if gaps and self._gaps:
@@ -117,7 +117,7 @@ class Fanout:
         self._dirty.clear()
         return dirty
 
-    def _mark(self, session: Session) -> None:
+    def _mark(self, session: BaseSession) -> None:
         if session.has_data():
             self._dirty[session] = None
 
@@ -129,10 +129,13 @@ class Fanout:
     def revoked(self, identity: Identity) -> bool:
         return self.revocations.covers(identity)
 
-    def admit(self, session: Session, identity: Identity) -> CloseRequest | None:
+    def admit(self, session: BaseSession, identity: Identity) -> CloseRequest | None:
         return self.connections.admit(session, identity)
 
-    def detach(self, session: Session) -> None:
+    def release(self, session: BaseSession) -> None:
+        self.connections.release(session)
+
+    def detach(self, session: BaseSession) -> None:
         for dropped in session.forget_all():
             self.unsubscribe(dropped)
         if session.close_request is not None:
@@ -143,7 +146,7 @@ class Fanout:
 
     def subscribe(
         self,
-        session: Session,
+        session: BaseSession,
         subscription_id: SubscriptionId,
         request: protocol.Subscribe,
         now: float,
@@ -185,7 +188,7 @@ class Fanout:
         self.index.remove(subscription)
         self.replays.pop(subscription, None)
 
-    def refresh(self, session: Session, claims_changed: bool, now: float) -> dict[str, str]:
+    def refresh(self, session: BaseSession, claims_changed: bool, now: float) -> dict[str, str]:
         identity = session.identity
         assert identity is not None
         if claims_changed:
@@ -197,7 +200,7 @@ class Fanout:
             if ids:
                 reason = "claims_changed"
                 self.stats.gaps[reason] += 1
-                session.send(protocol.gap(ids, reason, self.stream.text()))
+                session.send_gap(ids, reason, self.stream.text())
         tokens: dict[str, str] = {}
         for filed in session.subscriptions.values():
             assert filed.covered_from is not None
@@ -354,11 +357,11 @@ class Fanout:
             self._gap(None, "policy_changed", changed)
         return found
 
-    def _end(self, session: Session, filed: Subscription, reason: str) -> None:
+    def _end(self, session: BaseSession, filed: Subscription, reason: str) -> None:
         """End a subscription on the relay's side: its client hears why."""
         session.forget(filed.id)
         self.unsubscribe(filed)
-        session.send(protocol.unsubscribed(None, filed.id, reason))
+        session.send_ended(filed.id, reason)
         self._mark(session)
 
     # --- The stream ------------------------------------------------------------------
@@ -408,7 +411,7 @@ class Fanout:
         self.revocations.load(revocations)
         self._close_revoked(list(self.connections.sessions.values()))
 
-    def _close_revoked(self, sessions: Iterable[Session]) -> int:
+    def _close_revoked(self, sessions: Iterable[BaseSession]) -> int:
         closed = 0
         for session in sessions:
             if session.identity is not None and self.revocations.covers(session.identity):
@@ -459,12 +462,12 @@ class Fanout:
             session = sessions.get(connection)
             if session is None:
                 continue
-            by_reason: dict[str, list[str]] = {}
+            by_reason: dict[str, list[SubscriptionId]] = {}
             for subscription_id, reason in by_subscription.items():
                 by_reason.setdefault(reason, []).append(subscription_id)
             for reason, ids in by_reason.items():
                 self.stats.gaps[reason] += 1
-                session.send(protocol.gap(sorted(ids), reason, position))
+                session.send_gap(sorted(ids), reason, position)
             self._mark(session)
         self._gaps.clear()
 
@@ -476,7 +479,7 @@ class Fanout:
         replays = self.replays
         # Most sessions match a change with one subscription: keep that case
         # to one tuple and a precomputed prefix; group only when there are more.
-        matched: dict[Session, list[tuple[Subscription, Variant]]] = {}
+        matched: dict[BaseSession, list[tuple[Subscription, Variant]]] = {}
         for candidate in subscriptions:
             session = sessions[candidate.connection]
             identity = session.identity
