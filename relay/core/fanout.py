@@ -21,6 +21,7 @@ where a re-fetch made then is complete (``take_dirty``).
 """
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from relay.core import protocol
 from relay.core.changes import Change, LoggedChange, TableReset
@@ -37,12 +38,15 @@ from relay.core.revocations import Revocation, Revocations
 from relay.core.session import BaseSession, CloseRequest, Session
 from relay.core.stats import Stats
 from relay.core.subscription import (
+    RELAY_WIRE,
     Subscription,
     Variant,
     Visibility,
+    Wire,
     encode_body,
     from_request,
 )
+from relay.core.supabase import SupabaseSession
 from relay.core.tables import Table
 from relay.core.tokens import Identity, TokenVerifier
 from relay.core.types import ConnectionId, SubscriptionId
@@ -91,13 +95,26 @@ class Fanout:
 
     def open_session(self, now: float) -> Session:
         """A session for a new connection; closed at once when the relay is full."""
+        session = Session(self, self._connection_id(), now)
+        self._hold_session(session)
+        return session
+
+    def open_supabase_session(self, now: float, vsn: str, key: str) -> SupabaseSession:
+        """A session of Supabase's protocol (``relay.core.supabase``), for a socket
+        opened with the project key ``key`` (verified at the handshake)."""
+        session = SupabaseSession(self, self._connection_id(), now, vsn, key)
+        self._hold_session(session)
+        return session
+
+    def _connection_id(self) -> ConnectionId:
         connection_id = ConnectionId(f"{self.stream.log_id}-{self._next_connection}")
         self._next_connection += 1
-        session = Session(self, connection_id, now)
+        return connection_id
+
+    def _hold_session(self, session: BaseSession) -> None:
         refusal = self.connections.add(session)
         if refusal is not None:
             session.reject(refusal)
-        return session
 
     def close_session(self, session: BaseSession, reason: str) -> None:
         """The connection is gone: forget the session.
@@ -178,6 +195,43 @@ class Fanout:
             resume_token=self.resume_tokens.issue(identity, new.covered_from, now),
         )
         return new, [ack, *after_ack]
+
+    def file(
+        self,
+        session: BaseSession,
+        subscription_id: SubscriptionId,
+        request: protocol.Subscribe,
+        wire: Wire,
+        id_json: bytes,
+    ) -> Subscription:
+        identity = session.identity
+        assert identity is not None
+        new = from_request(
+            request,
+            subscription_id,
+            session.id,
+            self.tables,
+            self.policies,
+            self.broken_policies,
+            wire=wire,
+            id_json=id_json,
+        )
+        self.index.add(new, new.bounds(identity))
+        new.covered_from = self.stream.head
+        return new
+
+    def published_events(self, table: str) -> frozenset[str]:
+        found = self.tables.get(table)
+        return found.events if found is not None else frozenset()
+
+    def subscribable(self, schema: str) -> list[str]:
+        return sorted(
+            name
+            for name in self.tables
+            if name.partition(".")[0] == schema
+            and name in self.policies.tables
+            and name not in self.broken_policies
+        )
 
     def _refusal(
         self, identity: Identity, request: protocol.Subscribe, since: Position
@@ -496,7 +550,7 @@ class Fanout:
         text = self.stream.text(position)
         table = self.tables[change.table]
         max_bytes = self.limits.max_change_bytes
-        bodies: dict[Variant, bytes] = {}
+        bodies: dict[Any, bytes] = {}  # by variant; by (kind, variant) for other wires
         sent = 0
         dirty = self._dirty
         for session, hits in matched.items():
@@ -504,22 +558,23 @@ class Fanout:
                 hits = self._hold(hits, change, position, text, bodies)
             if len(hits) == 1:
                 candidate, variant = hits[0]
-                body = bodies.get(variant)
+                wire = candidate.wire
+                key: Any = variant if wire is RELAY_WIRE else (wire.kind, variant)
+                body = bodies.get(key)
                 if body is None:
-                    body = bodies[variant] = encode_body(change, text, variant, table, max_bytes)
+                    body = bodies[key] = wire.body(change, text, variant, table, max_bytes)
                 session.send_change(candidate.prefix + body)
                 sent += 1
             elif hits:
-                by_variant: dict[Variant, list[bytes]] = {}
+                by_variant: dict[tuple[Wire, Variant], list[bytes]] = {}
                 for candidate, variant in hits:
-                    by_variant.setdefault(variant, []).append(candidate.id_json)
-                for variant, ids in by_variant.items():
-                    body = bodies.get(variant)
+                    by_variant.setdefault((candidate.wire, variant), []).append(candidate.id_json)
+                for (wire, variant), ids in by_variant.items():
+                    key = variant if wire is RELAY_WIRE else (wire.kind, variant)
+                    body = bodies.get(key)
                     if body is None:
-                        body = bodies[variant] = encode_body(
-                            change, text, variant, table, max_bytes
-                        )
-                    session.send_change(protocol.change_prefix(ids) + body)
+                        body = bodies[key] = wire.body(change, text, variant, table, max_bytes)
+                    session.send_change(wire.prefix(ids) + body)
                     sent += 1
             dirty[session] = None
         self.stats.messages_out += sent
@@ -530,7 +585,7 @@ class Fanout:
         change: Change,
         position: Position,
         text: str,
-        bodies: dict[Variant, bytes],
+        bodies: dict[Any, bytes],
     ) -> list[tuple[Subscription, Variant]]:
         """Hold the frames of subscriptions being replayed; the others, to send now."""
         live = []

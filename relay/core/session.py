@@ -21,7 +21,7 @@ from typing import Protocol
 from relay.core import protocol
 from relay.core.errors import AuthError, ClientError, CloseCode, ErrorCode, Refusal
 from relay.core.limits import Limits
-from relay.core.subscription import Subscription
+from relay.core.subscription import Subscription, Wire
 from relay.core.tokens import Identity, TokenVerifier
 from relay.core.types import ConnectionId, SubscriptionId
 
@@ -65,6 +65,26 @@ class Hub(Protocol):
         """The subscription, filed (live), and the frames that answer the request:
         the ack, and a resume's replay or gap (or none yet: a replay from the
         log follows). ``ClientError`` if refused."""
+        ...
+
+    def file(
+        self,
+        session: "BaseSession",
+        subscription_id: SubscriptionId,
+        request: protocol.Subscribe,
+        wire: Wire,
+        id_json: bytes,
+    ) -> Subscription:
+        """A subscription of another protocol than the relay's, filed (live) from
+        now on, without resume or ack frames. ``ClientError`` if refused."""
+        ...
+
+    def published_events(self, table: str) -> frozenset[str]:
+        """The events ``table`` publishes; empty if it is not published."""
+        ...
+
+    def subscribable(self, schema: str) -> list[str]:
+        """The published tables of ``schema`` that have a policy, by name."""
         ...
 
     def unsubscribe(self, subscription: Subscription) -> None:
