@@ -130,6 +130,27 @@ class TopicRule:
     private_only: bool
 
 
+def describe(rule: TopicRule) -> str:
+    """One line for ``check-policy``: the pattern, the actions, the conditions."""
+    a = rule.actions
+    granted = [
+        f"{kind} {', '.join(name for name, on in actions if on)}"
+        for kind, actions in (
+            ("broadcast", (("read", a.broadcast_read), ("write", a.broadcast_write))),
+            ("presence", (("read", a.presence_read), ("write", a.presence_write))),
+        )
+        if any(on for _, on in actions)
+    ]
+    line = f"topic {rule.pattern.source}: {'; '.join(granted)}"
+    if rule.private_only:
+        line += "; private joins only"
+    if rule.when is not None:
+        line += f"; when {rule.when}"
+    if rule.check is not None:
+        line += f"; check {' '.join(rule.check.source.split())}"
+    return line
+
+
 @dataclass(frozen=True)
 class TopicRules:
     """The ``[topics]`` section of a policy file, with what deciding needs from the rest."""

@@ -169,10 +169,17 @@ async def test_a_check_sees_the_claims_topic_and_role_as_rls_does(
         " AND current_setting('request.jwt.claim.sub') = 'USR-ALIC0001'"
         " AND current_setting('statement_timeout') = '1s'"
         " AND current_setting('transaction_read_only') = 'on'"
-        " AND 'a%' LIKE 'a%%'"
+        " AND '%' = chr(37)"
     )
     assert isinstance(await join(conn, "t:TNT-ALPHA001", who(ALICE), rules), Admitted)
     assert isinstance(await join(conn, "t:TNT-BETA0001", who(ALICE), rules), Refused)
+
+
+async def test_a_check_without_parameters_keeps_its_percent_signs(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    rules = rules_with("SELECT 1 WHERE '%' = chr(37) AND 'a%b' LIKE 'a%'", pattern="t")
+    assert isinstance(await join(conn, "t", who(ALICE), rules), Admitted)
 
 
 async def test_a_slow_check_is_cancelled_and_refused(conn: psycopg.AsyncConnection[Any]) -> None:

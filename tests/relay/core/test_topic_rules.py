@@ -185,6 +185,10 @@ def rule(body: str) -> str:
         (rule('pattern = "a:{x}"\npresence = ["read"]\ncheck = "SELECT $1"'), "not \\$1"),
         (rule('pattern = "a:{x}"\npresence = ["read"]\ncheck = "SELECT \'x"'), "unterminated"),
         (rule('pattern = "a:{x}"\npresence = ["read"]\ncheck = 1'), "check must be a string"),
+        (rule('pattern = "a:{x}"\npresence = ["read"]\ncheck = "SELECT $q$ x"'), "dollar-quoted"),
+        (rule('pattern = "a:{x}"\npresence = ["read"]\ncheck = "SELECT \\"x"'), "identifier"),
+        (rule('pattern = "a:{x}"\npresence = ["read"]\ncheck = "SELECT /* /* */"'), "comment"),
+        (HEAD + "[topics]\nrules = [1]", "#1 must be a table"),
         # one rule per topic
         (
             rule('pattern = "case:{id}"\npresence = ["read"]')
@@ -202,6 +206,20 @@ def test_a_bad_topics_section_says_which_rule_and_why(
     with pytest.raises(ConfigError, match=message) as excinfo:
         policy.load(path)
     assert str(path) in str(excinfo.value)
+
+
+def test_describe_says_what_a_rule_grants_and_when() -> None:
+    lines = [topic_rules.describe(r) for r in rules_of(RULES).rules]
+    assert lines == [
+        "topic tenant:{tenant_id}: broadcast read, write; presence read, write;"
+        " when tenant_id = claims.tenant_id",
+        "topic tenant:{tenant_id}:user:{user_id}: broadcast read;"
+        " when tenant_id = claims.tenant_id and user_id = claims.user_id",
+        "topic room:lobby: presence read",
+        "topic case:{case_id}: broadcast read, write; presence read, write;"
+        " check SELECT 1 FROM nexus_cases WHERE id = :case_id",
+        "topic vault:{name}: broadcast read; private joins only",
+    ]
 
 
 def test_a_file_without_topics_has_no_rules() -> None:
@@ -231,6 +249,7 @@ def test_the_portal_file_has_the_case_rule() -> None:
         ("SELECT $q$ :x; $q$ /* :y /* ; */ */", "SELECT $q$ :x; $q$ /* :y /* ; */ */", ()),
         ("  with c as (select 1) select * from c", "  with c as (select 1) select * from c", ()),
         ("SELECT a[1:2], f(b := 1)", "SELECT a[1:2], f(b := 1)", ()),
+        ("SELECT a$b, :x", "SELECT a$b, %(x)s", ("x",)),  # $ inside an identifier
     ],
 )
 def test_a_check_binds_its_parameters(check: str, text: str, params: tuple[str, ...]) -> None:
