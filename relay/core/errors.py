@@ -40,6 +40,9 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_FILTER = "unsupported_filter"  # valid, but not decidable as PostgreSQL would
     INVALID_POSITION = "invalid_position"
     UNKNOWN_SUBSCRIPTION = "unknown_subscription"
+    # Topics (broadcast, presence)
+    TOPIC_NOT_ALLOWED = "topic_not_allowed"  # no rule, or the user does not meet it: denied
+    TOPIC_PRIVATE_ONLY = "topic_private_only"  # its rule admits private joins only
     # Limits
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     TOO_MANY_CONNECTIONS = "too_many_connections"
