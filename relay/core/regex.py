@@ -217,8 +217,6 @@ class _Reader:
             return _Char(self.escape(in_brackets=False))
         if char in "*+?{":
             raise Unsupported(f"'{char}' at position {self.at - 1} repeats nothing")
-        if char in "]}":
-            raise Unsupported(f"'{char}' at position {self.at - 1}: write \\{char}")
         return _Char(self.literal(char))
 
     def literal(self, char: str) -> _Set:
