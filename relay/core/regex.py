@@ -36,12 +36,14 @@ from dataclasses import dataclass
 
 from relay.core.values import Ctype
 
-MAX_STATES = 1000
+# A step that the cache does not hold costs up to one operation per state.
+MAX_STATES = 200
 MAX_DEPTH = 32
 # PostgreSQL refuses bounds above DUPMAX (regguts.h).
 MAX_BOUND = 255
-# Cached DFA steps per pattern; beyond, the cache starts again (still linear).
-MAX_CACHED_STEPS = 10_000
+# DFA steps, and characters' state masks, cached per pattern (about 200 kB at
+# most); beyond, the cache starts again, and matching stays linear.
+MAX_CACHED = 2048
 
 
 class Invalid(ValueError):
@@ -340,9 +342,11 @@ class Regex:
     """A pattern, read as PostgreSQL reads it, matched in time linear in the text.
 
     The tree becomes a Thompson NFA; matching follows every state at once, so
-    no text makes it backtrack. The sets of states it meets are cached as the
-    states of a DFA, so that each character of a text costs one dict look-up
-    once the pattern is warm.
+    no text makes it backtrack. A set of states is an int, a bit per state;
+    the states reached after reading a character from a state are computed
+    once, when the pattern is read. The sets met are cached as the states of
+    a DFA: once the pattern is warm, a character of a text costs one dict
+    look-up, and at worst one operation per state of the NFA (MAX_STATES).
     """
 
     def __init__(self, pattern: str, *, ignore_case: bool = False, ctype: Ctype = None) -> None:
@@ -350,15 +354,27 @@ class Regex:
             raise Unsupported("ignoring case under a ctype the relay does not know")
         tree = _Reader(pattern, ignore_case, ctype).read()
         # The NFA: states are indexes; each is a character set to pass, a
-        # split in two, an anchor, or the match.
+        # split, an anchor, or the match.
         self.sets: list[_Set | None] = []
         self.next: list[list[int]] = []
         self.anchors: dict[int, bool] = {}  # state: end (True for $)
         self.accept = self._state(None, [])
-        start = self._compile(tree, self.accept)
-        self.first = self._closure([start], at_start=True)
-        self.anywhere = self._closure([start], at_start=False)
-        self.steps: dict[tuple[frozenset[int], str], frozenset[int]] = {}
+        self.start = self._compile(tree, self.accept)
+        self.first = self._closure([self.start], at_start=True)
+        self.anywhere = self._closure([self.start], at_start=False)
+        # After reading a character that a state takes, the states reached.
+        self.after = [
+            0 if chars is None else self._closure(following, at_start=False)
+            for chars, following in zip(self.sets, self.next, strict=True)
+        ]
+        # The states from which the end of a (non-empty) text is a match.
+        self.done = sum(
+            1 << state
+            for state in range(len(self.sets))
+            if self._closure([state], at_start=False, at_end=True) >> self.accept & 1
+        )
+        self.masks: dict[str, int] = {}
+        self.steps: dict[tuple[int, str], int] = {}
 
     def _state(self, chars: _Set | None, following: list[int]) -> int:
         if len(self.sets) >= MAX_STATES:
@@ -393,12 +409,10 @@ class Regex:
             rest = self._compile(node.item, rest)
         return rest
 
-    def _closure(
-        self, states: Iterable[int], at_start: bool, at_end: bool = False
-    ) -> frozenset[int]:
-        """The states reached without reading a character: those that read one,
-        the match, and the ``$`` not yet passed (at_end passes it)."""
-        todo, seen, found = list(states), set(), set()
+    def _closure(self, states: Iterable[int], at_start: bool, at_end: bool = False) -> int:
+        """The states reached without reading a character — those that read
+        one, the match, and the ``$`` not yet passed (at_end passes it) — as bits."""
+        todo, seen, found = list(states), set(), 0
         while todo:
             state = todo.pop()
             if state in seen:
@@ -408,35 +422,48 @@ class Regex:
             if end is None and self.sets[state] is None and state != self.accept:
                 todo.extend(self.next[state])  # a split, or a group's entry
             elif end is None:
-                found.add(state)
+                found |= 1 << state
             elif at_end if end else at_start:
                 todo.extend(self.next[state])
             elif end:
-                found.add(state)  # $: passed only at the end of the text
-        return frozenset(found)
+                found |= 1 << state  # $: passed only at the end of the text
+        return found
 
-    def _step(self, states: frozenset[int], char: str) -> frozenset[int]:
+    def _mask(self, char: str) -> int:
+        """The states that take ``char``."""
+        mask = self.masks.get(char)
+        if mask is None:
+            mask = sum(
+                1 << state
+                for state, chars in enumerate(self.sets)
+                if chars is not None and char in chars
+            )
+            if len(self.masks) >= MAX_CACHED:
+                self.masks.clear()
+            self.masks[char] = mask
+        return mask
+
+    def _step(self, states: int, char: str) -> int:
         key = (states, char)
-        cached = self.steps.get(key)
-        if cached is None:
-            moved = [
-                self.next[s][0]
-                for s in states
-                if (chars := self.sets[s]) is not None and char in chars
-            ]
-            cached = self._closure(moved, at_start=False) | self.anywhere
-            if len(self.steps) >= MAX_CACHED_STEPS:
+        reached = self.steps.get(key)
+        if reached is None:
+            reached, taking, after = self.anywhere, states & self._mask(char), self.after
+            while taking:
+                lowest = taking & -taking
+                reached |= after[lowest.bit_length() - 1]
+                taking ^= lowest
+            if len(self.steps) >= MAX_CACHED:
                 self.steps.clear()
-            self.steps[key] = cached
-        return cached
+            self.steps[key] = reached
+        return reached
 
     def search(self, text: str) -> bool:
         """Whether the pattern matches somewhere in ``text`` (``text ~ pattern``)."""
-        states = self.first
+        if not text:
+            return bool(self._closure([self.start], at_start=True, at_end=True) >> self.accept & 1)
+        states, accept = self.first, self.accept
         for char in text:
-            if self.accept in states:
+            if states >> accept & 1:
                 return True
             states = self._step(states, char)
-        if self.accept in states:
-            return True
-        return self.accept in self._closure(states, at_start=not text, at_end=True)
+        return bool(states & self.done)
