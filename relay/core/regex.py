@@ -18,6 +18,7 @@ followed by ``?`` (non-greedy, which changes what is matched, not whether);
 that character. A pattern may match anywhere in the text (``~`` searches);
 ``.`` matches a newline and ``^ $`` only the ends of the text, as PostgreSQL's
 matching is not newline-sensitive unless asked (with ``(?n)``, refused).
+Ranges are of code points, whatever the collation, as PostgreSQL's are.
 
 Classes and case depend on the column's ctype (``Ctype``). Under ``C`` both
 are ASCII's (PostgreSQL's regc_pg_locale.c, strategy C). Under libc's
