@@ -16,10 +16,18 @@ condition is written ``column.op.value``::
 
     or=(status.eq.pending,and(amount.gt.1000,currency.eq.EUR))
 
-Operators: ``eq neq lt lte gt gte in is like ilike``, each with an optional
-``not.`` prefix. Values containing ``, ( ) &`` or starting with a quote are
-written in double quotes, with ``\\"`` and ``\\\\`` inside. ``like`` and ``ilike``
-take ``%`` (or ``*``) for any run of characters and ``_`` for one.
+Operators: ``eq neq lt lte gt gte in is like ilike match imatch isdistinct``,
+each with an optional ``not.`` prefix. Values containing ``, ( ) &`` or
+starting with a quote are written in double quotes, with ``\\"`` and ``\\\\``
+inside. ``like`` and ``ilike`` take ``%`` (or ``*``) for any run of characters
+and ``_`` for one. ``match`` and ``imatch`` are ``~`` and ``~*``, for the
+patterns ``relay.core.regex`` decides exactly; ``isdistinct`` is ``IS DISTINCT
+FROM``, which takes NULL for a value (``not.isdistinct``: ``IS NOT DISTINCT
+FROM``).
+
+Supabase's clients join conditions with commas instead (``parse_supabase``;
+protocol document, section 11): the same conditions and groups, and
+whitespace around a condition or an ``in`` item is not part of it.
 
 A condition means what PostgreSQL means by ``column op 'value'``: values are
 read and compared as the column's type (``relay.core.values``). What the relay
@@ -34,15 +42,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from relay.core import values
+from relay.core import regex, values
 from relay.core.tables import BOOLEAN, Column, Table
 from relay.core.truth import Truth, all_of, any_of, negation
 from relay.core.types import Bound, Row
 
 Match = Callable[[Row], Truth]
 
-OPERATORS = ("eq", "neq", "lt", "lte", "gt", "gte", "in", "is", "like", "ilike")
+OPERATORS = (
+    "eq",
+    "neq",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "in",
+    "is",
+    "like",
+    "ilike",
+    "match",
+    "imatch",
+    "isdistinct",
+)
 TEXT_OPERATORS = frozenset(("like", "ilike"))
+REGEX_OPERATORS = frozenset(("match", "imatch"))
 MAX_LENGTH = 4096
 MAX_CONDITIONS = 32
 MAX_IN_VALUES = 100
@@ -70,16 +93,48 @@ class Filter:
     bounds: list[Bound]
 
 
+@dataclass(frozen=True)
+class _Dialect:
+    separator: str  # between top-level conditions
+    # Supabase's: whitespace around a condition or an in.(...) item is no part
+    # of it, and an unquoted in.(...) item may not be read as our literal.
+    supabase: bool
+
+
+_NEXUS = _Dialect("&", supabase=False)
+_SUPABASE = _Dialect(",", supabase=True)
+
+
 def parse(text: str, table: Table) -> Filter:
-    """Parse ``text`` for ``table``; raise ``FilterError`` saying what is wrong."""
+    """Parse ``text``, conditions joined by ``&``, for ``table``.
+
+    Raise ``FilterError`` saying what is wrong, ``UnsupportedFilter`` (a
+    subclass) for what the relay cannot decide exactly; a blank text is an error.
+    """
     if not isinstance(text, str) or not text.strip():
         raise FilterError("the filter is empty")
+    return _parse(text, table, _NEXUS)
+
+
+def parse_supabase(text: str, table: Table) -> Filter | None:
+    """Parse ``text`` as Supabase's clients write it, conditions joined by commas.
+
+    A blank text is no filter, as Supabase reads it: None. Errors as ``parse``.
+    """
+    if not isinstance(text, str):
+        raise FilterError("the filter is not a string")
+    if not text.strip():
+        return None
+    return _parse(text, table, _SUPABASE)
+
+
+def _parse(text: str, table: Table, dialect: _Dialect) -> Filter:
     if len(text) > MAX_LENGTH:
         raise FilterError(f"the filter is longer than {MAX_LENGTH} characters")
-    parser = _Parser(table)
+    parser = _Parser(table, dialect)
     matches: list[Match] = []
     bounds: list[Bound] = []
-    for part in _split(text, "&"):
+    for part in _split(text, dialect.separator, strip=dialect.supabase):
         name, sep, rest = part.partition("=")
         if not sep:
             raise FilterError(f"{part!r}: write column=operator.value")
@@ -103,15 +158,16 @@ class _Condition:
 
 
 class _Parser:
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, dialect: _Dialect) -> None:
         self.table = table
+        self.dialect = dialect
         self.count = 0
 
     def group(self, kind: str, body: str, negated: bool, depth: int = 1) -> Match:
         if depth > MAX_DEPTH:
             raise FilterError(f"groups nest at most {MAX_DEPTH} deep")
         items: list[Match] = []
-        for item in _split(body, ","):
+        for item in _split(body, ",", strip=self.dialect.supabase):
             inner = item.removeprefix("not.")
             head, paren, _ = inner.partition("(")
             if paren and head in ("or", "and"):
@@ -157,13 +213,20 @@ class _Parser:
         else:
             kind = _kind(column)
             if op == "in":
-                match = _in(column, kind, raw)
+                match = _in(column, kind, raw, self.dialect)
             elif op in TEXT_OPERATORS:
                 match = _like(column, kind, op, raw)
+            elif op in REGEX_OPERATORS:
+                match = _regex(column, kind, op, _unquote(raw))
             else:
                 key = _literal(column, kind, _unquote(raw))
-                match = _compare(column, kind, op, key)
-                if op == "eq" and not negated and kind.text:
+                if op == "isdistinct":
+                    match = _distinct(column, kind, key)
+                else:
+                    match = _compare(column, kind, op, key)
+                # Every matching row has this value: eq, and IS NOT DISTINCT FROM.
+                positive = op == "isdistinct" if negated else op == "eq"
+                if positive and kind.text:
                     bound = key[0]
         return _Condition(negation(match) if negated else match, bound)
 
@@ -196,11 +259,15 @@ def _is(column: Column, raw: str) -> Match:
     return lambda row: row.get(name) is value
 
 
-def _in(column: Column, kind: values.Kind, raw: str) -> Match:
+def _in(column: Column, kind: values.Kind, raw: str, dialect: _Dialect) -> Match:
     name = column.name
     if not (raw.startswith("(") and raw.endswith(")")):
         raise FilterError(f"{name}=in.{raw}: write in.(a,b,c)")
-    items = [_unquote(v) for v in _split(raw[1:-1], ",")]
+    written = _split(raw[1:-1], ",", strip=dialect.supabase)
+    if dialect.supabase:
+        for item in written:
+            _check_supabase_item(name, item)
+    items = [_unquote(v) for v in written]
     if len(items) > MAX_IN_VALUES:
         raise FilterError(f"{name}=in.(...): at most {MAX_IN_VALUES} values")
     allowed = frozenset(_literal(column, kind, v) for v in items)
@@ -210,6 +277,56 @@ def _in(column: Column, kind: values.Kind, raw: str) -> Match:
         value = row.get(name)
         key = None if value is None else read(value)
         return None if key is None else key in allowed
+
+    return match
+
+
+def _check_supabase_item(name: str, item: str) -> None:
+    """Supabase reads in.(...) as an array literal ({a,b}), where an unquoted
+    null is NULL, a backslash escapes and braces nest; quoted, an item means
+    the same to both."""
+    if not item.startswith('"') and (item.lower() == "null" or any(c in item for c in "\\{}")):
+        raise UnsupportedFilter(
+            f"{name}=in.(...): the unquoted item {item!r} means something else to Supabase"
+            " (NULL, an escape or a nested array); write it in double quotes, or use is.null"
+        )
+
+
+def _distinct(column: Column, kind: values.Kind, key: values.Key) -> Match:
+    # IS DISTINCT FROM takes NULL for a value: never unknown. The literal is not NULL.
+    name = column.name
+    read = kind.row
+
+    def match(row: Row) -> Truth:
+        value = row.get(name)
+        if value is None:
+            return True
+        current = read(value)
+        return None if current is None else current != key
+
+    return match
+
+
+def _regex(column: Column, kind: values.Kind, op: str, pattern: str) -> Match:
+    name = column.name
+    if not kind.text:
+        raise FilterError(f"{name} is {column.type}: {op} needs a text column")
+    ignore_case = op == "imatch"
+    if ignore_case and kind.lower is None:
+        raise UnsupportedFilter(
+            f"{name}: imatch ignores case as {_collation_name(column)} does, which the relay"
+            " does not know; use match"
+        )
+    try:
+        compiled = regex.Regex(pattern, ignore_case=ignore_case, ctype=kind.ctype)
+    except regex.Unsupported as exc:
+        raise UnsupportedFilter(f"{name}={op}: {exc}") from None
+    except regex.Invalid as exc:
+        raise FilterError(f"{name}={op}: {exc}") from None
+
+    def match(row: Row) -> Truth:
+        value = row.get(name)
+        return None if not isinstance(value, str) else compiled.search(value)
 
     return match
 
@@ -347,8 +464,9 @@ class LikePattern:
         return True
 
 
-def _split(text: str, separator: str) -> list[str]:
-    """Split at ``separator`` outside parentheses and double quotes."""
+def _split(text: str, separator: str, strip: bool = False) -> list[str]:
+    """Split at ``separator`` outside parentheses and double quotes (then strip
+    whitespace around each part, if asked)."""
     parts, depth, quoted, escaped, start = [], 0, False, False, 0
     for i, char in enumerate(text):
         if escaped:
@@ -374,12 +492,21 @@ def _split(text: str, separator: str) -> list[str]:
     if depth:
         raise FilterError("unbalanced '('")
     parts.append(text[start:])
+    if strip:
+        parts = [part.strip() for part in parts]
     if any(not part for part in parts):
         raise FilterError(f"empty condition around {separator!r}")
     return parts
 
 
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+
+
 def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
+    """A value as written, or read from its double quotes (PostgREST's quoting)."""
+    if not value.startswith('"'):
+        return value
+    quoted = _QUOTED.fullmatch(value)
+    if quoted is None:
+        raise FilterError(f"{value!r}: a value that starts with '\"' ends at its closing quote")
+    return re.sub(r"\\(.)", r"\1", quoted[1], flags=re.DOTALL)

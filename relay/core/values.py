@@ -19,11 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from relay.core.tables import Collation, Column
 
 Key = tuple[Any, ...]
+# Whose character classes and case a text column has: "C" (ASCII's), "C.UTF-8"
+# (libc's); None: another, or not known.
+Ctype = Literal["C", "C.UTF-8"] | None
 
 
 class Invalid(ValueError):
@@ -46,6 +49,7 @@ class Kind:
     lower: Callable[[str], str] | None = None  # PostgreSQL's lower(), for ilike
     # A character of the text whose lower() the relay may not know, if any.
     unknown_case: Callable[[str], str | None] = lambda text: None
+    ctype: Ctype = None  # for match and imatch
 
 
 def kind(column: Column) -> Kind:
@@ -347,12 +351,13 @@ def _text(collation: Collation | None) -> Kind:
     if collation is not None and not collation.deterministic:
         raise Unsupported(f"the relay does not compare text of collation {collation.name}")
     ordered, lower = False, None
+    ctype: Ctype = None
     if collation is not None:
         locale = collation.ctype if collation.provider == "c" else collation.locale
         order = collation.collate if collation.provider == "c" else collation.locale
         ordered = order in _CODE_POINT_ORDER.get(collation.provider, ())
         if locale in _ASCII_CTYPES.get(collation.provider, ()):
-            lower = _ascii_lower
+            lower, ctype = _ascii_lower, "C"
         elif locale in _UNICODE_CTYPES.get(collation.provider, ()):
             return Kind(
                 "text",
@@ -362,8 +367,11 @@ def _text(collation: Collation | None) -> Kind:
                 text=True,
                 lower=_simple_lower,
                 unknown_case=_unassigned,
+                ctype="C.UTF-8",
             )
-    return Kind("text", _text_literal, _text_row, ordered=ordered, text=True, lower=lower)
+    return Kind(
+        "text", _text_literal, _text_row, ordered=ordered, text=True, lower=lower, ctype=ctype
+    )
 
 
 def _text_literal(raw: str) -> Key:

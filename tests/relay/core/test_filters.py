@@ -1,4 +1,4 @@
-"""Subscription filters: every operator, not., AND, OR groups, types, errors."""
+"""Subscription filters: every operator, not., AND, OR groups, types, errors; Supabase's dialect."""
 
 import re
 from typing import Any
@@ -88,6 +88,22 @@ ROW = {
         ("or=(status.eq.paid,not.and(amount.gt.100,urgent.is.true))", False),
         ("not.or=(status.eq.paid,amount.gt.200)", True),
         ("status=eq.pending&or=(amount.lt.10,urgent.is.true)", True),
+        ("status=match.^pe.d", True),
+        ("status=match.^PE", False),
+        ("status=imatch.^PE", True),
+        ("status=not.match.ing$", False),
+        # Unquoted, a backslash is itself; in double quotes, one is written as two.
+        ("reference=match.\\(\\d{4}\\)$", True),
+        ('reference=match."\\\\(\\\\d{4}\\\\)$"', True),
+        ('reference=match."\\(\\d{4}\\)$"', False),
+        ("reference=match.March|April", True),
+        ("status=isdistinct.paid", True),
+        ("status=isdistinct.pending", False),
+        ("status=not.isdistinct.pending", True),
+        ("owner=isdistinct." + OWNER, True),
+        ("owner=not.isdistinct." + OWNER, False),
+        ("amount=isdistinct.120.50", False),
+        ("or=(status.match.^x,status.isdistinct.paid)", True),
     ],
 )
 def test_operators(text: str, expected: bool) -> None:
@@ -109,6 +125,12 @@ def test_operators(text: str, expected: bool) -> None:
         ),
         ("or=(owner.eq." + OWNER + ",status.eq.paid)", {"owner": None, "status": "pending"}, None),
         ("reference=like.x%", {"reference": None}, None),
+        ("reference=match.x", {"reference": None}, None),
+        ("reference=not.imatch.x", {"reference": None}, None),
+        # IS DISTINCT FROM takes NULL for a value: never unknown.
+        ("reference=isdistinct.x", {"reference": None}, True),
+        ("reference=not.isdistinct.x", {"reference": None}, False),
+        ("or=(owner.isdistinct." + OWNER + ",status.eq.paid)", {"owner": None}, True),
     ],
 )
 def test_null_is_unknown(text: str, row: dict[str, Any], expected: bool | None) -> None:
@@ -122,6 +144,8 @@ def test_equality_on_text_bounds_the_rows() -> None:
     assert filters.parse("status=not.eq.pending", TABLE).bounds == []
     assert filters.parse("amount=eq.1", TABLE).bounds == []
     assert filters.parse("or=(status.eq.a,status.eq.b)", TABLE).bounds == []
+    assert filters.parse("status=not.isdistinct.a", TABLE).bounds == [(("row", "status"), "a")]
+    assert filters.parse("status=isdistinct.a", TABLE).bounds == []
 
 
 @pytest.mark.parametrize(
@@ -153,11 +177,135 @@ def test_equality_on_text_bounds_the_rows() -> None:
         ("or=(" + "or(" * 8 + "status.eq.a" + ")" * 9, "groups nest at most 8 deep"),
         ("or=(" + "or(" * 1000 + "status.eq.a" + ")" * 1001, "groups nest at most 8 deep"),
         ("reference=like.abc\\", "must not end with its escape character"),
+        ('status=eq."a"b', "a value that starts with '\"' ends at its closing quote"),
+        ("amount=match.1", "amount is numeric(14,2): match needs a text column"),
+        ("urgent=imatch.t", "urgent is boolean: imatch needs a text column"),
+        ('status=match."(a"', "status=match: unbalanced '('"),
+        ("status=match.a{3,2}", "minimum exceeds its maximum"),
+        ("amount=isdistinct.lots", "amount is numeric(14,2): 'lots' is not a number"),
     ],
 )
 def test_errors_say_what_is_wrong(text: str, message: str) -> None:
-    with pytest.raises(filters.FilterError, match=re.escape(message)):
+    with pytest.raises(filters.FilterError, match=re.escape(message)) as excinfo:
         filters.parse(text, TABLE)
+    assert not isinstance(excinfo.value, filters.UnsupportedFilter)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("status=match.a\\b", "status=match: the escape \\b"),
+        ("status=match.a{,3}", "does not start a bound"),
+        ("status=imatch.é", "ignoring the case of 'é'"),
+        ("status=match.\\w", "\\w: which characters are in it depends on the column's ctype"),
+        ("id=imatch.p", "imatch ignores case as an unknown collation does"),
+    ],
+)
+def test_patterns_postgresql_reads_otherwise_are_unsupported(text: str, message: str) -> None:
+    with pytest.raises(filters.UnsupportedFilter, match=re.escape(message)):
+        filters.parse(text, TABLE)
+
+
+# --- Supabase's dialect: commas between conditions (protocol document, section 11) ----
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("status=eq.pending", True),
+        ("status=eq.pending,amount=gt.100", True),
+        ("status=eq.pending,amount=gt.200", False),
+        ("status=in.(paid,pending),urgent=is.true", True),
+        ("status=in.(paid, pending)", True),  # an array literal to Supabase: spaces go
+        ('reference=eq."Invoice, March (2026)"', True),
+        ('reference=in.("Invoice, March (2026)",other)', True),
+        ("status=eq.pending , amount=gt.100 ", True),
+        ("status=not.in.(draft,archived),owner=is.null", True),
+        ("owner=not.is.null", False),
+        ("status=match.^pend,status=imatch.ING$", True),
+        ("status=not.isdistinct.pending,owner=isdistinct." + OWNER, True),
+        # Our groups, kept as an extension.
+        ("or=(status.eq.paid,amount.gt.100),urgent=is.true", True),
+        ("or=(status.eq.paid, amount.gt.200)", False),
+        # & is no separator here: a character of the value.
+        ("status=eq.pending&amount=gt.1", False),
+    ],
+)
+def test_supabase_dialect(text: str, expected: bool) -> None:
+    parsed = filters.parse_supabase(text, TABLE)
+    assert parsed is not None
+    assert parsed.match(ROW) is expected
+
+
+def test_supabase_dialect_reads_what_its_builder_writes() -> None:
+    """Values as realtime-js's RealtimePostgresFilterBuilder quotes them (2.119.1):
+    in double quotes if they hold , ( ) " \\ or surrounding spaces, \\ and " escaped."""
+
+    def quote(value: str) -> str:
+        if re.search(r'[,()"\\]', value) or value != value.strip():
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return value
+
+    for value in ["a,b", 'say "hi"', "back\\slash", " padded ", "(x)", "a&b=c", "plain"]:
+        parsed = filters.parse_supabase(f"status=eq.{quote(value)},urgent=is.true", TABLE)
+        assert parsed is not None
+        assert parsed.match({**ROW, "status": value}) is True, value
+        assert parsed.match({**ROW, "status": value + "x"}) is False, value
+    pattern = filters.parse_supabase("status=match." + quote("^\\(a\\)$"), TABLE)
+    assert pattern is not None
+    assert pattern.match({"status": "(a)"}) is True
+
+
+@pytest.mark.parametrize("text", ["", " ", "\t\n"])
+def test_supabase_blank_filter_is_no_filter(text: str) -> None:
+    assert filters.parse_supabase(text, TABLE) is None
+    with pytest.raises(filters.FilterError, match="the filter is empty"):
+        filters.parse(text, TABLE)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("status=eq.a,,amount=gt.1", "empty condition around ','"),
+        ("status=eq.a,", "empty condition around ','"),
+        (",status=eq.a", "empty condition around ','"),
+        ("status=eq.a, ,amount=gt.1", "empty condition around ','"),
+        ("status=eq.a&&amount=gt.1", "'a&&amount' is not"),  # no separator: a value
+        ("status", "write column=operator.value"),
+        ("status=in.(a,,b)", "empty condition around ','"),
+        ('status=eq."open', "unterminated double quote"),
+        ("or=(status.eq.a", "unbalanced '('"),
+        ("nope=eq.1,status=eq.a", "public.payments has no column 'nope'"),
+        (",".join(["status=eq.a"] * 33), "more than 32 conditions"),
+    ],
+)
+def test_supabase_errors_say_what_is_wrong(text: str, message: str) -> None:
+    if "'a&&amount' is not" in message:
+        # A text column takes any value: the & stays in it.
+        parsed = filters.parse_supabase(text, TABLE)
+        assert parsed is not None
+        assert parsed.match({"status": "a&&amount=gt.1"}) is True
+        return
+    with pytest.raises(filters.FilterError, match=re.escape(message)):
+        filters.parse_supabase(text, TABLE)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["status=in.(a,null)", "status=in.(NULL)", "status=in.(a\\,b)", "status=in.({a})"],
+)
+def test_supabase_in_items_it_reads_otherwise_are_unsupported(text: str) -> None:
+    with pytest.raises(filters.UnsupportedFilter, match="write it in double quotes"):
+        filters.parse_supabase(text, TABLE)
+    quoted = filters.parse_supabase('status=in.("null","a\\\\,b")', TABLE)
+    assert quoted is not None
+    assert quoted.match({"status": "null"}) is True
+    assert quoted.match({"status": "a\\,b"}) is True
+
+
+def test_supabase_filter_must_be_a_string() -> None:
+    with pytest.raises(filters.FilterError, match="the filter is not a string"):
+        filters.parse_supabase(None, TABLE)  # type: ignore[arg-type]
 
 
 # --- LIKE: PostgreSQL's own answer, and no catastrophic backtracking -------------------

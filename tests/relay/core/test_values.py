@@ -252,6 +252,9 @@ class Case:
         elif self.op in ("like", "ilike"):
             pattern = sql.Literal(_sql_pattern(self.values[0]))
             condition = sql.SQL("{} {} {}").format(column, sql.SQL(self.op.upper()), pattern)
+        elif self.op in ("match", "imatch", "isdistinct"):
+            operator = {"match": "~", "imatch": "~*", "isdistinct": "IS DISTINCT FROM"}[self.op]
+            condition = sql.SQL("{} {} {}").format(column, sql.SQL(operator), literals[0])
         else:
             condition = sql.SQL("{} {} {}").format(column, sql.SQL(SQL_OPS[self.op]), literals[0])
         return sql.SQL("NOT ({})").format(condition) if self.negated else condition
@@ -262,16 +265,21 @@ def _sql_pattern(pattern: str) -> str:
     return re.sub(r"(\\.)|\*", lambda m: m[1] or "%", pattern, flags=re.DOTALL)
 
 
+REGEXES = st.sampled_from(
+    ["^a", "ß$", "(?:ab|é)+", "[a-zß]", "\\d", "\\w+", "^.$", "k", "K", "[[:upper:]]", "^$", "s|i"]
+)
+
+
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
     column = draw(st.sampled_from(sorted(COLUMNS)))
     value = VALUES[column]
     row = None if draw(st.integers(0, 9)) == 0 else draw(ROWS[column])
-    ops = ["eq", "neq", "in", "is"]
+    ops = ["eq", "neq", "in", "is", "isdistinct"]
     if column in ORDERED:
         ops += ["lt", "lte", "gt", "gte"] * 2
     if column in ("txt", "txt_c", "vc"):
-        ops += ["like", "ilike"] * 3
+        ops += ["like", "ilike", "match", "imatch"] * 3
     op = draw(st.sampled_from(ops))
     if op == "is":
         values = [draw(st.sampled_from(["null", "true", "false"] if column == "b" else ["null"]))]
@@ -279,6 +287,8 @@ def cases(draw: st.DrawFn) -> Case:
         values = draw(st.lists(value, min_size=1, max_size=4))
     elif op in ("like", "ilike"):
         values = [draw(st.one_of(TEXT, st.sampled_from(["%", "_", "%ß%", "%ς", "%σ", "i%"])))]
+    elif op in ("match", "imatch"):
+        values = [draw(st.one_of(TEXT, REGEXES))]
     else:
         # Often the row's own value, or one spelled otherwise, so that eq can hold.
         values = [draw(value if row is None or draw(st.booleans()) else st.just(row))]
@@ -449,6 +459,20 @@ HARD = [
     ),
     Case("mood", "ok", "in", False, ["sad", "ok"]),
     Case("b", None, "is", True, ["true"]),
+    # IS DISTINCT FROM: NULL is a value.
+    Case("i4", None, "isdistinct", False, ["1"]),
+    Case("i4", None, "isdistinct", True, ["1"]),
+    Case("num", "NaN", "isdistinct", False, ["NaN"]),
+    Case("tstz", "2020-01-01 00:00:00+00", "isdistinct", True, ["2020-01-01T01:00:00+01:00"]),
+    # Regular expressions: the ends of the text, ASCII case only, 0-9 only.
+    Case("txt", "a\n", "match", False, ["a$"]),
+    Case("txt", "a\nb", "match", False, ["a.b"]),
+    Case("txt", KELVIN, "imatch", False, ["k"]),
+    Case("txt_c", KELVIN, "imatch", False, ["k"]),
+    Case("txt_c", "K", "imatch", False, ["[a-z]"]),
+    Case("txt_c", "é", "match", False, ["^\\w$"]),
+    Case("txt", "\N{ARABIC-INDIC DIGIT THREE}", "match", False, ["\\d"]),
+    Case("vc", None, "match", True, ["a"]),
 ]
 
 
