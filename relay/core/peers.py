@@ -27,6 +27,7 @@ version.
 """
 
 import base64
+import binascii
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -165,7 +166,10 @@ def _from_json(item: object) -> Event:
         if item["binary"]:
             if not isinstance(payload, str):
                 raise ValueError("a binary payload is not base64 text")
-            payload = base64.b64decode(payload, validate=True)
+            try:
+                payload = base64.b64decode(payload, validate=True)
+            except binascii.Error:
+                raise ValueError("a binary payload is not base64 text") from None
         return Broadcast(topic, _string(item, "event"), payload, node)
     if kind == "join":
         return _join(item, node)
