@@ -13,13 +13,15 @@ hands what ``decode`` reads to the core. Contract:
   which the other relays must show as one ``presence_diff``, as this one does.
 - Events of one node must arrive in the order they were made (one channel per
   node, or one for all: Redis pub/sub keeps a publisher's order).
+- Publish every update's ``events``, those of ``Presence.apply_remote`` too:
+  a relay that hears a node it does not know (it starts, or it expired that
+  node, which may then lack its metas too) answers with a ``PresenceSync`` of
+  its own metas that asks for the others' (``reply``); each relay answers
+  such a request with its own sync. A sync makes the receiver's copy of that
+  node's metas exactly those; applying a join twice changes nothing.
 - Each relay publishes ``Heartbeat`` every few seconds; a relay that hears
   nothing from a node for ``node_timeout`` seconds drops its metas
   (``Presence.expire``). A relay that stops cleanly publishes ``NodeGone``.
-- A relay that starts, or that hears a node it does not know (it may have
-  missed that node's joins), asks for the others' presence: each answers with
-  ``Presence.sync()``, a ``PresenceSync``: the receiver's copy of that node's
-  metas becomes exactly those. Applying a join twice changes nothing.
 - An event from one's own node is ignored: a transport may echo it back.
 
 Nothing here is a protocol clients see: relays of one deployment run the same
@@ -83,6 +85,7 @@ class PresenceSync:
 
     node: str
     joins: tuple[PresenceJoin, ...]
+    reply: bool = False  # the receivers answer with their own sync
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +138,9 @@ def _to_json(event: Event) -> dict[str, Any]:
             return {"type": "join", "topic": topic, "key": key, "meta": meta, "node": node}
         case PresenceLeave(topic, key, ref, node):
             return {"type": "leave", "topic": topic, "key": key, "ref": ref, "node": node}
-        case PresenceSync(node, joins):
+        case PresenceSync(node, joins, reply):
             metas = [{"topic": j.topic, "key": j.key, "meta": j.meta} for j in joins]
-            return {"type": "sync", "node": node, "joins": metas}
+            return {"type": "sync", "node": node, "joins": metas, "reply": reply}
         case Heartbeat(node):
             return {"type": "heartbeat", "node": node}
         case NodeGone(node):
@@ -154,10 +157,10 @@ def _from_json(item: object) -> Event:
     if kind == "gone":
         return NodeGone(node)
     if kind == "sync":
-        joins = item.get("joins")
-        if not isinstance(joins, list):
-            raise ValueError("a sync's joins are not a list")
-        return PresenceSync(node, tuple(_join(join, node) for join in joins))
+        joins, reply = item.get("joins"), item.get("reply")
+        if not isinstance(joins, list) or not isinstance(reply, bool):
+            raise ValueError("a sync's joins are not a list, or its reply not a boolean")
+        return PresenceSync(node, tuple(_join(join, node) for join in joins), reply)
     topic = _string(item, "topic")
     if kind == "broadcast":
         if "payload" not in item or not isinstance(item.get("binary"), bool):

@@ -27,7 +27,6 @@ from typing import Any, Generic, TypeVar
 
 from relay.core.errors import ClientError, ErrorCode
 from relay.core.peers import (
-    Heartbeat,
     Meta,
     NodeGone,
     PresenceEvent,
@@ -69,9 +68,11 @@ class PresenceUpdate(Generic[M]):
     """What a change of presence asks of the shell.
 
     ``diffs``: one per topic that changed and has members with presence here.
-    ``events``: to publish to the other relays, together, in one message.
-    ``new_nodes``: relays heard of for the first time (or again, after they
-    expired): send them ``Presence.sync()``, they may lack this relay's metas.
+    ``events``: to publish to the other relays, together, in one message
+    (``peers.encode``); from ``apply_remote``, this relay's sync when the
+    others need it.
+    ``new_nodes``: relays heard of for the first time, or again after they
+    expired (for the log).
     """
 
     diffs: list[PresenceDiff[M]] = field(default_factory=list)
@@ -178,13 +179,14 @@ class Presence(Generic[M]):
         """The metas of ``topic``, every relay's."""
         return self._counts.get(topic, 0)
 
-    def sync(self) -> PresenceSync:
-        """This relay's own metas, every topic's: for a relay that may lack them."""
+    def sync(self, reply: bool = False) -> PresenceSync:
+        """This relay's own metas, every topic's: for the relays that may lack
+        them; with ``reply``, asking for theirs."""
         joins = tuple(
             PresenceJoin(entry.topic, entry.key, entry.meta, self.node)
             for entry in self._tracked.values()
         )
-        return PresenceSync(self.node, joins)
+        return PresenceSync(self.node, joins, reply)
 
     # --- This relay's members --------------------------------------------------
 
@@ -286,13 +288,21 @@ class Presence(Generic[M]):
         Every event says its node is alive at ``now``. A join already known, a
         leave of an unknown meta, and one's own events change nothing; a node
         may only remove its own metas. The diffs of the whole message are
-        merged: a replaced meta shows as one diff here as on its relay.
+        merged: a replaced meta shows as one diff here as on its relay. The
+        update's events are this relay's sync, asking for the others', if a
+        node was new; or answering, if a sync asked for it.
         """
         changes: _Changes[M] = _Changes()
         new_nodes: list[str] = []
+        asked = False
         for event in events:
             node = event.node
             if node == self.node:
+                continue
+            if isinstance(event, NodeGone):  # heard of only to be forgotten
+                self._forget(node, changes)
+                if node in new_nodes:
+                    new_nodes.remove(node)
                 continue
             if node not in self._heard and node not in new_nodes:
                 new_nodes.append(node)
@@ -302,17 +312,19 @@ class Presence(Generic[M]):
                     self._join_remote(event, changes)
                 case PresenceLeave(ref=ref):
                     self._leave_remote(node, ref, changes)
-                case PresenceSync(joins=joins):
+                case PresenceSync(joins=joins, reply=reply):
+                    asked = asked or reply
                     refs = {join.meta["phx_ref"] for join in joins}
                     for ref in [r for r in self._nodes.get(node, {}) if r not in refs]:
                         self._leave_remote(node, ref, changes)
                     for join in joins:
                         self._join_remote(join, changes)
-                case NodeGone():
-                    self._forget(node, changes)
-                case Heartbeat():
+                case _:  # a Heartbeat: the node lives, which is said above
                     pass
-        return PresenceUpdate(changes.diffs(self.topics), new_nodes=new_nodes)
+        answer: list[PresenceEvent] = []
+        if new_nodes or asked:
+            answer.append(self.sync(reply=bool(new_nodes)))
+        return PresenceUpdate(changes.diffs(self.topics), answer, new_nodes)
 
     def expire(self, now: float) -> PresenceUpdate[M]:
         """Drop the metas of the relays not heard from for ``node_timeout`` seconds.

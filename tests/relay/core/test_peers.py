@@ -20,7 +20,7 @@ EVENTS: list[Event] = [
     JOIN,
     PresenceLeave("room", "alice", "n1-1", "n1"),
     PresenceSync("n1", (JOIN,)),
-    PresenceSync("n1", ()),
+    PresenceSync("n1", (), reply=True),
     Heartbeat("n1"),
     NodeGone("n1"),
 ]
@@ -35,8 +35,8 @@ def test_encode() -> None:
         b'{"type":"join","topic":"room","key":"alice","meta":{"v":1,"phx_ref":"n1-1"},"node":"n1"},'
         b'{"type":"leave","topic":"room","key":"alice","ref":"n1-1","node":"n1"},'
         b'{"type":"sync","node":"n1","joins":[{"topic":"room","key":"alice",'
-        b'"meta":{"v":1,"phx_ref":"n1-1"}}]},'
-        b'{"type":"sync","node":"n1","joins":[]},'
+        b'"meta":{"v":1,"phx_ref":"n1-1"}}],"reply":false},'
+        b'{"type":"sync","node":"n1","joins":[],"reply":true},'
         b'{"type":"heartbeat","node":"n1"},'
         b'{"type":"gone","node":"n1"}]'
     )
@@ -69,8 +69,9 @@ def test_round_trip() -> None:
         (b'[{"type":"join","node":"n","topic":"t","key":"k","meta":{}}]', "with a phx_ref"),
         (b'[{"type":"join","node":"n","topic":"t","meta":{"phx_ref":"r"}}]', "key is not"),
         (b'[{"type":"leave","node":"n","topic":"t","key":"k"}]', "ref is not a string"),
-        (b'[{"type":"sync","node":"n"}]', "joins are not a list"),
-        (b'[{"type":"sync","node":"n","joins":[1]}]', "a join is not an object"),
+        (b'[{"type":"sync","node":"n","reply":false}]', "joins are not a list"),
+        (b'[{"type":"sync","node":"n","joins":[]}]', "reply not a boolean"),
+        (b'[{"type":"sync","node":"n","joins":[1],"reply":false}]', "a join is not an object"),
     ],
 )
 def test_what_is_not_a_message(data: bytes, message: str) -> None:

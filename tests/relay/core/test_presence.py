@@ -250,7 +250,8 @@ def test_another_relays_presence() -> None:
     assert wire(only(update).payload()) == (
         b'{"joins":{"alice":{"metas":[{"v":1,"phx_ref":"n1-1"}]}},"leaves":{}}'
     )
-    assert (update.events, update.new_nodes) == ([], ["n1"])  # nothing to publish again
+    # n1 is new to n2: n2 sends its own metas, and asks for n1's (below).
+    assert (update.events, update.new_nodes) == ([PresenceSync("n2", (), reply=True)], ["n1"])
     assert two.state("room") == one.state("room")
 
     # A replacement is one diff there too, the leave and the join together.
@@ -260,7 +261,7 @@ def test_another_relays_presence() -> None:
         b'{"joins":{"alice":{"metas":[{"v":2,"phx_ref":"n1-2","phx_ref_prev":"n1-1"}]}},'
         b'"leaves":{"alice":{"metas":[{"v":1,"phx_ref":"n1-1"}]}}}'
     )
-    assert update.new_nodes == []
+    assert (update.events, update.new_nodes) == ([], [])
     assert two.apply_remote(events, 2.0) == PresenceUpdate()  # applied twice: nothing
 
     # Both relays' metas under one key, in the order each relay learnt them.
@@ -289,6 +290,26 @@ def test_what_a_relay_ignores() -> None:
     assert one.count("room") == 1
 
 
+def test_relays_that_meet_exchange_their_presence() -> None:
+    one, two = relays()
+    one.track("room", "a", {"v": 1}, 0)
+    two.track("room", "x", {"v": 2}, 0)
+    # Each update's events go to the other relay, until there are none.
+    update = two.apply_remote([Heartbeat("n1")], 1.0)
+    messages = [("n2", update.events)]
+    rounds = 0
+    while messages:
+        sender, events = messages.pop(0)
+        receiver = one if sender == "n2" else two
+        events = receiver.apply_remote(events, 1.0).events
+        if events:
+            messages.append((receiver.node, events))
+        rounds += 1
+    assert rounds == 3  # two's sync asks; one's answers and asks; two's answers
+    assert one.state("room") == two.state("room")
+    assert one.count("room") == 2
+
+
 def test_a_silent_relay_expires() -> None:
     one, two = relays()
     update = two.apply_remote(one.track("room", "a", {}, 0).events, 100.0)
@@ -300,8 +321,10 @@ def test_a_silent_relay_expires() -> None:
     assert only(update).leaves == {"alice": [{"phx_ref": "n1-1"}]}
     assert (update.events, two.state("room")) == ([], {})
     assert two.expire(1000.0) == PresenceUpdate()
-    # Heard again: a new node, to be sent this relay's sync (it may have expired us too).
-    assert two.apply_remote([Heartbeat("n1")], 1000.0).new_nodes == ["n1"]
+    # Heard again: a new node. Its metas are gone here: ask for them (and it may
+    # have expired this relay's too: send them).
+    update = two.apply_remote([Heartbeat("n1")], 1000.0)
+    assert (update.events, update.new_nodes) == ([PresenceSync("n2", (), reply=True)], ["n1"])
 
 
 def test_a_relay_that_stops() -> None:
@@ -309,7 +332,11 @@ def test_a_relay_that_stops() -> None:
     two.apply_remote(one.track("room", "a", {}, 0).events, 0)
     update = two.apply_remote([NodeGone("n1")], 1.0)
     assert only(update).leaves == {"alice": [{"phx_ref": "n1-1"}]}
+    assert (update.events, update.new_nodes) == ([], [])
     assert two.expire(1000.0) == PresenceUpdate()  # forgotten: nothing left to expire
+    # A node heard of only as it stops is not new: nobody to ask for metas.
+    assert two.apply_remote([Heartbeat("n3"), NodeGone("n3")], 1.0) == PresenceUpdate()
+    assert two.apply_remote([NodeGone("n4")], 1.0) == PresenceUpdate()
 
 
 def test_sync_replaces_a_nodes_metas() -> None:
@@ -334,6 +361,11 @@ def test_sync_replaces_a_nodes_metas() -> None:
     assert two.state("room") == one.state("room")
     assert two.state("hall") == one.state("hall")
     assert two.apply_remote([one.sync()], 2.0) == PresenceUpdate()
+    # A sync that asks for a reply gets this relay's.
+    two.track("hall", "h", {}, 3.0)
+    assert two.apply_remote([one.sync(reply=True)], 3.0).events == [
+        PresenceSync("n2", (PresenceJoin("hall", "key-2", {"phx_ref": "n2-1"}, "n2"),))
+    ]
 
 
 # --- Properties ----------------------------------------------------------------
