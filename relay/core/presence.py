@@ -1,7 +1,8 @@
 """Who is present in each topic, and the diffs that tell the members, without I/O.
 
-Supabase Realtime's presence (docs: /work/shared/supabase-protocol.md, section 10;
-the server's ``presence_handler.ex`` over ``Phoenix.Presence``): per topic, a
+Supabase Realtime's presence (supabase/realtime 833cf36,
+``lib/realtime_web/channels/realtime_channel/presence_handler.ex``, over
+``Phoenix.Presence``; realtime-js's ``RealtimePresence``): per topic, a
 *key* (the member's ``presence.key``, or a UUID the relay chose) holds a list
 of *metas*, one per member that tracked under that key. Each meta is what the
 client tracked plus ``phx_ref``, unique across relays and restarts: both

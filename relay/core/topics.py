@@ -1,11 +1,11 @@
 """Who is in which topic, and who receives a broadcast, without I/O.
 
-Supabase Realtime's broadcast (docs: /work/shared/supabase-protocol.md, section 9;
-the server's ``broadcast_handler.ex``): a client joins a topic with options,
-then sends ``event`` and ``payload`` to every member of the topic, on every
-relay, itself included only with ``self``. A *member* is whatever the shell
-uses for one join of one topic (its channel object): any hashable value. The
-core never looks inside it.
+Supabase Realtime's broadcast (supabase/realtime 833cf36,
+``lib/realtime_web/channels/realtime_channel/broadcast_handler.ex``): a client
+joins a topic with options, then sends ``event`` and ``payload`` to every
+member of the topic, on every relay, itself included only with ``self``. A
+*member* is whatever the shell uses for one join of one topic (its channel
+object): any hashable value. The core never looks inside it.
 
 Presence (``relay/core/presence.py``) is kept on top of this registry: with
 presence in use, join and leave through ``Presence``, which keeps both.
