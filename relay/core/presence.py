@@ -97,7 +97,6 @@ class _Entry(Generic[M]):
     key: str
     meta: Meta  # as the clients see it
     payload: Meta | None  # as the member tracked it; None for another relay's
-    member: M | None  # None for another relay's
     node: str
 
     @property
@@ -213,41 +212,17 @@ class Presence(Generic[M]):
         topic holding ``max_metas_per_topic``; ``rate_limited`` past
         ``max_tracks`` per ``track_window``. A refused track changes nothing.
         """
-        membership = self.topics.membership(topic, member)
-        if membership is None:
-            raise ClientError(ErrorCode.NOT_JOINED, f"not joined to {topic!r}")
-        if not isinstance(payload, dict):
-            raise ClientError(ErrorCode.INVALID_MESSAGE, "a presence track payload is an object")
-        payload = {name: value for name, value in payload.items() if name not in REFS}
-        size = payload_size(payload)
-        if size > self.max_meta_bytes:
-            raise ClientError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"a presence payload is at most {self.max_meta_bytes} bytes, not {size}",
-            )
-        old = self._tracked.get((topic, member))
-        if old is not None and old.payload == payload:
+        accepted = self._admit(topic, member, payload, now)
+        if accepted is None:
             return PresenceUpdate()
-        if old is None and self.count(topic) >= self.max_metas_per_topic:
-            raise ClientError(
-                ErrorCode.TOO_MANY_PRESENCES,
-                f"{topic!r} holds {self.max_metas_per_topic} presences, the most it may",
-            )
-        bucket = self._tracks.get((topic, member))
-        if bucket is None:
-            rate = self.max_tracks / self.track_window
-            bucket = self._tracks[topic, member] = TokenBucket(rate, self.max_tracks, now)
-        if not bucket.take(now):
-            raise ClientError(
-                ErrorCode.RATE_LIMITED,
-                f"more than {self.max_tracks} presence tracks per {self.track_window:g} s",
-            )
-
+        membership = self.topics.membership(topic, member)
+        assert membership is not None  # _admit saw it
         membership.presence = True
-        meta: dict[str, Any] = {**payload, "phx_ref": self._new_ref()}
+        old = self._tracked.get((topic, member))
+        meta: dict[str, Any] = {**accepted, "phx_ref": self._new_ref()}
         if old is not None:
             meta["phx_ref_prev"] = old.ref
-        entry = _Entry(topic, membership.presence_key, meta, payload, member, self.node)
+        entry: _Entry[M] = _Entry(topic, membership.presence_key, meta, accepted, self.node)
         changes: _Changes[M] = _Changes()
         events: list[PresenceEvent] = []
         if old is not None:
@@ -345,6 +320,39 @@ class Presence(Generic[M]):
         self._next_ref += 1
         return f"{self.node}-{self._next_ref}"
 
+    def _admit(self, topic: str, member: M, payload: object, now: float) -> Meta | None:
+        """The payload to track, without the refs; None if it is tracked already.
+        ClientError if it may not be (``track``'s list)."""
+        if self.topics.membership(topic, member) is None:
+            raise ClientError(ErrorCode.NOT_JOINED, f"not joined to {topic!r}")
+        if not isinstance(payload, dict):
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "a presence track payload is an object")
+        payload = {name: value for name, value in payload.items() if name not in REFS}
+        size = payload_size(payload)
+        if size > self.max_meta_bytes:
+            raise ClientError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"a presence payload is at most {self.max_meta_bytes} bytes, not {size}",
+            )
+        old = self._tracked.get((topic, member))
+        if old is not None and old.payload == payload:
+            return None
+        if old is None and self.count(topic) >= self.max_metas_per_topic:
+            raise ClientError(
+                ErrorCode.TOO_MANY_PRESENCES,
+                f"{topic!r} holds {self.max_metas_per_topic} presences, the most it may",
+            )
+        bucket = self._tracks.get((topic, member))
+        if bucket is None:
+            rate = self.max_tracks / self.track_window
+            bucket = self._tracks[topic, member] = TokenBucket(rate, self.max_tracks, now)
+        if not bucket.take(now):
+            raise ClientError(
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.max_tracks} presence tracks per {self.track_window:g} s",
+            )
+        return payload
+
     def _leave(self, topic: str, member: M, changes: _Changes[M]) -> list[PresenceEvent]:
         self.topics.leave(topic, member)
         self._tracks.pop((topic, member), None)
@@ -359,7 +367,7 @@ class Presence(Generic[M]):
         return [PresenceLeave(topic, entry.key, entry.ref, self.node)]
 
     def _join_remote(self, event: PresenceJoin, changes: _Changes[M]) -> None:
-        entry: _Entry[M] = _Entry(event.topic, event.key, event.meta, None, None, event.node)
+        entry: _Entry[M] = _Entry(event.topic, event.key, event.meta, None, event.node)
         if entry.ref in self._refs:
             return
         self._add(entry)
