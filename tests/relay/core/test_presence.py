@@ -7,14 +7,14 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.core import peers
 from relay.core.errors import ClientError, ErrorCode
 from relay.core.peers import (
     Heartbeat,
     NodeGone,
-    PresenceEvent,
     PresenceJoin,
     PresenceLeave,
     PresenceSync,
@@ -370,16 +370,18 @@ def test_sync_replaces_a_nodes_metas() -> None:
 
 # --- Properties ----------------------------------------------------------------
 
-MEMBERS = ["m0", "m1", "m2", "m3"]
+# m*: members on relay n1, r*: on relay n2. Each relay has a watcher with presence.
+MEMBERS = ["m0", "m1", "m2", "r0", "r1"]
 operation = st.tuples(
     st.sampled_from(["join", "track", "untrack", "leave", "gone"]),
     st.sampled_from(MEMBERS),
-    st.sampled_from(["", "k0", "k1"]),  # the key of a join
+    st.sampled_from(["", "k0", "k1"]),  # the key of a join; "" joins without presence
     st.sampled_from([{}, {"v": 1}, {"v": 2}]),  # the payload of a track
 )
+Client = dict[str, list[dict[str, Any]]]
 
 
-def client_sync(state: dict[str, list[dict[str, Any]]], diff: dict[str, Any]) -> None:
+def client_sync(state: Client, diff: dict[str, Any]) -> None:
     """What realtime-js does with a presence_diff (Presence.syncDiff): joins, then leaves by ref."""
     for key, entry in diff["joins"].items():
         current = state.setdefault(key, [])
@@ -394,51 +396,61 @@ def client_sync(state: dict[str, list[dict[str, Any]]], diff: dict[str, Any]) ->
             del state[key]
 
 
-def as_client(state: object) -> dict[str, list[dict[str, Any]]]:
+def as_client(state: object) -> Client:
     """A state through JSON, as a client holds it: key -> metas."""
     decoded = orjson.loads(orjson.dumps(state))
     return {key: entry["metas"] for key, entry in decoded.items()}
 
 
+@settings(max_examples=300, deadline=None)
 @given(st.lists(operation, max_size=40))
 def test_clients_and_relays_agree(operations: list[tuple[str, str, str, dict[str, int]]]) -> None:
-    """Whatever members do, a watcher's state built from presence_state and the
-    diffs is the relay's; so is the state of a relay applying its events; and
-    every meta has its own phx_ref."""
-    one, two = make("n1"), make("n2")
-    one.join("room", "watcher", ON, 0)
-    two.join("room", "remote", ON, 0)
-    watcher = as_client(one.state("room"))
-    remote = as_client(two.state("room"))
+    """Whatever members do on two relays that pass each other their events
+    (through ``peers.encode``), a watcher on each, building its state from
+    presence_state and the diffs as realtime-js does, ends with its relay's
+    state, the same on both relays; and every meta has its own phx_ref."""
+    relays = {"n1": make("n1", max_tracks=100), "n2": make("n2", max_tracks=100)}
+    watchers: dict[str, Client] = {}
+    for node, relay in relays.items():
+        watchers[node] = as_client(relay.join("room", f"w-{node}", ON, 0).state)
     refs: set[str] = set()
 
-    def push(update: PresenceUpdate[str]) -> None:
-        for diff in update.diffs:
-            assert "watcher" in diff.recipients
-            client_sync(watcher, orjson.loads(orjson.dumps(diff.payload())))
-        events: list[PresenceEvent] = list(update.events)
-        for diff in two.apply_remote(events, 0).diffs:
-            assert diff.recipients == ["remote"]
-            client_sync(remote, orjson.loads(orjson.dumps(diff.payload())))
-        for event in events:
-            if isinstance(event, PresenceJoin):
-                assert event.meta["phx_ref"] not in refs
-                refs.add(event.meta["phx_ref"])
+    def push(node: str, update: PresenceUpdate[str]) -> None:
+        """Deliver an update of relay ``node``, and the answers it causes."""
+        queue = [(node, update)]
+        while queue:
+            node, update = queue.pop(0)
+            for diff in update.diffs:
+                assert f"w-{node}" in diff.recipients
+                client_sync(watchers[node], orjson.loads(orjson.dumps(diff.payload())))
+            for event in update.events:
+                if isinstance(event, PresenceJoin):
+                    assert event.meta["phx_ref"] not in refs
+                    refs.add(event.meta["phx_ref"])
+            if update.events:
+                other = "n2" if node == "n1" else "n1"
+                decoded = peers.decode(peers.encode(update.events))
+                events = [event for event in decoded if not isinstance(event, peers.Broadcast)]
+                assert len(events) == len(decoded)
+                queue.append((other, relays[other].apply_remote(events, 0)))
 
     for action, member, key, payload in operations:
-        joined = one.topics.membership("room", member) is not None
+        node = "n1" if member.startswith("m") else "n2"
+        relay = relays[node]
         if action == "join":
-            push(one.join("room", member, keyed(key, presence=bool(key)), 0).update)
-        elif action == "track" and joined:
-            push(one.track("room", member, payload, 0))
+            push(node, relay.join("room", member, keyed(key, presence=bool(key)), 0).update)
+        elif action == "track":
+            if relay.topics.membership("room", member) is None:  # joins first, without presence
+                push(node, relay.join("room", member, keyed(key, presence=False), 0).update)
+            push(node, relay.track("room", member, payload, 0))
         elif action == "untrack":
-            push(one.untrack("room", member))
+            push(node, relay.untrack("room", member))
         elif action == "leave":
-            push(one.leave("room", member))
+            push(node, relay.leave("room", member))
         elif action == "gone":
-            push(one.leave_all(member))
-        assert watcher == as_client(one.state("room"))
-        assert remote == as_client(two.state("room"))
-        assert as_client(two.state("room")) == as_client(one.state("room"))
-    metas = [meta for entry in one.state("room").values() for meta in entry["metas"]]
-    assert len({meta["phx_ref"] for meta in metas}) == len(metas) == one.count("room")
+            push(node, relay.leave_all(member))
+        for node, relay in relays.items():
+            assert watchers[node] == as_client(relay.state("room"))
+        assert as_client(relays["n1"].state("room")) == as_client(relays["n2"].state("room"))
+    metas = [meta for entry in relays["n1"].state("room").values() for meta in entry["metas"]]
+    assert len({meta["phx_ref"] for meta in metas}) == len(metas) == relays["n2"].count("room")
