@@ -7,7 +7,7 @@
 FROM node:20-bookworm-slim AS assets
 WORKDIR /assets
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+RUN npm ci --omit=dev --no-audit --no-fund
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src

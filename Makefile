@@ -8,6 +8,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
+SUPABASE_VENV := .venv-supabase
+SUPABASE_INSTALLED := $(SUPABASE_VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 HAPROXY ?= /usr/sbin/haproxy
 
@@ -21,9 +23,18 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-# htmx, from the npm registry (package-lock.json), served by the portal itself.
+# htmx, from the npm registry (package-lock.json), served by the portal itself; and,
+# for the tests only, the Supabase JavaScript clients (devDependencies).
 $(NODE_INSTALLED): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The Supabase Python clients the tests drive (pyproject.toml, extra supabase-clients),
+# in a venv of their own: they need websockets<16, the relay's tests run on the newest.
+$(SUPABASE_INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(SUPABASE_VENV)
+	$(PYTHON) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["supabase-clients"]))' > $(SUPABASE_VENV)/requirements.txt
+	$(SUPABASE_VENV)/bin/pip install --quiet -r $(SUPABASE_VENV)/requirements.txt
 	@touch $@
 
 # The browser tests drive Debian's chromium (playwright cannot download one
@@ -36,12 +47,12 @@ $(CHROMIUM) $(HAPROXY):
 demo: $(INSTALLED) $(NODE_INSTALLED)
 	$(BIN)/python -m portal.demo
 
-test: $(INSTALLED) $(NODE_INSTALLED) $(CHROMIUM) $(HAPROXY)
+test: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The database tests only: .ci/run runs them a second time against another
 # PostgreSQL major version, named by TEST_DATABASE_URL.
-test-db: $(INSTALLED) $(NODE_INSTALLED) $(CHROMIUM) $(HAPROXY)
+test-db: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY)
 	$(BIN)/python -m pytest -m db $(PYTEST_ARGS)
 
 # Benchmarks: `make bench` is quick (small sizes, a few minutes), `make
@@ -64,4 +75,4 @@ lint: $(INSTALLED)
 	$(BIN)/hadolint Dockerfile
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SUPABASE_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -155,7 +155,9 @@ def wait_ready(server: Server, timeout: float = 30.0) -> None:
     raise SystemExit(f"{server.name} was not ready within {timeout:g} s")
 
 
-def print_banner(url: str, source: str, running: list[Server]) -> None:
+def print_banner(
+    url: str, source: str, running: list[Server], jwt_secret: str, relay_url: str
+) -> None:
     with psycopg.connect(url) as conn:
         version = conn.execute("SHOW server_version").fetchone()
     lines = [
@@ -168,6 +170,15 @@ def print_banner(url: str, source: str, running: list[Server]) -> None:
     ]
     for server in running:
         lines.append(f"  {server.name}: {server.url}")
+    if running:
+        supabase_url, realtime_url = relay_token.supabase_urls(relay_url)
+        lines += [
+            "",
+            "  Supabase clients (docs/supabase.md): the relay speaks Supabase Realtime at",
+            f"    {realtime_url}/websocket",
+            f"    createClient('{supabase_url}', ANON_KEY), then realtime.setAuth(a user's token)",
+            f"    ANON_KEY={relay_token.anon_key(jwt_secret)}",
+        ]
     lines += [
         "",
         "  Open the portal in two browsers (or a private window), sign in as Alice in",
@@ -208,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Applying migrations to {redacted(url)} ...", flush=True)
         migrations.upgrade(url)
         demo_data.load(url)
-        running = servers(url, demo_secrets(args.data_dir.resolve()), ports)
+        secret = demo_secrets(args.data_dir.resolve())
+        running = servers(url, secret, ports)
         for server in running:
             server.process = subprocess.Popen(  # noqa: S603 - our own commands
                 server.argv,
@@ -217,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 preexec_fn=dying_with_this_process(),
             )
             wait_ready(server)
-        print_banner(url, source, running)
+        print_banner(url, source, running, secret["jwt_secret"], f"ws://127.0.0.1:{ports.relay}/")
         while True:
             for server in running:
                 assert server.process is not None

@@ -13,6 +13,7 @@ the portal.
 """
 
 import time
+import urllib.parse
 from typing import Any
 
 import jwt
@@ -80,3 +81,35 @@ def issue(
     """
     payload = claims(user_id, tenant_id, audience=audience, lifetime=lifetime, now=issued_at)
     return encode(payload, secret), payload["exp"]
+
+
+# The anon key's lifetime: as Supabase's, years. It opens a socket to the
+# relay's Supabase endpoint, never a row (the relay refuses its role for rows),
+# so it is as public as Supabase's anon key.
+ANON_KEY_LIFETIME = 10 * 365 * 24 * 3600
+
+
+def anon_key(secret: str, *, issuer: str | None = ISSUER, now: float | None = None) -> str:
+    """The project key that Supabase clients send as ``apikey``: role ``anon``,
+    no user, no audience, signed with the relay's secret."""
+    now = time.time() if now is None else now
+    payload: dict[str, Any] = {
+        "role": "anon",
+        "iat": int(now),
+        "exp": int(now + ANON_KEY_LIFETIME),
+    }
+    if issuer is not None:
+        payload["iss"] = issuer
+    return encode(payload, secret)
+
+
+def supabase_urls(relay_url: str) -> tuple[str, str]:
+    """For a relay reached at ``relay_url`` (ws:// or wss://): the URL to give
+    supabase-js's ``createClient`` (http:// or https://, no path) and the
+    realtime endpoint that supabase-js derives from it (``…/realtime/v1``)."""
+    parts = urllib.parse.urlsplit(relay_url)
+    http = "https" if parts.scheme == "wss" else "http"
+    return (
+        urllib.parse.urlunsplit((http, parts.netloc, "", "", "")),
+        urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/realtime/v1", "", "")),
+    )

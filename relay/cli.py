@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from relay import logs
-from relay.core import policy
+from relay.core import policy, topic_rules
 from relay.core.errors import ConfigError, first_line
 
 
@@ -84,6 +84,8 @@ def _check_policy(path: Path, database_url: str | None) -> int:
     print(f"{path}: {len(policies.tables)} tables, claims {', '.join(policies.claims) or 'none'}")
     for name, table_policy in sorted(policies.tables.items()):
         print(f"  {name}: visible when {table_policy.source}")
+    for rule in policies.topics.rules:
+        print(f"  {topic_rules.describe(rule)}")
     if database_url is None:
         return 0
     import psycopg

@@ -13,7 +13,9 @@ import http
 import logging
 import random
 import time
+import urllib.parse
 import weakref
+from collections.abc import Sequence
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers, MultipleValuesError
@@ -23,10 +25,10 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from relay.core import protocol
-from relay.core.errors import CloseCode, ErrorCode, Refusal
+from relay.core import phoenix, protocol
+from relay.core.errors import AuthError, CloseCode, ErrorCode, Refusal
 from relay.core.fanout import Fanout
-from relay.core.session import Session
+from relay.core.session import BaseSession
 from relay.refusals import RefusalLog
 
 logger = logging.getLogger("relay.server")
@@ -38,6 +40,7 @@ class RelayServer:
         fanout: Fanout,
         *,
         path: str = "/",
+        supabase_path: str | None = None,
         allowed_origins: tuple[str, ...] = (),
         max_send_buffer_bytes: int = 1024 * 1024,
         ping_interval: float = 20.0,
@@ -45,12 +48,13 @@ class RelayServer:
     ) -> None:
         self.fanout = fanout
         self.path = path
+        self.supabase_path = supabase_path
         self.allowed_origins = allowed_origins
         self.max_send_buffer_bytes = max_send_buffer_bytes
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self.connections: dict[Session, ServerConnection] = {}
-        self._timers: dict[Session, asyncio.TimerHandle] = {}
+        self.connections: dict[BaseSession, ServerConnection] = {}
+        self._timers: dict[BaseSession, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.server: Server | None = None
         self.refusals = RefusalLog(fanout.stats)
@@ -61,7 +65,7 @@ class RelayServer:
             self.handle,
             host,
             port,
-            subprotocols=[Subprotocol(protocol.SUBPROTOCOL)],
+            select_subprotocol=self._select_subprotocol,
             compression=None,  # per-recipient deflate would undo encode-once
             process_request=self._process_request,
             process_response=self._process_response,
@@ -81,8 +85,11 @@ class RelayServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Refuse, logged and counted, a handshake for another path, from an origin
-        not allowed, or without the relay's subprotocol; websockets checks the rest."""
-        if request.path.split("?", 1)[0] != self.path:
+        not allowed, or without the relay's subprotocol (for Supabase's endpoint:
+        without a valid project key or with an unknown ``vsn``); websockets
+        checks the rest."""
+        supabase = self._is_supabase(request)
+        if not supabase and request.path.split("?", 1)[0] != self.path:
             return self._refuse_handshake(
                 connection,
                 http.HTTPStatus.NOT_FOUND,
@@ -102,6 +109,8 @@ class RelayServer:
                 "origin",
                 f"The origin {origin} may not connect (RELAY_ALLOWED_ORIGINS)",
             )
+        if supabase:
+            return self._check_supabase(connection, request)
         try:
             offered = [
                 subprotocol
@@ -116,6 +125,48 @@ class RelayServer:
                 http.HTTPStatus.BAD_REQUEST,
                 "subprotocol",
                 f"The relay speaks the WebSocket subprotocol {protocol.SUBPROTOCOL} only",
+            )
+        return None
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        """The relay's subprotocol (offered: ``_process_request`` checked it); none
+        for Supabase's endpoint, whose clients offer none."""
+        if protocol.SUBPROTOCOL in offered and not self._is_supabase(connection.request):
+            return Subprotocol(protocol.SUBPROTOCOL)
+        return None
+
+    def _is_supabase(self, request: Request | None) -> bool:
+        return (
+            request is not None
+            and self.supabase_path is not None
+            and request.path.split("?", 1)[0] == self.supabase_path
+        )
+
+    def _check_supabase(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Supabase's endpoint (../shared/supabase-protocol.md, section 1): a known
+        ``vsn`` (missing: 1.0.0), and a valid project key as ``apikey``."""
+        vsn, key = _supabase_query(request)
+        if vsn not in phoenix.VERSIONS:
+            return self._refuse_handshake(
+                connection,
+                http.HTTPStatus.FORBIDDEN,
+                "vsn",
+                f"Unknown vsn {vsn!r}: this endpoint speaks {' and '.join(phoenix.VERSIONS)}",
+            )
+        if key is None:
+            return self._refuse_handshake(
+                connection,
+                http.HTTPStatus.UNAUTHORIZED,
+                "apikey",
+                "The apikey query parameter (the project's anon key) is missing",
+            )
+        try:
+            self.fanout.verifier.verify_key(key)
+        except AuthError as exc:
+            return self._refuse_handshake(
+                connection, http.HTTPStatus.UNAUTHORIZED, "apikey", f"The apikey: {exc.message}"
             )
         return None
 
@@ -149,7 +200,7 @@ class RelayServer:
             forwarded_for=_forwarded_for(connection),
         )
 
-    def _report(self, session: Session) -> None:
+    def _report(self, session: BaseSession) -> None:
         """Log and count what ``session`` refused since the last call."""
         connection = self.connections.get(session)
         user = session.identity.subject if session.identity is not None else None
@@ -164,7 +215,7 @@ class RelayServer:
         session.refusals.clear()
 
     async def handle(self, connection: ServerConnection) -> None:
-        session = self.fanout.open_session(time.time())
+        session = self._open(connection)
         self.connections[session] = connection
         reason = "client_closed"
         try:
@@ -200,6 +251,16 @@ class RelayServer:
             self.connections.pop(session, None)
             self.fanout.close_session(session, reason)
 
+    def _open(self, connection: ServerConnection) -> BaseSession:
+        """A session of the protocol that the handshake's path names."""
+        request = connection.request
+        now = time.time()
+        if request is not None and self._is_supabase(request):
+            vsn, key = _supabase_query(request)
+            assert key is not None  # checked at the handshake
+            return self.fanout.open_supabase_session(now, vsn, key)
+        return self.fanout.open_session(now)
+
     # --- Output ----------------------------------------------------------------
 
     def flush(self, gaps: bool = True) -> None:
@@ -225,7 +286,7 @@ class RelayServer:
                 if connection is not None:
                     connection.transport.abort()
 
-    def flush_session(self, session: Session) -> None:
+    def flush_session(self, session: BaseSession) -> None:
         if session.refusals:
             self._report(session)
         frames = session.data_to_send()
@@ -262,7 +323,7 @@ class RelayServer:
         if session.close_request is not None:
             self._close_soon(session, connection)
 
-    def _close_soon(self, session: Session, connection: ServerConnection) -> None:
+    def _close_soon(self, session: BaseSession, connection: ServerConnection) -> None:
         assert session.close_request is not None
         code, error, _ = session.close_request
         task = asyncio.get_running_loop().create_task(connection.close(code, error.value))
@@ -271,7 +332,7 @@ class RelayServer:
 
     # --- Time ------------------------------------------------------------------------
 
-    def _schedule(self, session: Session) -> None:
+    def _schedule(self, session: BaseSession) -> None:
         deadline = session.deadline()
         timer = self._timers.pop(session, None)
         if timer is not None:
@@ -283,7 +344,7 @@ class RelayServer:
             loop.time() + max(deadline - time.time(), 0.0), self._tick, session
         )
 
-    def _tick(self, session: Session) -> None:
+    def _tick(self, session: BaseSession) -> None:
         self._timers.pop(session, None)
         if session not in self.connections:
             return
@@ -314,7 +375,7 @@ class RelayServer:
             for timer in timers:
                 timer.cancel()
 
-    def _go_away(self, session: Session) -> None:
+    def _go_away(self, session: BaseSession) -> None:
         if session in self.connections and session.close_request is None:
             session.close(
                 CloseCode.GOING_AWAY,
@@ -330,6 +391,19 @@ class RelayServer:
                 self._go_away(session)
             self.server.close(close_connections=True)
             await self.server.wait_closed()
+
+
+def _supabase_query(request: Request) -> tuple[str, str | None]:
+    """``vsn`` (missing: 1.0.0) and ``apikey`` of a handshake to Supabase's endpoint;
+    the key from the query, or an ``apikey`` header as Supabase also reads."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+    vsn = query.get("vsn", [phoenix.VSN_1])[-1]
+    keys = query.get("apikey")
+    try:
+        key = keys[-1] if keys else request.headers.get("apikey")
+    except MultipleValuesError:
+        key = None
+    return vsn, key or None
 
 
 def _address(connection: ServerConnection) -> str | None:

@@ -84,6 +84,7 @@ class Relay:
         self.server = RelayServer(
             self.fanout,
             path=settings.path,
+            supabase_path=settings.supabase_path,
             allowed_origins=settings.allowed_origins,
             max_send_buffer_bytes=settings.max_send_buffer_bytes,
             ping_interval=settings.ping_interval,

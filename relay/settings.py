@@ -38,6 +38,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8765
     path: str = "/"
+    # Supabase Realtime's protocol, for supabase-js and the other official
+    # clients (relay.core.supabase); empty: not served.
+    supabase_path: str | None = "/realtime/v1/websocket"
     ops_host: str = "127.0.0.1"
     ops_port: int = 8766
     allowed_origins: tuple[str, ...] = ()
@@ -129,6 +132,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         host=read.text_or("RELAY_HOST", Settings.host),
         port=read.integer("RELAY_PORT", Settings.port),
         path=read.text_or("RELAY_PATH", Settings.path),
+        supabase_path=(
+            read.text("RELAY_SUPABASE_PATH")
+            if "RELAY_SUPABASE_PATH" in read.env
+            else Settings.supabase_path
+        ),
         ops_host=read.text_or("RELAY_OPS_HOST", Settings.ops_host),
         ops_port=read.integer("RELAY_OPS_PORT", Settings.ops_port),
         allowed_origins=_origins(read.listing("RELAY_ALLOWED_ORIGINS")),
@@ -252,4 +260,8 @@ def _limits(read: _Environment, max_send_buffer_bytes: int) -> Limits:
         token_expiry_warning=read.number(
             "RELAY_TOKEN_EXPIRY_WARNING_S", default.token_expiry_warning
         ),
+        max_channels_per_connection=read.integer(
+            "RELAY_MAX_CHANNELS_PER_CONNECTION", default.max_channels_per_connection, 1
+        ),
+        join_error_delay=read.number("RELAY_JOIN_ERROR_DELAY_S", default.join_error_delay, 0),
     )

@@ -16,6 +16,15 @@ from portal.views.rendering import Views
 
 
 class RealtimeViews(Views):
+    @property
+    def _supabase(self) -> dict[str, str]:
+        url, realtime_url = relay_token.supabase_urls(self.settings.relay_url)
+        return {
+            "url": url,
+            "realtime_url": realtime_url,
+            "anon_key": relay_token.anon_key(self.settings.relay_jwt_secret),
+        }
+
     # The session is held while it is checked, and the token is issued at the
     # check's start (its iat): a move, deactivation or sign-out committing
     # meanwhile either is seen (401) or revokes this token (auth.live_user).
@@ -37,6 +46,9 @@ class RealtimeViews(Views):
                 "expires_at": expires_at,
                 "user_id": user.user_id,
                 "tenant_id": user.tenant_id,
+                # For supabase-js: createClient(supabase.url, supabase.anon_key),
+                # then setAuth(token) (docs/supabase.md).
+                "supabase": self._supabase,
             },
             headers={"Cache-Control": "no-store"},
         )

@@ -9,7 +9,7 @@ from collections import Counter
 
 from relay.core.errors import CloseCode, ErrorCode
 from relay.core.limits import Limits
-from relay.core.session import CloseRequest, Session
+from relay.core.session import BaseSession, CloseRequest
 from relay.core.stats import Stats
 from relay.core.tokens import Identity
 from relay.core.types import ConnectionId, UserId
@@ -19,10 +19,10 @@ class Connections:
     def __init__(self, limits: Limits, stats: Stats) -> None:
         self.limits = limits
         self.stats = stats
-        self.sessions: dict[ConnectionId, Session] = {}
-        self._users: dict[Session, UserId] = {}  # the authenticated ones, and their user
+        self.sessions: dict[ConnectionId, BaseSession] = {}
+        self._users: dict[BaseSession, UserId] = {}  # the authenticated ones, and their user
         self._per_user: Counter[UserId] = Counter()
-        self._counted: set[Session] = set()  # ended and counted, not yet forgotten
+        self._counted: set[BaseSession] = set()  # ended and counted, not yet forgotten
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -34,13 +34,13 @@ class Connections:
     def of_user(self, subject: UserId) -> int:
         return self._per_user.get(subject, 0)
 
-    def sessions_of(self, subject: UserId) -> list[Session]:
+    def sessions_of(self, subject: UserId) -> list[BaseSession]:
         """The authenticated sessions of this user."""
         if subject not in self._per_user:
             return []
         return [session for session, user in self._users.items() if user == subject]
 
-    def add(self, session: Session) -> CloseRequest | None:
+    def add(self, session: BaseSession) -> CloseRequest | None:
         """Hold a new connection's session; or why it may not connect (the relay is full).
 
         Connections not yet authenticated have their own, smaller allowance:
@@ -55,7 +55,7 @@ class Connections:
         self.sessions[session.id] = session
         return None
 
-    def admit(self, session: Session, identity: Identity) -> CloseRequest | None:
+    def admit(self, session: BaseSession, identity: Identity) -> CloseRequest | None:
         """Count ``session`` as authenticated for ``identity``; or why it may not be."""
         assert session not in self._users
         limits = self.limits
@@ -75,7 +75,7 @@ class Connections:
         self._per_user[identity.subject] += 1
         return None
 
-    def release(self, session: Session) -> None:
+    def release(self, session: BaseSession) -> None:
         """``session`` no longer counts against its user's connections."""
         subject = self._users.pop(session, None)
         if subject is not None:
@@ -83,14 +83,14 @@ class Connections:
             if self._per_user[subject] <= 0:
                 del self._per_user[subject]
 
-    def count_end(self, session: Session, reason: str) -> None:
+    def count_end(self, session: BaseSession, reason: str) -> None:
         """Count how ``session`` ended, once: when the relay ends it (a slow
         consumer may take its close timeout to go), or when its socket is gone."""
         if session not in self._counted:
             self._counted.add(session)
             self.stats.disconnects[reason] += 1
 
-    def forget(self, session: Session) -> None:
+    def forget(self, session: BaseSession) -> None:
         """The connection is gone."""
         self.release(session)
         self.sessions.pop(session.id, None)

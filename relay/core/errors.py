@@ -40,7 +40,9 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_FILTER = "unsupported_filter"  # valid, but not decidable as PostgreSQL would
     INVALID_POSITION = "invalid_position"
     UNKNOWN_SUBSCRIPTION = "unknown_subscription"
-    # Topics: broadcast and presence (relay/core/topics.py, relay/core/presence.py)
+    # Topics (broadcast, presence): relay/core/topic_rules.py, topics.py, presence.py
+    TOPIC_NOT_ALLOWED = "topic_not_allowed"  # no rule, or the user does not meet it: denied
+    TOPIC_PRIVATE_ONLY = "topic_private_only"  # its rule admits private joins only
     INVALID_TOPIC = "invalid_topic"  # empty, or longer than the limit
     NOT_JOINED = "not_joined"  # a broadcast or a track on a topic the client has not joined
     PAYLOAD_TOO_LARGE = "payload_too_large"  # a broadcast's payload or a presence meta

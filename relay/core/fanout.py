@@ -21,6 +21,7 @@ where a re-fetch made then is complete (``take_dirty``).
 """
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from relay.core import protocol
 from relay.core.changes import Change, LoggedChange, TableReset
@@ -34,15 +35,18 @@ from relay.core.positions import Position, Stream
 from relay.core.replays import Replay
 from relay.core.resume import ResumeTokens
 from relay.core.revocations import Revocation, Revocations
-from relay.core.session import CloseRequest, Session
+from relay.core.session import BaseSession, CloseRequest, Session
 from relay.core.stats import Stats
 from relay.core.subscription import (
+    RELAY_WIRE,
     Subscription,
     Variant,
     Visibility,
+    Wire,
     encode_body,
     from_request,
 )
+from relay.core.supabase import SupabaseSession
 from relay.core.tables import Table
 from relay.core.tokens import Identity, TokenVerifier
 from relay.core.types import ConnectionId, SubscriptionId
@@ -76,7 +80,7 @@ class Fanout:
         self.replays: dict[Subscription, Replay] = {}
         self._replay_requests: list[Replay] = []  # for the shell: from the log
         self._gaps: dict[ConnectionId, dict[SubscriptionId, str]] = {}  # of this batch
-        self._dirty: dict[Session, None] = {}
+        self._dirty: dict[BaseSession, None] = {}
         self._next_connection = 1
 
     def begin(self, log_id: str, head: Position) -> None:
@@ -91,15 +95,28 @@ class Fanout:
 
     def open_session(self, now: float) -> Session:
         """A session for a new connection; closed at once when the relay is full."""
+        session = Session(self, self._connection_id(), now)
+        self._hold_session(session)
+        return session
+
+    def open_supabase_session(self, now: float, vsn: str, key: str) -> SupabaseSession:
+        """A session of Supabase's protocol (``relay.core.supabase``), for a socket
+        opened with the project key ``key`` (verified at the handshake)."""
+        session = SupabaseSession(self, self._connection_id(), now, vsn, key)
+        self._hold_session(session)
+        return session
+
+    def _connection_id(self) -> ConnectionId:
         connection_id = ConnectionId(f"{self.stream.log_id}-{self._next_connection}")
         self._next_connection += 1
-        session = Session(self, connection_id, now)
+        return connection_id
+
+    def _hold_session(self, session: BaseSession) -> None:
         refusal = self.connections.add(session)
         if refusal is not None:
             session.reject(refusal)
-        return session
 
-    def close_session(self, session: Session, reason: str) -> None:
+    def close_session(self, session: BaseSession, reason: str) -> None:
         """The connection is gone: forget the session.
 
         ``reason`` says why, for the metrics, unless the relay ended it itself.
@@ -108,7 +125,7 @@ class Fanout:
         self.connections.count_end(session, reason)
         self.connections.forget(session)
 
-    def take_dirty(self, gaps: bool = True) -> list[Session]:
+    def take_dirty(self, gaps: bool = True) -> list[BaseSession]:
         """The sessions with frames to send since the last call; the batch's gaps
         first, unless ``gaps`` is false (the batch goes on: they wait for its end)."""
         if gaps and self._gaps:
@@ -117,7 +134,7 @@ class Fanout:
         self._dirty.clear()
         return dirty
 
-    def _mark(self, session: Session) -> None:
+    def _mark(self, session: BaseSession) -> None:
         if session.has_data():
             self._dirty[session] = None
 
@@ -129,10 +146,13 @@ class Fanout:
     def revoked(self, identity: Identity) -> bool:
         return self.revocations.covers(identity)
 
-    def admit(self, session: Session, identity: Identity) -> CloseRequest | None:
+    def admit(self, session: BaseSession, identity: Identity) -> CloseRequest | None:
         return self.connections.admit(session, identity)
 
-    def detach(self, session: Session) -> None:
+    def release(self, session: BaseSession) -> None:
+        self.connections.release(session)
+
+    def detach(self, session: BaseSession) -> None:
         for dropped in session.forget_all():
             self.unsubscribe(dropped)
         if session.close_request is not None:
@@ -143,7 +163,7 @@ class Fanout:
 
     def subscribe(
         self,
-        session: Session,
+        session: BaseSession,
         subscription_id: SubscriptionId,
         request: protocol.Subscribe,
         now: float,
@@ -176,6 +196,43 @@ class Fanout:
         )
         return new, [ack, *after_ack]
 
+    def file(
+        self,
+        session: BaseSession,
+        subscription_id: SubscriptionId,
+        request: protocol.Subscribe,
+        wire: Wire,
+        id_json: bytes,
+    ) -> Subscription:
+        identity = session.identity
+        assert identity is not None
+        new = from_request(
+            request,
+            subscription_id,
+            session.id,
+            self.tables,
+            self.policies,
+            self.broken_policies,
+            wire=wire,
+            id_json=id_json,
+        )
+        self.index.add(new, new.bounds(identity))
+        new.covered_from = self.stream.head
+        return new
+
+    def published_events(self, table: str) -> frozenset[str]:
+        found = self.tables.get(table)
+        return found.events if found is not None else frozenset()
+
+    def subscribable(self, schema: str) -> list[str]:
+        return sorted(
+            name
+            for name in self.tables
+            if name.partition(".")[0] == schema
+            and name in self.policies.tables
+            and name not in self.broken_policies
+        )
+
     def _refusal(
         self, identity: Identity, request: protocol.Subscribe, since: Position
     ) -> str | None:
@@ -185,7 +242,7 @@ class Fanout:
         self.index.remove(subscription)
         self.replays.pop(subscription, None)
 
-    def refresh(self, session: Session, claims_changed: bool, now: float) -> dict[str, str]:
+    def refresh(self, session: BaseSession, claims_changed: bool, now: float) -> dict[str, str]:
         identity = session.identity
         assert identity is not None
         if claims_changed:
@@ -197,7 +254,7 @@ class Fanout:
             if ids:
                 reason = "claims_changed"
                 self.stats.gaps[reason] += 1
-                session.send(protocol.gap(ids, reason, self.stream.text()))
+                session.send_gap(ids, reason, self.stream.text())
         tokens: dict[str, str] = {}
         for filed in session.subscriptions.values():
             assert filed.covered_from is not None
@@ -354,11 +411,11 @@ class Fanout:
             self._gap(None, "policy_changed", changed)
         return found
 
-    def _end(self, session: Session, filed: Subscription, reason: str) -> None:
+    def _end(self, session: BaseSession, filed: Subscription, reason: str) -> None:
         """End a subscription on the relay's side: its client hears why."""
         session.forget(filed.id)
         self.unsubscribe(filed)
-        session.send(protocol.unsubscribed(None, filed.id, reason))
+        session.send_ended(filed.id, reason)
         self._mark(session)
 
     # --- The stream ------------------------------------------------------------------
@@ -408,7 +465,7 @@ class Fanout:
         self.revocations.load(revocations)
         self._close_revoked(list(self.connections.sessions.values()))
 
-    def _close_revoked(self, sessions: Iterable[Session]) -> int:
+    def _close_revoked(self, sessions: Iterable[BaseSession]) -> int:
         closed = 0
         for session in sessions:
             if session.identity is not None and self.revocations.covers(session.identity):
@@ -459,12 +516,12 @@ class Fanout:
             session = sessions.get(connection)
             if session is None:
                 continue
-            by_reason: dict[str, list[str]] = {}
+            by_reason: dict[str, list[SubscriptionId]] = {}
             for subscription_id, reason in by_subscription.items():
                 by_reason.setdefault(reason, []).append(subscription_id)
             for reason, ids in by_reason.items():
                 self.stats.gaps[reason] += 1
-                session.send(protocol.gap(sorted(ids), reason, position))
+                session.send_gap(sorted(ids), reason, position)
             self._mark(session)
         self._gaps.clear()
 
@@ -476,7 +533,7 @@ class Fanout:
         replays = self.replays
         # Most sessions match a change with one subscription: keep that case
         # to one tuple and a precomputed prefix; group only when there are more.
-        matched: dict[Session, list[tuple[Subscription, Variant]]] = {}
+        matched: dict[BaseSession, list[tuple[Subscription, Variant]]] = {}
         for candidate in subscriptions:
             session = sessions[candidate.connection]
             identity = session.identity
@@ -493,7 +550,7 @@ class Fanout:
         text = self.stream.text(position)
         table = self.tables[change.table]
         max_bytes = self.limits.max_change_bytes
-        bodies: dict[Variant, bytes] = {}
+        bodies: dict[Any, bytes] = {}  # by variant; by (kind, variant) for other wires
         sent = 0
         dirty = self._dirty
         for session, hits in matched.items():
@@ -501,22 +558,23 @@ class Fanout:
                 hits = self._hold(hits, change, position, text, bodies)
             if len(hits) == 1:
                 candidate, variant = hits[0]
-                body = bodies.get(variant)
+                wire = candidate.wire
+                key: Any = variant if wire is RELAY_WIRE else (wire.kind, variant)
+                body = bodies.get(key)
                 if body is None:
-                    body = bodies[variant] = encode_body(change, text, variant, table, max_bytes)
+                    body = bodies[key] = wire.body(change, text, variant, table, max_bytes)
                 session.send_change(candidate.prefix + body)
                 sent += 1
             elif hits:
-                by_variant: dict[Variant, list[bytes]] = {}
+                by_variant: dict[tuple[Wire, Variant], list[bytes]] = {}
                 for candidate, variant in hits:
-                    by_variant.setdefault(variant, []).append(candidate.id_json)
-                for variant, ids in by_variant.items():
-                    body = bodies.get(variant)
+                    by_variant.setdefault((candidate.wire, variant), []).append(candidate.id_json)
+                for (wire, variant), ids in by_variant.items():
+                    key = variant if wire is RELAY_WIRE else (wire.kind, variant)
+                    body = bodies.get(key)
                     if body is None:
-                        body = bodies[variant] = encode_body(
-                            change, text, variant, table, max_bytes
-                        )
-                    session.send_change(protocol.change_prefix(ids) + body)
+                        body = bodies[key] = wire.body(change, text, variant, table, max_bytes)
+                    session.send_change(wire.prefix(ids) + body)
                     sent += 1
             dirty[session] = None
         self.stats.messages_out += sent
@@ -527,7 +585,7 @@ class Fanout:
         change: Change,
         position: Position,
         text: str,
-        bodies: dict[Variant, bytes],
+        bodies: dict[Any, bytes],
     ) -> list[tuple[Subscription, Variant]]:
         """Hold the frames of subscriptions being replayed; the others, to send now."""
         live = []

@@ -21,6 +21,9 @@ A table without a policy cannot be subscribed to (deny by default). There is no
 (default ``["service_role"]``) see every row of every table that has a policy,
 as Supabase's service_role does; tokens of any other role (``anon``...), or of
 none, are refused.
+
+The ``[topics]`` section, who may join which broadcast and presence topic, is
+parsed and decided by ``relay.core.topic_rules``.
 """
 
 import re
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.core import expressions
+from relay.core import expressions, topic_rules
 from relay.core.errors import ConfigError
 from relay.core.expressions import (
     ClaimBound,
@@ -42,6 +45,7 @@ from relay.core.expressions import (
     ParentRef,
 )
 from relay.core.tables import STRING, Table, qualified
+from relay.core.topic_rules import TopicRules
 
 # Column categories that JSON renders as strings and that compare as text:
 # string, user-defined (uuid), enum.
@@ -72,6 +76,8 @@ class PolicySet:
     bypass_roles: frozenset[str] = field(default_factory=lambda: frozenset({"service_role"}))
     # The roles whose tokens the policies apply to; any other role is refused.
     policy_roles: frozenset[str] = field(default_factory=lambda: frozenset({"authenticated"}))
+    # Who may join which topic (broadcast, presence): relay.core.topic_rules.
+    topics: TopicRules = field(default_factory=TopicRules)
 
 
 @dataclass(frozen=True)
@@ -190,7 +196,7 @@ def load(path: Path) -> PolicySet:
 
 
 def from_dict(data: Mapping[str, Any]) -> PolicySet:
-    unknown = set(data) - {"version", "claims", "roles", "tables"}
+    unknown = set(data) - {"version", "claims", "roles", "tables", "topics"}
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
     if data.get("version") != 1:
@@ -247,7 +253,12 @@ def from_dict(data: Mapping[str, Any]) -> PolicySet:
             expressions.compile_expr(expr),
             expressions.claim_bounds(expr),
         )
-    return PolicySet(claims, tables, frozenset(bypass), frozenset(policy_roles))
+    topics = topic_rules.parse(
+        _table(data, "topics"),
+        {name: spec.path for name, spec in claims.items()},
+        frozenset(policy_roles),
+    )
+    return PolicySet(claims, tables, frozenset(bypass), frozenset(policy_roles), topics)
 
 
 def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:

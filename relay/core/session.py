@@ -21,7 +21,7 @@ from typing import Protocol
 from relay.core import protocol
 from relay.core.errors import AuthError, ClientError, CloseCode, ErrorCode, Refusal
 from relay.core.limits import Limits
-from relay.core.subscription import Subscription
+from relay.core.subscription import Subscription, Wire
 from relay.core.tokens import Identity, TokenVerifier
 from relay.core.types import ConnectionId, SubscriptionId
 
@@ -51,13 +51,13 @@ class Hub(Protocol):
         """Whether this identity's token has been revoked (relay.revoke)."""
         ...
 
-    def admit(self, session: "Session", identity: Identity) -> CloseRequest | None:
+    def admit(self, session: "BaseSession", identity: Identity) -> CloseRequest | None:
         """Count ``session`` as authenticated for ``identity``; or why it may not be."""
         ...
 
     def subscribe(
         self,
-        session: "Session",
+        session: "BaseSession",
         subscription_id: SubscriptionId,
         request: protocol.Subscribe,
         now: float,
@@ -67,21 +67,52 @@ class Hub(Protocol):
         log follows). ``ClientError`` if refused."""
         ...
 
+    def file(
+        self,
+        session: "BaseSession",
+        subscription_id: SubscriptionId,
+        request: protocol.Subscribe,
+        wire: Wire,
+        id_json: bytes,
+    ) -> Subscription:
+        """A subscription of another protocol than the relay's, filed (live) from
+        now on, without resume or ack frames. ``ClientError`` if refused."""
+        ...
+
+    def published_events(self, table: str) -> frozenset[str]:
+        """The events ``table`` publishes; empty if it is not published."""
+        ...
+
+    def subscribable(self, schema: str) -> list[str]:
+        """The published tables of ``schema`` that have a policy, by name."""
+        ...
+
     def unsubscribe(self, subscription: Subscription) -> None:
         """Unfile ``subscription``: it receives nothing more."""
         ...
 
-    def refresh(self, session: "Session", claims_changed: bool, now: float) -> dict[str, str]:
+    def refresh(self, session: "BaseSession", claims_changed: bool, now: float) -> dict[str, str]:
         """``session`` has a new token: new resume tokens for its subscriptions, by id.
         With new claims, its subscriptions are refiled and it is told gap."""
         ...
 
-    def detach(self, session: "Session") -> None:
+    def release(self, session: "BaseSession") -> None:
+        """``session`` no longer counts against its user's connections (signed out)."""
+        ...
+
+    def detach(self, session: "BaseSession") -> None:
         """``session`` is closing: it receives nothing more and frees its user's slot."""
         ...
 
 
-class Session:
+class BaseSession:
+    """What every session has, whatever its wire protocol: an identity, its
+    subscriptions, its outbox and its end. The fan-out speaks to sessions
+    through this class only; each protocol says how its frames look
+    (``send_gap``, ``send_ended``, ``closing_frame``) and reads its own
+    frames (``receive``), in a subclass: ``Session`` (the relay's own
+    protocol), ``relay.core.supabase.SupabaseSession`` (Supabase's)."""
+
     def __init__(self, hub: Hub, connection_id: ConnectionId, now: float) -> None:
         self.hub = hub
         self.limits = hub.limits
@@ -92,9 +123,6 @@ class Session:
         self.refusals: list[Refusal] = []  # for the shell to log and count, then clear
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0  # of change frames in the outbox
-        self._auth_deadline = now + self.limits.auth_timeout
-        self._expiry_warned = False
-        self._next_subscription = 1
         rate = self.limits.max_messages_per_second
         self._bucket_capacity = max(rate, 1.0)
         self._bucket = self._bucket_capacity
@@ -125,6 +153,112 @@ class Session:
 
     def has_data(self) -> bool:
         return bool(self._outbox)
+
+    def send_gap(self, ids: list[SubscriptionId], reason: str, position: str) -> None:
+        """Tell the client that changes of these subscriptions may be missing."""
+        raise NotImplementedError
+
+    def send_ended(self, subscription_id: SubscriptionId, reason: str) -> None:
+        """Tell the client that the relay ended this subscription (already forgotten)."""
+        raise NotImplementedError
+
+    def closing_frame(self, code: CloseCode, reason: ErrorCode, message: str) -> bytes | None:
+        """The last frame before the relay closes the connection, if any."""
+        raise NotImplementedError
+
+    # --- Input -----------------------------------------------------------------
+
+    def receive(self, data: str | bytes, now: float) -> None:
+        """Handle one frame from the client."""
+        raise NotImplementedError
+
+    def tick(self, now: float) -> None:
+        """Apply the time (timeouts, token expiry)."""
+        raise NotImplementedError
+
+    def deadline(self) -> float | None:
+        """When ``tick`` next has something to do; None: never (closing)."""
+        raise NotImplementedError
+
+    # --- Ending --------------------------------------------------------------------
+
+    def close(self, code: CloseCode, reason: ErrorCode, message: str) -> None:
+        """End the session: tell the client why, then the shell closes with ``code``."""
+        if self.close_request is not None:
+            return
+        self.close_request = (code, reason, message)
+        frame = self.closing_frame(code, reason, message)
+        if frame is not None:
+            self._outbox.append(frame)  # the last frame
+        self.hub.detach(self)
+
+    def drop_slow(self) -> None:
+        """The client cannot keep up: drop what waits for it, and close with 4008."""
+        self.data_to_send()
+        self._note("close", ErrorCode.SLOW_CONSUMER, "its unsent frames passed the limit")
+        self.close(
+            CloseCode.SLOW_CONSUMER,
+            ErrorCode.SLOW_CONSUMER,
+            "the connection does not read its messages fast enough",
+        )
+
+    def reject(self, refusal: CloseRequest) -> None:
+        """Refused at once, before a frame (the relay is full)."""
+        self._note("connection", refusal[1], refusal[2])
+        self.close(*refusal)
+
+    def revoke(self) -> None:
+        """Its token was revoked (relay.revoke): close with 4010."""
+        message = "the token was revoked; reconnect with a newer one"
+        self._note("close", ErrorCode.TOKEN_REVOKED, message)
+        self.close(CloseCode.TOKEN_REVOKED, ErrorCode.TOKEN_REVOKED, message)
+
+    def forget(self, subscription_id: SubscriptionId) -> Subscription | None:
+        """Drop a subscription from this session (the hub has unfiled it, or will)."""
+        return self.subscriptions.pop(subscription_id, None)
+
+    def forget_all(self) -> list[Subscription]:
+        """Drop every subscription; the ones dropped."""
+        dropped = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        return dropped
+
+    # --- Helpers -----------------------------------------------------------------
+
+    def _note(self, stage: str, reason: str, message: str) -> None:
+        """A refusal, for the operator (the client hears of it in its own frames)."""
+        self.refusals.append(Refusal(stage, str(reason), message))
+
+    def _take_token(self, now: float) -> bool:
+        rate = self.limits.max_messages_per_second
+        if math.isinf(rate):
+            return True
+        elapsed = max(now - self._bucket_time, 0.0)
+        self._bucket = min(self._bucket_capacity, self._bucket + elapsed * rate)
+        self._bucket_time = now
+        if self._bucket < 1.0:
+            return False
+        self._bucket -= 1.0
+        return True
+
+
+class Session(BaseSession):
+    """A connection of the relay's own protocol (docs/protocol.md)."""
+
+    def __init__(self, hub: Hub, connection_id: ConnectionId, now: float) -> None:
+        super().__init__(hub, connection_id, now)
+        self._auth_deadline = now + self.limits.auth_timeout
+        self._expiry_warned = False
+        self._next_subscription = 1
+
+    def send_gap(self, ids: list[SubscriptionId], reason: str, position: str) -> None:
+        self.send(protocol.gap(ids, reason, position))
+
+    def send_ended(self, subscription_id: SubscriptionId, reason: str) -> None:
+        self.send(protocol.unsubscribed(None, subscription_id, reason))
+
+    def closing_frame(self, code: CloseCode, reason: ErrorCode, message: str) -> bytes | None:
+        return protocol.closing(code, reason, message)
 
     # --- Input -----------------------------------------------------------------
 
@@ -224,47 +358,6 @@ class Session:
         if self._expiry_warned:
             return expires_at
         return min(expires_at, expires_at - self.limits.token_expiry_warning)
-
-    # --- Ending --------------------------------------------------------------------
-
-    def close(self, code: CloseCode, reason: ErrorCode, message: str) -> None:
-        """End the session: tell the client why, then the shell closes with ``code``."""
-        if self.close_request is not None:
-            return
-        self.close_request = (code, reason, message)
-        self._outbox.append(protocol.closing(code, reason, message))  # the last frame
-        self.hub.detach(self)
-
-    def drop_slow(self) -> None:
-        """The client cannot keep up: drop what waits for it, and close with 4008."""
-        self.data_to_send()
-        self._note("close", ErrorCode.SLOW_CONSUMER, "its unsent frames passed the limit")
-        self.close(
-            CloseCode.SLOW_CONSUMER,
-            ErrorCode.SLOW_CONSUMER,
-            "the connection does not read its messages fast enough",
-        )
-
-    def reject(self, refusal: CloseRequest) -> None:
-        """Refused at once, before a frame (the relay is full)."""
-        self._note("connection", refusal[1], refusal[2])
-        self.close(*refusal)
-
-    def revoke(self) -> None:
-        """Its token was revoked (relay.revoke): close with 4010."""
-        message = "the token was revoked; reconnect with a newer one"
-        self._note("close", ErrorCode.TOKEN_REVOKED, message)
-        self.close(CloseCode.TOKEN_REVOKED, ErrorCode.TOKEN_REVOKED, message)
-
-    def forget(self, subscription_id: SubscriptionId) -> Subscription | None:
-        """Drop a subscription from this session (the hub has unfiled it, or will)."""
-        return self.subscriptions.pop(subscription_id, None)
-
-    def forget_all(self) -> list[Subscription]:
-        """Drop every subscription; the ones dropped."""
-        dropped = list(self.subscriptions.values())
-        self.subscriptions.clear()
-        return dropped
 
     # --- Requests ------------------------------------------------------------
 
@@ -366,10 +459,6 @@ class Session:
 
     # --- Refusals ------------------------------------------------------------
 
-    def _note(self, stage: str, reason: str, message: str) -> None:
-        """A refusal, for the operator (the client hears of it in its own frames)."""
-        self.refusals.append(Refusal(stage, str(reason), message))
-
     def _refuse(self, ref: protocol.Ref, code: ErrorCode, message: str) -> None:
         """An error for one frame; before auth, it ends the session."""
         if self.identity is None:
@@ -383,15 +472,3 @@ class Session:
         """An error for the frame (``ref``), then the reason, then the close."""
         self.send(protocol.error(ref, code, message))
         self.close(close_code, code, message)
-
-    def _take_token(self, now: float) -> bool:
-        rate = self.limits.max_messages_per_second
-        if math.isinf(rate):
-            return True
-        elapsed = max(now - self._bucket_time, 0.0)
-        self._bucket = min(self._bucket_capacity, self._bucket + elapsed * rate)
-        self._bucket_time = now
-        if self._bucket < 1.0:
-            return False
-        self._bucket -= 1.0
-        return True

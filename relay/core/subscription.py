@@ -6,9 +6,9 @@ change, ``receives`` decides what its subscriber sees of it, as a ``Variant``;
 ``encode_body`` encodes a variant once, for every recipient that shares it.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -31,6 +31,41 @@ Variant = tuple[str, bool, bool, tuple[str, ...] | None]
 Visibility = dict[Any, tuple[bool, bool]]
 
 
+class Wire(Protocol):
+    """How change frames look on a subscriber's protocol: a prefix per recipient
+    (its subscription ids) joined to a body encoded once per change, variant and
+    ``kind``, for every recipient that shares them."""
+
+    kind: str
+
+    def prefix(self, ids: Sequence[bytes]) -> bytes:
+        """A change frame's start, for one recipient: its subscription ids, as JSON."""
+        ...
+
+    def body(
+        self, change: Change, position: str, variant: Variant, table: Table, max_change_bytes: int
+    ) -> bytes:
+        """The rest of the frame, the same for every recipient of this kind and variant."""
+        ...
+
+
+class RelayWire:
+    """The relay's own protocol (docs/protocol.md): ``change`` frames."""
+
+    kind = "relay"
+
+    def prefix(self, ids: Sequence[bytes]) -> bytes:
+        return protocol.change_prefix(ids)
+
+    def body(
+        self, change: Change, position: str, variant: Variant, table: Table, max_change_bytes: int
+    ) -> bytes:
+        return encode_body(change, position, variant, table, max_change_bytes)
+
+
+RELAY_WIRE: Wire = RelayWire()
+
+
 @dataclass(eq=False, slots=True)
 class Subscription:
     id: SubscriptionId
@@ -43,12 +78,15 @@ class Subscription:
     # From where its subscriber has received every change (its resume tokens
     # say so); set by the fan-out at the ack, and again when the claims change.
     covered_from: Position | None = None
-    id_json: bytes = field(init=False)  # the id as a JSON string, for change frames
+    wire: Wire = RELAY_WIRE
+    # The id as its change frames carry it (JSON); by default the id as a string.
+    id_json: bytes = b""
     prefix: bytes = field(init=False)  # a change frame's start, when this is its only subscription
 
     def __post_init__(self) -> None:
-        self.id_json = orjson.dumps(self.id)
-        self.prefix = protocol.change_prefix([self.id_json])
+        if not self.id_json:
+            self.id_json = orjson.dumps(self.id)
+        self.prefix = self.wire.prefix([self.id_json])
 
     def bounds(self, identity: Identity) -> list[Bound] | None:
         """Where the index files this subscription for this subscriber; None: unbounded."""
@@ -100,8 +138,12 @@ def from_request(
     tables: Mapping[str, Table],
     policies: PolicySet,
     broken_policies: set[str],
+    *,
+    wire: Wire = RELAY_WIRE,
+    id_json: bytes = b"",
 ) -> Subscription:
-    """The subscription ``request`` asks for; ``ClientError`` saying why it may not have it."""
+    """The subscription ``request`` asks for; ``ClientError`` saying why it may not have it.
+    ``wire`` and ``id_json``: how its change frames look, for another protocol than ours."""
     name = qualified(request.table)
     table = tables.get(name)
     if table is None:
@@ -132,6 +174,8 @@ def from_request(
         events=request.events,
         select=_select(request.select, table),
         filter=_filter(request.filter, table),
+        wire=wire,
+        id_json=id_json,
     )
 
 

@@ -93,6 +93,19 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Identity:
         """The identity of a valid token; ``AuthError`` with a plain reason otherwise."""
+        return self._identity(self._decode(token, ["exp", "sub"], self.audience))
+
+    def verify_key(self, token: str) -> Mapping[str, Any]:
+        """The claims of a valid project key (Supabase's ``apikey``: the anon or
+        service key, a JWT signed like the users' tokens, with a role and an
+        expiry but no user and, usually, no audience); ``AuthError`` otherwise.
+        It opens a socket, never a row: each channel still needs a user's token."""
+        payload = self._decode(token, ["exp"], None)
+        if not isinstance(payload.get("role"), str):
+            raise AuthError(ErrorCode.INVALID_TOKEN, "the key has no 'role' claim", "role")
+        return payload
+
+    def _decode(self, token: str, required: list[str], audience: str | None) -> dict[str, Any]:
         if not isinstance(token, str) or not token:
             raise AuthError(ErrorCode.INVALID_TOKEN, "the token is missing", "malformed")
         try:
@@ -116,12 +129,12 @@ class TokenVerifier:
                 token,
                 key,
                 algorithms=[alg],
-                audience=self.audience,
+                audience=audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
                 options={
-                    "require": ["exp", "sub"],
-                    "verify_aud": self.audience is not None,
+                    "require": required,
+                    "verify_aud": audience is not None,
                     "verify_iss": self.issuer is not None,
                 },
             )
@@ -149,7 +162,7 @@ class TokenVerifier:
             ) from None
         except jwt.PyJWTError:
             raise AuthError(ErrorCode.INVALID_TOKEN, "the token is invalid", "invalid") from None
-        return self._identity(payload)
+        return payload
 
     def _jwk(self, kid: Any, alg: str) -> jwt.PyJWK:
         if self.jwks is None:

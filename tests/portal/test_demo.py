@@ -54,6 +54,7 @@ def test_demo_on_a_fresh_embedded_postgres(tmp_path: Path, server_url: str) -> N
         demo.wait_for("Press Ctrl-C to stop.", timeout=12 * WAIT)
         banner = "".join(demo.output)
         assert "embedded, data in" in banner
+        assert "/realtime/v1/websocket" in banner and "ANON_KEY=ey" in banner
         for login in ("alice@alpha.com", "bob@beta.com", "grace@gamma.com"):
             assert login in banner
         url = next(line.split()[-1].strip('"') for line in demo.output if "psql" in line)

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import urllib.parse
 import secrets
 import statistics
 import time
@@ -294,6 +295,14 @@ def test_the_realtime_config_gives_a_short_lived_token_and_no_secret(
     assert claims["role"] == "authenticated"
     assert claims["app_metadata"] == {"user_id": "USR-ALIC0001", "tenant_id": "TNT-ALPHA001"}
     assert claims["exp"] - int(claims["iat"]) == 300  # minutes, not days
+    # What supabase-js needs: the relay as a project URL, and an anon key that
+    # opens a socket but reads no row (role anon, no user).
+    supabase = config["supabase"]
+    relay = urllib.parse.urlsplit(portal.env["NEXUS_RELAY_URL"])
+    assert supabase["url"] == f"http://{relay.netloc}"
+    assert supabase["realtime_url"] == f"ws://{relay.netloc}/realtime/v1"
+    key = jwt.decode(supabase["anon_key"], JWT_SECRET, algorithms=["HS256"])
+    assert key["role"] == "anon" and "sub" not in key and "app_metadata" not in key
     for secret in (JWT_SECRET, portal.env["NEXUS_SESSION_SECRET"]):
         assert secret not in response.text
 

@@ -49,6 +49,10 @@ def test_check_policy_lists_the_policies() -> None:
         "public.nexus_payments: visible when from_id = claims.tenant_id or to_id = claims.tenant_id"
         in result.stdout
     )
+    assert (
+        "topic case:{case_id}: broadcast read, write; presence read, write;"
+        " check SELECT 1 FROM public.nexus_cases WHERE id = :case_id" in result.stdout
+    )
 
 
 def test_check_policy_against_the_database(relay_database: str, tmp_path: Path) -> None:

@@ -1,0 +1,411 @@
+"""Supabase's endpoint on the wire (relay/core/supabase.py): a raw Phoenix client
+against a real relay and PostgreSQL. The official clients are driven in
+tests/relay/test_supabase_clients.py."""
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.support import ALICE, BOB, CAROL, GRACE, WAIT, RelayProcess, mint
+
+PATH = "/realtime/v1/websocket"
+
+
+def anon_key(**extra: Any) -> str:
+    """A project key as Supabase's anon key: role anon, no user."""
+    return mint(None, None, role="anon", sub=None, app_metadata=None, **extra)
+
+
+@pytest.fixture(scope="module")
+def srelay(relay_database: str) -> Iterator[RelayProcess]:
+    """A relay whose refused joins are answered at once (the default holds them 5 s)."""
+    process = RelayProcess(relay_database, RELAY_JOIN_ERROR_DELAY_S="0").start()
+    yield process
+    process.stop()
+
+
+class Phoenix:
+    """A minimal Phoenix client: frames of vsn 1.0.0 (objects) or 2.0.0 (arrays)."""
+
+    def __init__(self, ws: ClientConnection, vsn: str) -> None:
+        self.ws = ws
+        self.vsn = vsn
+        self.refs = itertools.count(1)
+        self.pending: list[dict[str, Any]] = []
+
+    def encode(
+        self, join_ref: str | None, ref: str | None, topic: str, event: str, payload: Any
+    ) -> str:
+        if self.vsn == "2.0.0":
+            return json.dumps([join_ref, ref, topic, event, payload])
+        return json.dumps(
+            {"join_ref": join_ref, "ref": ref, "topic": topic, "event": event, "payload": payload}
+        )
+
+    async def push(self, topic: str, event: str, payload: Any, join_ref: str | None = None) -> str:
+        ref = str(next(self.refs))
+        await self.ws.send(self.encode(join_ref, ref, topic, event, payload))
+        return ref
+
+    async def next(self, timeout: float = WAIT) -> dict[str, Any]:
+        if self.pending:
+            return self.pending.pop(0)
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        value = json.loads(raw)
+        if self.vsn == "2.0.0":
+            assert isinstance(value, list) and len(value) == 5, value
+            join_ref, ref, topic, event, payload = value
+            return {
+                "join_ref": join_ref,
+                "ref": ref,
+                "topic": topic,
+                "event": event,
+                "payload": payload,
+            }
+        assert set(value) == {"topic", "event", "payload", "ref"}, value  # exactly these (§2)
+        return dict(value)
+
+    async def until(self, event: str, topic: str | None = None) -> dict[str, Any]:
+        """The next message of ``event`` (on ``topic``); those before it are kept."""
+        skipped = []
+        try:
+            while True:
+                message = await self.next()
+                if message["event"] == event and (topic is None or message["topic"] == topic):
+                    return message
+                skipped.append(message)
+        finally:
+            self.pending[:0] = skipped
+
+    async def system_error(self, topic: str) -> dict[str, Any]:
+        """The next ``system`` message of status error on ``topic`` (the join's
+        "Subscribed to PostgreSQL" is one of status ok)."""
+        while True:
+            message = await self.until("system", topic)
+            if message["payload"]["status"] == "error":
+                payload: dict[str, Any] = message["payload"]
+                return payload
+
+    async def reply(self, ref: str) -> dict[str, Any]:
+        skipped = []
+        try:
+            while True:
+                message = await self.next()
+                if message["event"] == "phx_reply" and message["ref"] == ref:
+                    payload: dict[str, Any] = message["payload"]
+                    return payload
+                skipped.append(message)
+        finally:
+            self.pending[:0] = skipped
+
+    async def join(
+        self,
+        name: str,
+        bindings: list[dict[str, Any]],
+        token: str | None,
+        **config: Any,
+    ) -> tuple[str, dict[str, Any]]:
+        topic = f"realtime:{name}"
+        payload: dict[str, Any] = {
+            "config": {
+                "broadcast": {"self": False, "ack": False},
+                "presence": {"key": "", "enabled": False},
+                "postgres_changes": bindings,
+                "private": False,
+                **config,
+            }
+        }
+        if token is not None:
+            payload["access_token"] = token
+        ref = str(next(self.refs))
+        await self.ws.send(self.encode(ref, ref, topic, "phx_join", payload))
+        return ref, await self.reply(ref)
+
+
+def url(relay: RelayProcess, vsn: str | None = "1.0.0", key: str | None = "anon") -> str:
+    query = []
+    if key is not None:
+        query.append(f"apikey={anon_key() if key == 'anon' else key}")
+    if vsn is not None:
+        query.append(f"vsn={vsn}")
+    return f"ws://127.0.0.1:{relay.port}{PATH}?{'&'.join(query)}"
+
+
+@pytest.fixture
+async def phoenix(srelay: RelayProcess) -> AsyncIterator[Any]:
+    sockets: list[ClientConnection] = []
+
+    async def open_socket(vsn: str = "1.0.0") -> Phoenix:
+        ws = await connect(url(srelay, vsn), open_timeout=WAIT)
+        sockets.append(ws)
+        return Phoenix(ws, vsn)
+
+    yield open_socket
+    for ws in sockets:
+        await ws.close()
+
+
+def notify(rdb: psycopg.Connection[Any], tenant: str, title: str, user: str | None = None) -> str:
+    row = rdb.execute(
+        "INSERT INTO nexus_notifications (tenant_id, user_id, notification_type, title)"
+        " VALUES (%s, %s, 'test', %s) RETURNING id",
+        (tenant, user, title),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+# --- The handshake ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("vsn", "key", "status"),
+    [
+        ("1.0.0", None, 401),  # no apikey
+        ("1.0.0", "not-a-jwt", 401),
+        ("9.9.9", "anon", 403),  # unknown vsn
+    ],
+)
+async def test_a_handshake_without_a_valid_key_or_with_an_unknown_vsn_is_refused(
+    srelay: RelayProcess, vsn: str, key: str | None, status: int
+) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url(srelay, vsn, key), open_timeout=WAIT):
+            pass
+    assert refused.value.response.status_code == status
+
+
+async def test_a_forged_apikey_is_refused(srelay: RelayProcess) -> None:
+    forged = mint(None, None, role="anon", sub=None, secret="another-secret-" + "x" * 40)
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url(srelay, key=forged), open_timeout=WAIT):
+            pass
+    assert refused.value.response.status_code == 401
+    assert b"signature" in refused.value.response.body
+
+
+# --- Heartbeat, topics --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vsn", ["1.0.0", "2.0.0"])
+async def test_heartbeats_are_answered_and_unjoined_topics_get_an_error_reply(
+    phoenix: Any, vsn: str
+) -> None:
+    client = await phoenix(vsn)
+    ref = await client.push("phoenix", "heartbeat", {})
+    assert await client.reply(ref) == {"status": "ok", "response": {}}
+    ref = await client.push("realtime:nowhere", "access_token", {"access_token": "x"})
+    assert await client.reply(ref) == {"status": "error", "response": {"reason": "unmatched topic"}}
+    # A leave of a topic never joined is answered ok (clients leave after a join timed out).
+    ref = await client.push("realtime:nowhere", "phx_leave", {})
+    assert (await client.reply(ref))["status"] == "ok"
+
+
+# --- postgres_changes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vsn", ["1.0.0", "2.0.0"])
+async def test_a_join_echoes_its_bindings_with_ids_and_changes_arrive_authorized(
+    phoenix: Any, rdb: psycopg.Connection[Any], vsn: str
+) -> None:
+    alice = await phoenix(vsn)
+    grace = await phoenix(vsn)
+    binding = {"event": "*", "schema": "public", "table": "nexus_notifications", "extra": [1]}
+    _, reply = await alice.join("inbox", [binding], mint(*ALICE))
+    assert reply["status"] == "ok", reply
+    [echoed] = reply["response"]["postgres_changes"]
+    binding_id = echoed.pop("id")
+    assert isinstance(binding_id, int)
+    assert echoed == binding  # as sent, extra keys included (§5)
+    _, reply = await grace.join("inbox", [binding], mint(*GRACE))
+    assert reply["status"] == "ok", reply
+
+    notify(rdb, GRACE[1], "for gamma")  # Grace's tenant only: Alice never sees it
+    notify(rdb, ALICE[1], "for alpha")
+    change = await alice.until("postgres_changes")
+    assert change["topic"] == "realtime:inbox"
+    payload = change["payload"]
+    assert payload["ids"] == [binding_id]
+    data = payload["data"]
+    assert data["schema"] == "public" and data["table"] == "nexus_notifications"
+    assert data["type"] == "INSERT" and data["errors"] is None
+    assert data["record"]["title"] == "for alpha"
+    assert "old_record" not in data
+    assert {"name": "title", "type": "text"} in data["columns"]
+    assert isinstance(data["commit_timestamp"], str)
+    seen = await grace.until("postgres_changes")
+    assert seen["payload"]["data"]["record"]["title"] == "for gamma"
+
+
+async def test_filters_are_read_as_supabase_writes_them_and_select_narrows_the_record(
+    phoenix: Any, rdb: psycopg.Connection[Any]
+) -> None:
+    alice = await phoenix()
+    bindings = [
+        {
+            "event": "INSERT",
+            "schema": "public",
+            "table": "nexus_notifications",
+            "filter": "title=eq.filtered in",
+            "select": ["title"],
+        },
+    ]
+    _, reply = await alice.join("filtered", bindings, mint(*ALICE))
+    assert reply["status"] == "ok", reply
+    notify(rdb, ALICE[1], "filtered out")
+    notify(rdb, ALICE[1], "filtered in")
+    data = (await alice.until("postgres_changes"))["payload"]["data"]
+    assert data["record"]["title"] == "filtered in"
+    assert set(data["record"]) == {"id", "title"}  # the selected columns and the key
+    assert [c["name"] for c in data["columns"]] == ["id", "title"]
+
+
+async def test_a_row_leaving_the_view_arrives_as_a_delete_without_its_new_version(
+    phoenix: Any, rdb: psycopg.Connection[Any]
+) -> None:
+    alice = await phoenix()
+    binding = {"event": "*", "schema": "public", "table": "nexus_notifications"}
+    await alice.join("leaving", [binding], mint(*ALICE))
+    row_id = notify(rdb, ALICE[1], "for the tenant")
+    assert (await alice.until("postgres_changes"))["payload"]["data"]["type"] == "INSERT"
+    rdb.execute(
+        "UPDATE nexus_notifications SET user_id = %s, title = 'now private' WHERE id = %s",
+        (CAROL[0], row_id),
+    )
+    data = (await alice.until("postgres_changes"))["payload"]["data"]
+    assert data["type"] == "DELETE"
+    assert data["old_record"]["title"] == "for the tenant"
+    assert "record" not in data
+    assert "now private" not in json.dumps(data)
+
+
+async def test_a_binding_for_a_whole_schema_covers_its_tables_with_a_policy(
+    phoenix: Any, rdb: psycopg.Connection[Any]
+) -> None:
+    alice = await phoenix("2.0.0")
+    _, reply = await alice.join("everything", [{"event": "*", "schema": "public"}], mint(*ALICE))
+    assert reply["status"] == "ok", reply
+    [echoed] = reply["response"]["postgres_changes"]
+    assert set(echoed) == {"event", "schema", "id"}
+    notify(rdb, ALICE[1], "schema-wide")
+    data = (await alice.until("postgres_changes"))["payload"]["data"]
+    assert data["table"] == "nexus_notifications"
+
+
+# --- Refusals ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("binding", "code"),
+    [
+        ({"event": "*", "schema": "public", "table": "nexus_users"}, "table_unknown"),
+        (
+            {"event": "*", "schema": "public", "table": "nexus_notifications", "filter": "nope"},
+            "invalid_filter",
+        ),
+    ],
+)
+async def test_a_refused_binding_refuses_the_join_with_a_reason_and_a_code(
+    phoenix: Any, binding: dict[str, Any], code: str
+) -> None:
+    alice = await phoenix()
+    _, reply = await alice.join("refused", [binding], mint(*ALICE))
+    assert reply["status"] == "error"
+    assert reply["response"]["code"] == code
+    assert reply["response"]["reason"]
+    # The socket stays open: the clients would reconnect forever otherwise.
+    ref = await alice.push("phoenix", "heartbeat", {})
+    assert (await alice.reply(ref))["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "InvalidJWTToken"),  # the anon key: a role that may not read rows
+        (mint(*ALICE, expires_in=-120), "InvalidJWTToken"),
+        (mint(*ALICE, secret="another-secret-" + "y" * 40), "InvalidJWTToken"),
+    ],
+)
+async def test_a_join_without_a_valid_user_token_is_refused(
+    phoenix: Any, token: str | None, reason: str
+) -> None:
+    alice = await phoenix()
+    binding = {"event": "*", "schema": "public", "table": "nexus_notifications"}
+    _, reply = await alice.join("denied", [binding], token)
+    assert reply["status"] == "error"
+    assert reply["response"]["reason"].startswith(reason + ": "), reply
+
+
+async def test_a_private_channel_without_a_topic_rule_is_refused(phoenix: Any) -> None:
+    alice = await phoenix()
+    _, reply = await alice.join("secret-room", [], mint(*ALICE), private=True)
+    assert reply["status"] == "error"
+
+
+async def test_another_users_token_on_the_same_socket_is_refused(phoenix: Any) -> None:
+    alice = await phoenix()
+    binding = {"event": "*", "schema": "public", "table": "nexus_notifications"}
+    _, reply = await alice.join("one", [binding], mint(*ALICE))
+    assert reply["status"] == "ok"
+    _, reply = await alice.join("two", [binding], mint(*BOB))
+    assert reply["status"] == "error"
+    assert reply["response"]["code"] == "user_mismatch"
+
+
+# --- Leave, tokens -----------------------------------------------------------------
+
+
+async def test_a_leave_is_answered_then_closed_and_nothing_more_arrives(
+    phoenix: Any, rdb: psycopg.Connection[Any]
+) -> None:
+    alice = await phoenix()
+    binding = {"event": "*", "schema": "public", "table": "nexus_notifications"}
+    join_ref, _ = await alice.join("left", [binding], mint(*ALICE))
+    ref = await alice.push("realtime:left", "phx_leave", {}, join_ref)
+    assert (await alice.reply(ref))["status"] == "ok"
+    closed = await alice.until("phx_close")
+    assert closed["topic"] == "realtime:left"
+    # Joined again elsewhere, it hears a change, and none for the left channel.
+    await alice.join("still", [binding], mint(*ALICE))
+    notify(rdb, ALICE[1], "after the leave")
+    change = await alice.until("postgres_changes")
+    assert change["topic"] == "realtime:still"
+
+
+async def test_an_access_token_of_another_user_closes_the_channel(phoenix: Any) -> None:
+    alice = await phoenix()
+    binding = {"event": "*", "schema": "public", "table": "nexus_notifications"}
+    join_ref, _ = await alice.join("tok", [binding], mint(*ALICE))
+    await alice.push("realtime:tok", "access_token", {"access_token": mint(*BOB)}, join_ref)
+    system = await alice.system_error("realtime:tok")
+    assert set(system) == {"extension", "status", "message", "channel"}
+    assert system["channel"] == "tok"
+    assert (await alice.until("phx_close"))["topic"] == "realtime:tok"
+
+
+async def test_an_expired_token_ends_its_channels_with_a_system_error_then_close(
+    phoenix: Any,
+) -> None:
+    alice = await phoenix()
+    binding = {"event": "*", "schema": "public", "table": "nexus_notifications"}
+    _, reply = await alice.join("brief", [binding], mint(*ALICE, expires_in=1))
+    assert reply["status"] == "ok"
+    system = await alice.system_error("realtime:brief")
+    assert "expired" in system["message"]
+    await alice.until("phx_close")
+
+
+async def test_a_malformed_frame_closes_the_socket_with_a_code(phoenix: Any) -> None:
+    alice = await phoenix()
+    await alice.ws.send("{not json")
+    with pytest.raises(ConnectionClosed) as closed:
+        await alice.next()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+    assert closed.value.rcvd.reason == "bad_frame"
