@@ -99,7 +99,8 @@ class Topics(Generic[M]):
     # --- Membership ------------------------------------------------------------
 
     def join(self, topic: str, member: M, options: Options, now: float) -> Membership:
-        """Add ``member`` to ``topic``; a second join replaces the first one's options.
+        """Add ``member`` to ``topic``; a second join replaces the first (its options,
+        its presence flag, its full bucket), in the same place among the members.
 
         ClientError ``invalid_topic`` for an empty topic or one over
         ``max_topic_bytes`` (UTF-8).
