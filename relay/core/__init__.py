@@ -16,6 +16,9 @@ the time, and move what it decides to the world. Inside, from the bottom up:
   proof that a subscriber may resume, and the recent past;
 - ``limits``, ``stats``, ``connections``, ``session``, ``fanout``: one
   connection's protocol state, and the hub that feeds them all;
+- ``rates``, ``topics``, ``presence``, ``peers``: broadcast and presence
+  (who is in which topic, who is present, the diffs), and the events relays
+  share about them;
 - ``explain``: the decisions for one user and one row, step by step, taken
   with the functions above (``nexus-relay explain``).
 """

@@ -40,14 +40,18 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_FILTER = "unsupported_filter"  # valid, but not decidable as PostgreSQL would
     INVALID_POSITION = "invalid_position"
     UNKNOWN_SUBSCRIPTION = "unknown_subscription"
-    # Topics (broadcast, presence)
+    # Topics (broadcast, presence): relay/core/topic_rules.py, topics.py, presence.py
     TOPIC_NOT_ALLOWED = "topic_not_allowed"  # no rule, or the user does not meet it: denied
     TOPIC_PRIVATE_ONLY = "topic_private_only"  # its rule admits private joins only
+    INVALID_TOPIC = "invalid_topic"  # empty, or longer than the limit
+    NOT_JOINED = "not_joined"  # a broadcast or a track on a topic the client has not joined
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # a broadcast's payload or a presence meta
+    TOO_MANY_PRESENCES = "too_many_presences"  # the topic holds the most metas it may
     # Limits
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     TOO_MANY_USER_CONNECTIONS = "too_many_user_connections"
-    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED = "rate_limited"  # frames; also broadcasts and tracks, each by its own bucket
     SLOW_CONSUMER = "slow_consumer"
     # Server
     GOING_AWAY = "going_away"

@@ -2,10 +2,10 @@
 
 import asyncio
 import re
-import urllib.parse
 import secrets
 import statistics
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
