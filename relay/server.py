@@ -15,7 +15,8 @@ import random
 import time
 import urllib.parse
 import weakref
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers, MultipleValuesError
@@ -29,7 +30,9 @@ from relay.core import phoenix, protocol
 from relay.core.errors import AuthError, CloseCode, ErrorCode, Refusal
 from relay.core.fanout import Fanout
 from relay.core.session import BaseSession
+from relay.core.supabase import PendingJoin, SupabaseSession
 from relay.refusals import RefusalLog
+from relay.topic_checks import TopicChecks
 
 logger = logging.getLogger("relay.server")
 
@@ -45,8 +48,11 @@ class RelayServer:
         max_send_buffer_bytes: int = 1024 * 1024,
         ping_interval: float = 20.0,
         ping_timeout: float = 20.0,
+        database_url: str | None = None,
     ) -> None:
         self.fanout = fanout
+        # Topic rules' SQL checks (relay.topic_checks) run on a connection of their own.
+        self.checks = TopicChecks(database_url)
         self.path = path
         self.supabase_path = supabase_path
         self.allowed_origins = allowed_origins
@@ -225,6 +231,10 @@ class RelayServer:
                 async for message in connection:
                     session.receive(message, time.time())
                     self.flush_session(session)
+                    if isinstance(session, SupabaseSession):
+                        for pending in session.take_checks():
+                            self._spawn(self._check(session, pending))
+                    self.flush(False)  # what it sent to others: broadcasts, presence
                     if session.close_request is not None:
                         break
                     self._schedule(session)
@@ -323,12 +333,24 @@ class RelayServer:
         if session.close_request is not None:
             self._close_soon(session, connection)
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _check(self, session: SupabaseSession, pending: PendingJoin) -> None:
+        """Run a topic rule's SQL check, then finish (or refuse) the join."""
+        result = await self.checks.confirm(pending.admitted)
+        if session in self.connections:
+            session.checked(pending, result, time.time())
+            self.flush_session(session)
+            self.flush(False)
+            self._schedule(session)
+
     def _close_soon(self, session: BaseSession, connection: ServerConnection) -> None:
         assert session.close_request is not None
         code, error, _ = session.close_request
-        task = asyncio.get_running_loop().create_task(connection.close(code, error.value))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._spawn(connection.close(code, error.value))
 
     # --- Time ------------------------------------------------------------------------
 
@@ -386,6 +408,7 @@ class RelayServer:
 
     async def close(self) -> None:
         """Stop accepting; close every connection with 1001 (going away)."""
+        await self.checks.close()
         if self.server is not None:
             for session in list(self.connections):
                 self._go_away(session)

@@ -85,6 +85,7 @@ class Relay:
             self.fanout,
             path=settings.path,
             supabase_path=settings.supabase_path,
+            database_url=settings.database_url,
             allowed_origins=settings.allowed_origins,
             max_send_buffer_bytes=settings.max_send_buffer_bytes,
             ping_interval=settings.ping_interval,

@@ -19,6 +19,7 @@ client is told only that it may not join, the operator reads the cause in
 the log (``relay.topics``, WARNING).
 """
 
+import asyncio
 import logging
 from typing import Any
 
@@ -97,3 +98,44 @@ async def run(
 
 def _fields(check: Check) -> dict[str, Any]:
     return {"topic": check.topic, "rule": check.pattern, "user": check.subject}
+
+
+class TopicChecks:
+    """The relay's connection for topic checks: opened at the first check, again
+    after it broke; one check at a time (a check is a primary-key lookup, at
+    a join). Without a database URL, or when PostgreSQL cannot be reached, a
+    join that needs a check is refused (``check_error``): deny by default."""
+
+    def __init__(self, database_url: str | None, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+        self.database_url = database_url
+        self.timeout_ms = timeout_ms
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    async def confirm(self, admitted: Admitted) -> Admitted | Refused:
+        if admitted.check is None:
+            return admitted
+        async with self._lock:
+            try:
+                conn = await self._connection()
+            except psycopg.Error as exc:
+                logger.warning("topic check not run, join refused: %s", first_line(exc))
+                return refused(admitted.topic, "check_error")
+            result = await confirm(conn, admitted, timeout_ms=self.timeout_ms)
+            if conn.broken:
+                self._conn = None
+            return result
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self.database_url is None:
+            raise psycopg.OperationalError("no database to run topic checks on")
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, application_name="nexus-relay topic checks"
+            )
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None

@@ -23,7 +23,7 @@ where a re-fetch made then is complete (``take_dirty``).
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from relay.core import protocol
+from relay.core import protocol, topic_rules
 from relay.core.changes import Change, LoggedChange, TableReset
 from relay.core.connections import Connections
 from relay.core.errors import CloseCode, ErrorCode
@@ -35,6 +35,7 @@ from relay.core.positions import Position, Stream
 from relay.core.replays import Replay
 from relay.core.resume import ResumeTokens
 from relay.core.revocations import Revocation, Revocations
+from relay.core.rooms import Rooms
 from relay.core.session import BaseSession, CloseRequest, Session
 from relay.core.stats import Stats
 from relay.core.subscription import (
@@ -49,6 +50,7 @@ from relay.core.subscription import (
 from relay.core.supabase import SupabaseSession
 from relay.core.tables import Table
 from relay.core.tokens import Identity, TokenVerifier
+from relay.core.topic_rules import Admitted, Refused
 from relay.core.types import ConnectionId, SubscriptionId
 
 
@@ -77,6 +79,7 @@ class Fanout:
         self.stats = Stats()
         self.connections = Connections(self.limits, self.stats)
         self.revocations = Revocations()
+        self.rooms = Rooms(self._mark)
         self.replays: dict[Subscription, Replay] = {}
         self._replay_requests: list[Replay] = []  # for the shell: from the log
         self._gaps: dict[ConnectionId, dict[SubscriptionId, str]] = {}  # of this batch
@@ -215,10 +218,14 @@ class Fanout:
             self.broken_policies,
             wire=wire,
             id_json=id_json,
+            supabase_filter=True,
         )
         self.index.add(new, new.bounds(identity))
         new.covered_from = self.stream.head
         return new
+
+    def decide_topic(self, topic: str, identity: Identity, private: bool) -> Admitted | Refused:
+        return topic_rules.decide(self.policies.topics, topic, identity, private=private)
 
     def published_events(self, table: str) -> frozenset[str]:
         found = self.tables.get(table)

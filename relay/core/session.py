@@ -21,8 +21,10 @@ from typing import Protocol
 from relay.core import protocol
 from relay.core.errors import AuthError, ClientError, CloseCode, ErrorCode, Refusal
 from relay.core.limits import Limits
+from relay.core.rooms import Rooms
 from relay.core.subscription import Subscription, Wire
 from relay.core.tokens import Identity, TokenVerifier
+from relay.core.topic_rules import Admitted, Refused
 from relay.core.types import ConnectionId, SubscriptionId
 
 logger = logging.getLogger("relay.session")
@@ -42,6 +44,11 @@ class Hub(Protocol):
 
     limits: Limits
     verifier: TokenVerifier
+    rooms: Rooms  # broadcast and presence
+
+    def decide_topic(self, topic: str, identity: Identity, private: bool) -> Admitted | Refused:
+        """Whether ``identity`` may join the room ``topic`` (the policy file's topic rules)."""
+        ...
 
     def position(self) -> str:
         """The stream's latest position."""
@@ -75,8 +82,9 @@ class Hub(Protocol):
         wire: Wire,
         id_json: bytes,
     ) -> Subscription:
-        """A subscription of another protocol than the relay's, filed (live) from
-        now on, without resume or ack frames. ``ClientError`` if refused."""
+        """A subscription of Supabase's protocol (its filter in Supabase's dialect),
+        filed (live) from now on, without resume or ack frames. ``ClientError`` if
+        refused."""
         ...
 
     def published_events(self, table: str) -> frozenset[str]:

@@ -141,9 +141,11 @@ def from_request(
     *,
     wire: Wire = RELAY_WIRE,
     id_json: bytes = b"",
+    supabase_filter: bool = False,
 ) -> Subscription:
     """The subscription ``request`` asks for; ``ClientError`` saying why it may not have it.
-    ``wire`` and ``id_json``: how its change frames look, for another protocol than ours."""
+    ``wire`` and ``id_json``: how its change frames look, for another protocol than ours;
+    ``supabase_filter``: its filter is in Supabase's dialect (``filters.parse_supabase``)."""
     name = qualified(request.table)
     table = tables.get(name)
     if table is None:
@@ -173,7 +175,7 @@ def from_request(
         policy=policy,
         events=request.events,
         select=_select(request.select, table),
-        filter=_filter(request.filter, table),
+        filter=_filter(request.filter, table, supabase_filter),
         wire=wire,
         id_json=id_json,
     )
@@ -189,11 +191,11 @@ def _select(select: tuple[str, ...] | None, table: Table) -> tuple[str, ...] | N
     return tuple(dict.fromkeys(table.primary_key + select))
 
 
-def _filter(text: str | None, table: Table) -> Filter | None:
+def _filter(text: str | None, table: Table, supabase: bool = False) -> Filter | None:
     if text is None:
         return None
     try:
-        return filters.parse(text, table)
+        return filters.parse_supabase(text, table) if supabase else filters.parse(text, table)
     except filters.FilterError as exc:
         code = (
             ErrorCode.UNSUPPORTED_FILTER

@@ -42,11 +42,14 @@ from relay.core.session import BaseSession, Hub
 from relay.core.subscription import Subscription
 from relay.core.tables import qualified
 from relay.core.tokens import Identity
+from relay.core.topic_rules import Actions, Admitted, Refused
+from relay.core.topics import Options
 from relay.core.types import ConnectionId, SubscriptionId
 
 logger = logging.getLogger("relay.supabase")
 
 TOPIC_PREFIX = "realtime:"
+NO_ACTIONS = Actions()
 EVENTS = frozenset(("INSERT", "UPDATE", "DELETE"))
 
 # Supabase's reason codes, "<Code>: <message>" (§5): what the clients show.
@@ -64,17 +67,45 @@ _REASONS = {
 
 @dataclass(eq=False)
 class Channel:
-    """One joined topic of the socket."""
+    """One joined topic of the socket; a member of its room (``rooms.Member``)
+    when the topic's rule admitted it."""
 
+    owner: "SupabaseSession"
     topic: str
     join_ref: phoenix.Ref
     wire: ChannelWire
     token: str
+    options: Options
+    private: bool = False
+    actions: Actions = NO_ACTIONS
+    in_room: bool = False
     subscriptions: list[SubscriptionId] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.topic.removeprefix(TOPIC_PREFIX)
+
+    def push_broadcast(self, event: str, payload: Any) -> None:
+        self.owner.push(
+            self, "broadcast", {"type": "broadcast", "event": event, "payload": payload}
+        )
+
+    def push_presence_diff(self, diff: dict[str, Any]) -> None:
+        self.owner.push(self, "presence_diff", diff)
+
+    __hash__ = object.__hash__
+
+
+@dataclass(eq=False)
+class PendingJoin:
+    """A join waiting for its topic rule's SQL check (``relay.topic_checks``): the
+    shell runs ``admitted.check`` and hands the result to ``checked``."""
+
+    message: Message | None  # None: a check again, for a refreshed token
+    channel: Channel
+    bindings: list[dict[str, Any]]
+    config: dict[str, Any]
+    admitted: Admitted
 
 
 class SupabaseSession(BaseSession):
@@ -87,6 +118,8 @@ class SupabaseSession(BaseSession):
         self.channels: dict[str, Channel] = {}
         self._next_binding = 1
         self._held: list[tuple[float, bytes]] = []  # error replies, and when they are due
+        self._pending: dict[str, PendingJoin] = {}  # by topic: joins awaiting their check
+        self._checks: list[PendingJoin] = []  # for the shell to run
 
     # --- What the fan-out asks -------------------------------------------------------
 
@@ -115,7 +148,13 @@ class SupabaseSession(BaseSession):
         return None
 
     def forget_all(self) -> list[Subscription]:
+        for channel in self.channels.values():
+            if channel.in_room:
+                channel.in_room = False
+                self.hub.rooms.leave(channel.name, channel)
         self.channels.clear()
+        self._pending.clear()
+        self._checks.clear()
         return super().forget_all()
 
     def revoke(self) -> None:
@@ -178,10 +217,12 @@ class SupabaseSession(BaseSession):
         if message.event == "access_token":
             self._access_token(channel, message.payload, now)  # no reply (§8)
             return
-        if message.event in ("broadcast", "presence"):
-            raise ClientError(
-                ErrorCode.UNKNOWN_TYPE, f"{message.event} is not available on this relay yet"
-            )
+        if message.event == "broadcast":
+            self._broadcast(channel, message, now)
+            return
+        if message.event == "presence":
+            self._presence(channel, message, now)
+            return
         raise ClientError(ErrorCode.UNKNOWN_TYPE, f"unknown event {message.event!r}")
 
     def tick(self, now: float) -> None:
@@ -225,12 +266,7 @@ class SupabaseSession(BaseSession):
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"at most {self.limits.max_channels_per_connection} channels per connection",
             )
-        if config.get("private") is True:
-            # Deny by default: a private channel is never treated as public.
-            raise ClientError(
-                ErrorCode.TABLE_NOT_ALLOWED,
-                "private channels need a topic rule in the relay's policy file",
-            )
+        private = config.get("private") is True
         token = payload.get("access_token") or payload.get("user_token") or self.key
         if not isinstance(token, str):
             raise ClientError(ErrorCode.INVALID_TOKEN, "the access_token is not a string")
@@ -238,7 +274,84 @@ class SupabaseSession(BaseSession):
         bindings = config.get("postgres_changes") or []
         if not isinstance(bindings, list) or not all(isinstance(b, dict) for b in bindings):
             raise ClientError(ErrorCode.INVALID_MESSAGE, "postgres_changes is a list of objects")
-        channel = Channel(topic, message.join_ref, ChannelWire(self.vsn, topic), token)
+        options = _options(config)
+        channel = Channel(
+            self, topic, message.join_ref, ChannelWire(self.vsn, topic), token, options, private
+        )
+        self._pending.pop(topic, None)
+        assert self.identity is not None
+        decision = self.hub.decide_topic(channel.name, self.identity, private)
+        if isinstance(decision, Refused):
+            # A public channel without a rule still carries postgres_changes
+            # (rows are the table policies' business); its room is closed to it.
+            if private or decision.reason != "no_rule":
+                self._note("subscribe", decision.reason, decision.message)
+                raise ClientError(decision.code, decision.message)
+            self._complete(message, channel, bindings, config, None, now)
+            return
+        if decision.check is not None:
+            pending = PendingJoin(message, channel, bindings, config, decision)
+            self._pending[topic] = pending
+            self._checks.append(pending)
+            return
+        self._complete(message, channel, bindings, config, decision, now)
+
+    def take_checks(self) -> list[PendingJoin]:
+        """Joins whose topic rule has a SQL check for the shell to run, since the last call."""
+        checks, self._checks = self._checks, []
+        return checks
+
+    def checked(self, pending: PendingJoin, result: Admitted | Refused, now: float) -> None:
+        """The shell ran ``pending``'s check: finish the join, or refuse it; for a
+        check again (a refreshed token), keep the channel or close it."""
+        channel = pending.channel
+        if self.close_request is not None or self._pending.get(channel.topic) is not pending:
+            return  # the socket closed, or the topic was joined again meanwhile
+        del self._pending[channel.topic]
+        message = pending.message
+        if message is None:
+            if isinstance(result, Refused) and self.channels.get(channel.topic) is channel:
+                self._note("auth", result.reason, result.message)
+                self._close_channel(channel, _reason(result.code, result.message))
+            return
+        try:
+            if isinstance(result, Refused):
+                self._note("subscribe", result.reason, result.message)
+                raise ClientError(result.code, result.message)
+            if self.identity is None:
+                raise ClientError(ErrorCode.INVALID_TOKEN, "the token expired during the join")
+            self._complete(message, channel, pending.bindings, pending.config, result, now)
+        except ClientError as exc:
+            self._refuse(message, exc.code, exc.message, now)
+
+    def _check_again(self, channel: Channel) -> None:
+        """The token changed: the channel's room is decided again under it (its
+        rule's SQL check run again by the shell); refused, the channel closes."""
+        if not channel.in_room or self.identity is None or channel.topic in self._pending:
+            return
+        decision = self.hub.decide_topic(channel.name, self.identity, channel.private)
+        if isinstance(decision, Refused):
+            self._note("auth", decision.reason, decision.message)
+            self._close_channel(channel, _reason(decision.code, decision.message))
+        elif decision.check is not None:
+            pending = PendingJoin(None, channel, [], {}, decision)
+            self._pending[channel.topic] = pending
+            self._checks.append(pending)
+
+    def _complete(
+        self,
+        message: Message,
+        channel: Channel,
+        bindings: list[dict[str, Any]],
+        config: dict[str, Any],
+        admitted: Admitted | None,
+        now: float,
+    ) -> None:
+        """File the bindings, enter the room, and reply: the reply means live."""
+        old = self.channels.get(channel.topic)
+        if old is not None:  # joined again while the check ran
+            self._drop(old)
+            self._push(old, "phx_close", {}, ref=old.join_ref)
         echoed = []
         try:
             for binding in bindings:
@@ -246,18 +359,57 @@ class SupabaseSession(BaseSession):
         except ClientError:
             self._drop(channel)
             raise
-        self.channels[topic] = channel
-        # Every binding is filed: the reply means live (an ack means live).
+        self.channels[channel.topic] = channel
+        state = None
+        if admitted is not None:
+            channel.actions = admitted.actions
+            channel.in_room = True
+            state = self.hub.rooms.join(channel.name, channel, channel.options, now)
         self.send(phoenix.reply(self.vsn, message, "ok", {"postgres_changes": echoed}))
         if bindings:
             self._system(channel, "postgres_changes", "ok", "Subscribed to PostgreSQL")
-        presence = config.get("presence")
-        if isinstance(presence, dict) and presence.get("enabled"):
+        if channel.options.presence:
             # realtime-js fires no presence sync before a presence_state (§10).
-            self._push(channel, "presence_state", {})
+            self._push(channel, "presence_state", state or {})
         broadcast = config.get("broadcast")
         if isinstance(broadcast, dict) and broadcast.get("replication_ready"):
             self._system(channel, "system", "ok", "Replication connection established")
+
+    # --- Broadcast and presence --------------------------------------------------------
+
+    def _broadcast(self, channel: Channel, message: Message, now: float) -> None:
+        """``{type: "broadcast", event, payload}`` (§9); a reply only with ``ack``."""
+        body = message.payload if isinstance(message.payload, dict) else {}
+        event, payload = body.get("event"), body.get("payload")
+        if not channel.in_room:
+            raise ClientError(
+                ErrorCode.TOPIC_NOT_ALLOWED,
+                f"no topic rule lets you broadcast on {channel.name!r}",
+            )
+        if not isinstance(event, str):
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "a broadcast needs an event, a string")
+        self.hub.rooms.broadcast(channel.name, channel, event, payload, now)
+        if channel.options.ack:
+            self.send(phoenix.reply(self.vsn, message, "ok"))
+
+    def _presence(self, channel: Channel, message: Message, now: float) -> None:
+        """``{type: "presence", event: "track" | "untrack", payload}`` (§10)."""
+        body = message.payload if isinstance(message.payload, dict) else {}
+        event = body.get("event")
+        if not channel.in_room:
+            raise ClientError(
+                ErrorCode.TOPIC_NOT_ALLOWED, f"no topic rule lets you track on {channel.name!r}"
+            )
+        if event == "track":
+            payload = body.get("payload")
+            if not isinstance(payload, dict):
+                raise ClientError(ErrorCode.INVALID_MESSAGE, "Presence track payload must be a map")
+            self.hub.rooms.track(channel.name, channel, payload, now)
+        elif event == "untrack":
+            self.hub.rooms.untrack(channel.name, channel)
+        else:
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "a presence event is track or untrack")
+        self.send(phoenix.reply(self.vsn, message, "ok"))
 
     def _bind(self, channel: Channel, binding: Mapping[str, Any]) -> int:
         """File the subscriptions of one ``postgres_changes`` binding; its id."""
@@ -367,8 +519,8 @@ class SupabaseSession(BaseSession):
             self._note("auth", exc.code, exc.message)
             self._close_channel(channel, _reason(exc.code, exc.message))
             return
-        if topic_channel := self.channels.get(channel.topic):
-            topic_channel.token = token
+        channel.token = token
+        self._check_again(channel)
 
     def _sign_out(self, reason: str) -> None:
         """Every channel closes with ``reason``; the socket stays, without a user."""
@@ -380,7 +532,11 @@ class SupabaseSession(BaseSession):
     # --- Channels ----------------------------------------------------------------
 
     def _drop(self, channel: Channel) -> None:
-        """Forget the channel and unfile its subscriptions: nothing more reaches it."""
+        """Forget the channel, unfile its subscriptions and leave its room:
+        nothing more reaches it."""
+        if channel.in_room:
+            channel.in_room = False
+            self.hub.rooms.leave(channel.name, channel)
         for subscription_id in channel.subscriptions:
             subscription = self.forget(subscription_id)
             if subscription is not None:
@@ -394,6 +550,10 @@ class SupabaseSession(BaseSession):
         self._drop(channel)
         self._system(channel, "system", "error", reason)
         self._push(channel, "phx_close", {}, ref=channel.join_ref)
+
+    def push(self, channel: Channel, event: str, payload: Any) -> None:
+        """A push on ``channel`` from its room (a broadcast, a presence diff)."""
+        self._push(channel, event, payload)
 
     def _push(self, channel: Channel, event: str, payload: Any, ref: phoenix.Ref = None) -> None:
         self.send(phoenix.encode(self.vsn, channel.join_ref, ref, channel.topic, event, payload))
@@ -416,6 +576,21 @@ class SupabaseSession(BaseSession):
             self._held.append((now + self.limits.join_error_delay, frame))
         else:
             self.send(frame)
+
+
+def _options(config: Mapping[str, Any]) -> Options:
+    """The room options of a join's ``config`` (§5)."""
+    broadcast = config.get("broadcast")
+    presence = config.get("presence")
+    broadcast = broadcast if isinstance(broadcast, dict) else {}
+    presence = presence if isinstance(presence, dict) else {}
+    key = presence.get("key")
+    return Options(
+        self_broadcast=broadcast.get("self") is True,
+        ack=broadcast.get("ack") is True,
+        presence=presence.get("enabled") is True,
+        presence_key=key if isinstance(key, str) else "",
+    )
 
 
 def _reason(code: ErrorCode, message: str) -> str:

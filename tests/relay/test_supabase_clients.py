@@ -12,7 +12,7 @@ channel, which the relay sends in commit order, not for time.
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from tests.relay.supabase.harness import (
     project_url,
     status,
 )
-from tests.support import ALICE, BOB, CAROL, GRACE, WAIT, RelayProcess, mint
+from tests.support import ALICE, BOB, CAROL, GRACE, POLICY_FILE, WAIT, RelayProcess, mint
 
 # The endpoint is being built (issue 11): until the relay serves /realtime/v1, these
 # tests have nothing to talk to. The check reads the relay's sources for the path,
@@ -80,6 +80,33 @@ ALL = [
 EACH = [ALL[1], ALL[2], ALL[4], ALL[5]]
 
 Start = Callable[..., Awaitable[DriverClient]]
+
+# Rooms for these tests, beside the portal's (case:{case_id}, checked in SQL):
+# open to every signed-in user.
+ROOMS = """
+[[topics.rules]]
+pattern = "room:{name}"
+broadcast = ["read", "write"]
+presence = ["read", "write"]
+
+[[topics.rules]]
+pattern = "lobby:{name}"
+broadcast = ["read", "write"]
+presence = ["read", "write"]
+"""
+
+
+@pytest.fixture(scope="module")
+def relay(relay_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """The module's relay: the portal's policies and these rooms; a refused join
+    is answered at once (the default holds it 5 s, as Supabase does)."""
+    policy = tmp_path_factory.mktemp("supabase") / "policy.toml"
+    policy.write_text(Path(POLICY_FILE).read_text(encoding="utf-8") + ROOMS, encoding="utf-8")
+    process = RelayProcess(
+        relay_database, RELAY_POLICY_FILE=str(policy), RELAY_JOIN_ERROR_DELAY_S="0"
+    ).start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture
@@ -263,7 +290,12 @@ async def test_set_auth_reauthorizes_the_channel_with_the_new_claims(
 
 async def moved(alice: DriverClient, rdb: Conn, channel: str, tag: str) -> None:
     """Alice's channel follows her to tenant Beta: Beta's tenant-wide rows come, Alpha's
-    no longer. The token has no reply: the first Beta row says the relay has it."""
+    no longer. New claims error the channel (what it shows was authorized under the
+    old ones); the client rejoins with the new token and says SUBSCRIBED again,
+    where apps re-fetch (docs/supabase.md)."""
+    errored = await alice.next(status(channel, "CHANNEL_ERROR", "SUBSCRIBED"))
+    assert errored["status"] == "CHANNEL_ERROR", errored
+    await alice.next(status(channel, "SUBSCRIBED"), 3 * WAIT)
     insert(rdb, NEW_NOTIFICATION, "TNT-BETA0001", None, "moved", f"beta {tag}")
     await alice.next(changed(channel, "INSERT", title=f"beta {tag}"))
     insert(rdb, NEW_NOTIFICATION, "TNT-ALPHA001", None, "moved", f"alpha {tag}")
@@ -329,7 +361,7 @@ async def test_broadcast_reaches_the_topic_with_self_and_ack(
     start: Start, flavour: Flavour
 ) -> None:
     alice, carol = await start(flavour, ALICE), await start(flavour, CAROL)
-    topic = f"room-{flavour}"
+    topic = f"room:{flavour}"
     await alice.channel(topic, {"broadcast": {"self": True, "ack": True}})
     await carol.channel(topic, {"broadcast": {"self": False, "ack": False}})
     for client in (alice, carol):
@@ -358,7 +390,7 @@ async def test_broadcast_reaches_the_topic_with_self_and_ack(
 @pytest.mark.parametrize("flavour", EACH, ids=str)
 async def test_presence_syncs_joins_and_leaves(start: Start, flavour: Flavour) -> None:
     alice, carol = await start(flavour, ALICE), await start(flavour, CAROL)
-    topic = f"lobby-{flavour}"
+    topic = f"lobby:{flavour}"
     for client, key in ((alice, "alice"), (carol, "carol")):
         await client.channel(topic, {"presence": {"key": key}})
         await client.on_presence(topic)
@@ -377,8 +409,32 @@ async def test_presence_syncs_joins_and_leaves(start: Start, flavour: Flavour) -
         synced = await client.next(both)
         assert [meta["name"] for meta in synced["state"]["carol"]] == ["carol"]
     await carol.untrack(topic)
-    left = await alice.next(of("presence", channel=topic, event="leave", key="carol"))
-    assert "carol" not in left["state"]
+    await alice.next(of("presence", channel=topic, event="leave", key="carol"))
+    # The clients call leave before they drop the emptied key: the sync after it says.
+    await alice.next(
+        lambda e: of("presence", channel=topic, event="sync")(e) and set(e["state"]) == {"alice"}
+    )
+
+
+@pytest.mark.parametrize("flavour", [ALL[1], ALL[4]], ids=str)
+async def test_a_case_room_admits_the_cases_tenants_only_checked_in_sql(
+    start: Start, flavour: Flavour
+) -> None:
+    # portal/relay-policy.toml: case:{case_id}, for those whom RLS lets read the case.
+    alice, grace = await start(flavour, ALICE), await start(flavour, GRACE)
+    topic = "case:CASE-AB000001"
+    for client in (alice, grace):
+        await client.channel(topic, {"broadcast": {"self": True, "ack": True}})
+        await client.on_broadcast(topic, "*")
+        await client.subscribe(topic)
+    await alice.subscribed(topic)
+    refused = await grace.next(status(topic))
+    assert refused["status"] == "CHANNEL_ERROR", refused
+    assert "may not join" in str(refused), refused
+    wait = None if flavour.js else True
+    assert await alice.send_broadcast(topic, "typing", {"who": "alice"}, wait=wait) == "ok"
+    await alice.next(of("broadcast", channel=topic))
+    assert grace.seen(of("broadcast", channel=topic)) == []
 
 
 # --- The socket ------------------------------------------------------------------------

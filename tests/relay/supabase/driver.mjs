@@ -274,8 +274,11 @@ const commands = {
   },
 
   // {token}: realtime.setAuth(token), the app's explicit token; null: back to the
-  // accessToken callback (or the token it had).
+  // accessToken callback (or the token it had). The callback returns it from now
+  // on too, as an app's token source would: realtime-js asks the callback again
+  // after each join, and would push the old token back otherwise.
   async set_auth(args) {
+    if (args.token) state.token = args.token
     await realtime().setAuth(args.token ?? null)
     return realtime().accessTokenValue
   },
