@@ -20,7 +20,6 @@ from typing import Any
 import psycopg
 import pytest
 
-import relay as relay_package
 from tests.relay.supabase.harness import (
     DriverClient,
     Event,
@@ -32,15 +31,6 @@ from tests.relay.supabase.harness import (
     status,
 )
 from tests.support import ALICE, BOB, CAROL, GRACE, POLICY_FILE, WAIT, RelayProcess, mint
-
-# The endpoint is being built (issue 11): until the relay serves /realtime/v1, these
-# tests have nothing to talk to. The check reads the relay's sources for the path,
-# whatever the module that serves it is called.
-if not any("/realtime/v1" in p.read_text() for p in Path(relay_package.__file__).parent.rglob("*.py")):
-    pytest.skip(
-        "the relay has no Supabase-compatible endpoint (/realtime/v1/websocket) yet (issue 11)",
-        allow_module_level=True,
-    )
 
 Conn = psycopg.Connection[Any]
 
