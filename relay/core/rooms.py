@@ -10,8 +10,9 @@ this class is what sessions call, and it does what they cannot alone:
   may not write cannot broadcast or track;
 - it hands each recipient its frames (``Member``: each protocol words them),
   and marks the recipients' sessions for the shell to write;
-- it gathers what the other relays must hear (``peers`` events, published by
-  the shell, through Redis where several relays run) and applies what they say.
+- it hands what the other relays must hear (``peers`` events) to ``publish``,
+  which the shell sets where several relays run (through Redis), and applies
+  what they say.
 
 Who may join a room is decided before (``topic_rules.decide``, and the SQL
 check a rule may have): a member reaches this class admitted.
@@ -57,7 +58,9 @@ class Rooms:
         self.presence: Presence[Member] = presence or Presence(self.topics)
         self.node = self.topics.node
         self._mark = mark
-        self._peer_events: list[Event] = []
+        # What the other relays must hear, handed over as it happens (the shell
+        # queues it for Redis); None: one relay, nobody to tell.
+        self.publish: Callable[[list[Event]], None] | None = None
 
     # --- Membership ------------------------------------------------------------
 
@@ -86,7 +89,7 @@ class Rooms:
             raise ClientError(ErrorCode.TOPIC_NOT_ALLOWED, f"you may not broadcast on {topic!r}")
         recipients = self.topics.broadcast(topic, sender, event, payload, now)
         self._deliver(recipients, event, payload)
-        self._peer_events.append(Broadcast(topic, event, payload, self.node))
+        self._emit([Broadcast(topic, event, payload, self.node)])
 
     def track(self, topic: str, member: Member, payload: Any, now: float) -> None:
         """``ClientError`` if it may not (``Presence.track``)."""
@@ -100,11 +103,6 @@ class Rooms:
         self._apply(self.presence.untrack(topic, member))
 
     # --- Other relays ----------------------------------------------------------
-
-    def take_peer_events(self) -> list[Event]:
-        """What the other relays must hear since the last call, in order."""
-        events, self._peer_events = self._peer_events, []
-        return events
 
     def apply_peer_events(self, events: Iterable[Event], now: float) -> None:
         """One message of the other relays' events (``peers.decode``), in order."""
@@ -139,4 +137,9 @@ class Rooms:
                 if member.actions.presence_read:
                     member.push_presence_diff(payload)
                     self._mark(member.owner)
-        self._peer_events += update.events
+        if update.events:
+            self._emit(list(update.events))
+
+    def _emit(self, events: list[Event]) -> None:
+        if self.publish is not None:
+            self.publish(events)
