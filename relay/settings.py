@@ -123,6 +123,17 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             f" RELAY_MAX_SEND_BUFFER_BYTES ({max_send_buffer_bytes}): one change would"
             " close its readers as slow consumers"
         )
+    path = read.text_or("RELAY_PATH", Settings.path)
+    supabase_path = (
+        read.text("RELAY_SUPABASE_PATH")
+        if "RELAY_SUPABASE_PATH" in read.env
+        else Settings.supabase_path
+    )
+    if supabase_path is not None and (supabase_path == path or not supabase_path.startswith("/")):
+        raise ConfigError(
+            f"RELAY_SUPABASE_PATH={supabase_path!r} must be a path starting with / and"
+            f" differ from RELAY_PATH ({path!r})"
+        )
     log_format = read.text_or("RELAY_LOG_FORMAT", Settings.log_format).lower()
     if log_format not in ("json", "text"):
         raise ConfigError("RELAY_LOG_FORMAT must be json or text")
@@ -131,12 +142,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         policy_file=Path(policy_file),
         host=read.text_or("RELAY_HOST", Settings.host),
         port=read.integer("RELAY_PORT", Settings.port),
-        path=read.text_or("RELAY_PATH", Settings.path),
-        supabase_path=(
-            read.text("RELAY_SUPABASE_PATH")
-            if "RELAY_SUPABASE_PATH" in read.env
-            else Settings.supabase_path
-        ),
+        path=path,
+        supabase_path=supabase_path,
         ops_host=read.text_or("RELAY_OPS_HOST", Settings.ops_host),
         ops_port=read.integer("RELAY_OPS_PORT", Settings.ops_port),
         allowed_origins=_origins(read.listing("RELAY_ALLOWED_ORIGINS")),

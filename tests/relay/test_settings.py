@@ -72,6 +72,8 @@ def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
         ({**BASE, "RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT must be json or text"),
         ({**BASE, "RELAY_AUTH_TIMEOUT_S": "0"}, "RELAY_AUTH_TIMEOUT_S='0' must be at least 0.1"),
         ({**BASE, "RELAY_DRAIN_S": "-1"}, "RELAY_DRAIN_S='-1' must be at least 0"),
+        ({**BASE, "RELAY_SUPABASE_PATH": "/"}, "RELAY_SUPABASE_PATH='/' must be a path"),
+        ({**BASE, "RELAY_SUPABASE_PATH": "realtime"}, "RELAY_SUPABASE_PATH='realtime'"),
         # Browsers send scheme://host[:port]: anything else would refuse every browser.
         ({**BASE, "RELAY_ALLOWED_ORIGINS": "app.example.com"}, "RELAY_ALLOWED_ORIGINS: 'app"),
         ({**BASE, "RELAY_ALLOWED_ORIGINS": "https://a.example/"}, "RELAY_ALLOWED_ORIGINS: 'https"),
@@ -86,6 +88,12 @@ def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
 def test_bad_values_name_their_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         from_env(env)
+
+
+def test_supabases_endpoint_is_served_unless_its_path_is_empty() -> None:
+    assert from_env(BASE).supabase_path == "/realtime/v1/websocket"
+    assert from_env({**BASE, "RELAY_SUPABASE_PATH": ""}).supabase_path is None
+    assert from_env({**BASE, "RELAY_SUPABASE_PATH": "/rt"}).supabase_path == "/rt"
 
 
 def test_the_change_size_limit_follows_a_small_send_buffer() -> None:

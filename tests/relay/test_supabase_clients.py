@@ -11,6 +11,7 @@ channel, which the relay sends in commit order, not for time.
 """
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,17 @@ from tests.relay.supabase.harness import (
     project_url,
     status,
 )
-from tests.support import ALICE, BOB, CAROL, GRACE, POLICY_FILE, WAIT, RelayProcess, mint
+from tests.support import (
+    ALICE,
+    BOB,
+    CAROL,
+    GRACE,
+    POLICY_FILE,
+    WAIT,
+    Process,
+    RelayProcess,
+    mint,
+)
 
 Conn = psycopg.Connection[Any]
 
@@ -454,3 +465,30 @@ async def test_clients_reconnect_and_resubscribe_after_a_relay_restart(
         for process in (first, again):
             if process is not None:
                 process.kill()
+
+
+# --- The migration guide's example -------------------------------------------------------
+
+
+def test_the_guides_supabase_js_example_runs_as_written(relay: RelayProcess, rdb: Conn) -> None:
+    # docs/supabase.md points at docs/examples/supabase-listen.mjs: run it as it says.
+    root = Path(__file__).resolve().parents[2]
+    example = Process(
+        ["node", str(root / "docs" / "examples" / "supabase-listen.mjs")],
+        env={
+            **os.environ,
+            "SUPABASE_URL": project_url(relay),
+            "SUPABASE_ANON_KEY": apikey(),
+            "USER_TOKEN": mint(*ALICE),
+            "EXIT_AFTER": "1",
+        },
+        cwd=str(root),
+    )
+    try:
+        example.wait_for('"status":"SUBSCRIBED"', 3 * WAIT)
+        insert(rdb, NEW_NOTIFICATION, "TNT-ALPHA001", None, "guide", "from the guide")
+        line = example.wait_for('"type":"INSERT"', 2 * WAIT)
+        assert "from the guide" in line
+        assert example.popen.wait(WAIT) == 0
+    finally:
+        example.kill()
