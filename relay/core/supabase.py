@@ -38,6 +38,7 @@ from typing import Any
 from relay.core import phoenix, protocol
 from relay.core.errors import AuthError, ClientError, CloseCode, ErrorCode
 from relay.core.phoenix import ChannelWire, Message
+from relay.core.rates import TokenBucket
 from relay.core.session import BaseSession, Hub
 from relay.core.subscription import Subscription
 from relay.core.tables import qualified
@@ -62,6 +63,7 @@ _REASONS = {
     ErrorCode.TOO_MANY_CONNECTIONS: "ConnectionRateLimitReached",
     ErrorCode.TOO_MANY_USER_CONNECTIONS: "ConnectionRateLimitReached",
     ErrorCode.TOO_MANY_SUBSCRIPTIONS: "ChannelRateLimitReached",
+    ErrorCode.RATE_LIMITED: "RateLimitReached",
 }
 
 
@@ -120,6 +122,8 @@ class SupabaseSession(BaseSession):
         self._held: list[tuple[float, bytes]] = []  # error replies, and when they are due
         self._pending: dict[str, PendingJoin] = {}  # by topic: joins awaiting their check
         self._checks: list[PendingJoin] = []  # for the shell to run
+        rate = self.limits.max_messages_per_second
+        self._flood = TokenBucket(5 * rate, 5 * max(rate, 1.0), now)
 
     # --- What the fan-out asks -------------------------------------------------------
 
@@ -168,12 +172,16 @@ class SupabaseSession(BaseSession):
     def receive(self, data: str | bytes, now: float) -> None:
         if self.close_request is not None:
             return
-        if not self._take_token(now):
-            self._note("close", ErrorCode.RATE_LIMITED, "too many frames per second")
+        # Past the frame rate, a message is refused with an error reply (a closed
+        # socket would only make the clients reconnect, and rejoin every channel);
+        # past five times it, the socket closes: a flood, not a client.
+        limited = not self._take_token(now)
+        if limited and not self._flood.take(now):
+            self._note("close", ErrorCode.RATE_LIMITED, "far too many frames per second")
             self.close(
                 CloseCode.RATE_LIMITED,
                 ErrorCode.RATE_LIMITED,
-                f"more than {self.limits.max_messages_per_second:g} frames per second",
+                f"more than {5 * self.limits.max_messages_per_second:g} frames per second",
             )
             return
         try:
@@ -182,6 +190,15 @@ class SupabaseSession(BaseSession):
             # Nothing to answer to (no topic, no ref): the connection ends, with the reason.
             self._note("request", ErrorCode.BAD_FRAME, str(exc))
             self.close(CloseCode.PROTOCOL_ERROR, ErrorCode.BAD_FRAME, str(exc))
+            return
+        if limited and message.topic != "phoenix":  # heartbeats are always answered
+            self._note("request", ErrorCode.RATE_LIMITED, "too many frames per second")
+            self._refuse(
+                message,
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.limits.max_messages_per_second:g} messages per second",
+                now,
+            )
             return
         try:
             self._handle(message, now)

@@ -409,3 +409,29 @@ async def test_a_malformed_frame_closes_the_socket_with_a_code(phoenix: Any) -> 
         await alice.next()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
     assert closed.value.rcvd.reason == "bad_frame"
+
+
+async def test_past_the_frame_rate_messages_get_error_replies_and_a_flood_closes(
+    relay_database: str,
+) -> None:
+    slow = RelayProcess(
+        relay_database, RELAY_MAX_MESSAGES_PER_SECOND="2", RELAY_JOIN_ERROR_DELAY_S="0"
+    ).start()
+    try:
+        async with connect(url(slow), open_timeout=WAIT) as ws:
+            client = Phoenix(ws, "1.0.0")
+            refs = [await client.push("realtime:nowhere", "phx_leave", {}) for _ in range(4)]
+            replies = [await client.reply(ref) for ref in refs]
+            limited = [r for r in replies if r["status"] == "error"]
+            assert limited and limited[0]["response"]["code"] == "rate_limited", replies
+            # Heartbeats are answered whatever the rate: unanswered, realtime-js drops the socket.
+            ref = await client.push("phoenix", "heartbeat", {})
+            assert (await client.reply(ref))["status"] == "ok"
+            for _ in range(50):
+                await ws.send(client.encode(None, None, "realtime:nowhere", "phx_leave", {}))
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await client.next()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4029
+    finally:
+        slow.stop()
