@@ -241,6 +241,18 @@ class RelayClient:
             raise RelayClosed(self.connection.close_code, self.connection.close_reason or "")
         return event
 
+    def pending_events(self) -> list[dict[str, Any]]:
+        """The events received and not taken yet, taken now, without waiting: after
+        a ``ping``, everything the relay sent before its ``pong``."""
+        taken = []
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if event is None:
+                self._events.put_nowait(None)  # stays closed for later calls
+                break
+            taken.append(event)
+        return taken
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         while True:
             try:

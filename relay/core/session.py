@@ -518,8 +518,7 @@ class Session(BaseSession):
         # Each room is decided again under the new token (its rule's check run
         # again), as Supabase does on access_token: a user who no longer meets
         # the rule leaves the room.
-        for room in list(self.rooms.values()):
-            self._decide_again(room)
+        self._decide_again(now)
         self.tick(now)
 
     def _subscribe(self, request: protocol.Subscribe, now: float) -> None:
@@ -618,20 +617,32 @@ class Session(BaseSession):
             self._note("subscribe", exc.code, exc.message)
             self.send(protocol.error(pending.ref, exc.code, exc.message))
 
-    def _decide_again(self, room: Room) -> None:
-        """A new token: the room is decided again under it; refused, the member leaves."""
-        if self.identity is None or room.topic in self._pending:
-            return
-        decision = self.hub.decide_topic(room.topic, self.identity, True)
-        if isinstance(decision, Refused):
-            self._note("auth", decision.reason, decision.message)
-            self._expel(room, decision.code, decision.message)
-        elif decision.check is not None:
-            pending = PendingJoin(None, room, decision, again=True)
-            self._pending[room.topic] = pending
-            self._checks.append(pending)
-        else:
-            room.actions = decision.actions
+    def _decide_again(self, now: float) -> None:
+        """A new token: every room, and every join still waiting for its check, is
+        decided again under it (a check again replaces one under way, which was
+        for the old token); refused, the member leaves, or the join is refused."""
+        assert self.identity is not None
+        waiting = {topic: p.room for topic, p in self._pending.items() if not p.again}
+        for topic, room in [*self.rooms.items(), *waiting.items()]:
+            ref = self._pending[topic].ref if topic in waiting else None
+            decision = self.hub.decide_topic(topic, self.identity, True)
+            if isinstance(decision, Refused):
+                self._pending.pop(topic, None)
+                self._note("auth", decision.reason, decision.message)
+                if topic in waiting:
+                    self.send(protocol.error(ref, decision.code, decision.message))
+                else:
+                    self._expel(room, decision.code, decision.message)
+            elif decision.check is not None:
+                pending = PendingJoin(ref, room, decision, again=topic not in waiting)
+                self._pending[topic] = pending
+                self._checks.append(pending)
+            elif topic in waiting:
+                del self._pending[topic]
+                self._enter(ref, room, decision, now)
+            else:
+                self._pending.pop(topic, None)
+                room.actions = decision.actions
 
     def _expel(self, room: Room, code: ErrorCode, message: str) -> None:
         """The relay ends a membership: ``left`` with the reason."""
