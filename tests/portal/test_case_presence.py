@@ -27,7 +27,8 @@ JOIN_AS_THE_PAGE = """async (topic) => {
       if (frame.ref === "j") { socket.close(); resolve(frame); }
     };
     socket.onopen = () => socket.send(JSON.stringify({type: "auth", token: config.token}));
-    socket.onclose = (event) => reject(new Error(`closed ${event.code}: ${JSON.stringify(replies)}`));
+    socket.onclose = (event) => reject(new Error(`closed ${event.code}: ${JSON.stringify(replies)}`)
+    );
   });
 }"""
 
