@@ -202,11 +202,11 @@ def _ping(data: Mapping[str, Any], ref: Ref) -> Request:
     return Ping(ref)
 
 
-# Rooms (broadcast, presence). A topic's and an event's limits are the rooms'
-# (relay.core.topics), which say so with their own codes; these only bound
-# what a frame may hold.
-MAX_TOPIC_LENGTH = 255
-MAX_EVENT_LENGTH = 255
+# Rooms (broadcast, presence). A topic's and an event's limits in bytes are
+# the rooms' (relay.core.topics), which say so with their own codes; these
+# only bound what a frame may hold.
+MAX_TOPIC_LENGTH = 1024
+MAX_EVENT_LENGTH = 1024
 MAX_PRESENCE_KEY_LENGTH = 255
 
 

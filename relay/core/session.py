@@ -546,6 +546,9 @@ class Session(BaseSession):
 
     def _join(self, request: protocol.Join, now: float) -> None:
         topic = request.topic
+        most = self.hub.rooms.topics.max_topic_bytes
+        if len(topic.encode()) > most:
+            raise ClientError(ErrorCode.INVALID_TOPIC, f"a topic is 1 to {most} bytes of UTF-8")
         if topic in self.rooms or topic in self._pending:
             raise ClientError(ErrorCode.ALREADY_JOINED, f"already joined to {topic!r}; leave first")
         limit = self.limits.max_channels_per_connection

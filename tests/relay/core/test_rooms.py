@@ -276,3 +276,9 @@ def test_room_frames_are_decoded_with_their_options() -> None:
     )
     room = pending_of(alice).room
     assert room.options == Options(self_broadcast=True, ack=False, presence=True, presence_key="k")
+
+
+def test_a_topic_over_255_bytes_is_an_invalid_topic() -> None:
+    alice = signed_in(make_fanout(), ALICE)
+    [error] = send(alice, {"type": "join", "topic": "case:" + "é" * 126, "ref": 1})
+    assert error["code"] == "invalid_topic"
