@@ -8,10 +8,13 @@ or a ``closing`` frame followed by a close.
 
 States: awaiting auth (only ``auth`` is accepted) -> open -> closing.
 
-A session owns its outbox and its subscriptions: others hand it frames
-(``send``, ``send_change``) and ask it to forget a subscription (``forget``).
-What needs state shared by every session (admission, the published tables, the
-index, the stream) it asks of its ``Hub``, the fan-out.
+A session owns its outbox, its subscriptions and (``Session``) its rooms,
+where it broadcasts and is present (docs/protocol.md, *Rooms*): others hand
+it frames (``send``, ``send_change``) and ask it to forget a subscription
+(``forget``). What needs state shared by every session (admission, the
+published tables, the index, the stream, the rooms) it asks of its ``Hub``,
+the fan-out. A join whose topic rule has a SQL check waits for the shell to
+run it (``take_checks``, then ``checked``).
 """
 
 import logging
