@@ -6,9 +6,12 @@ check finds the case under the user's RLS)."""
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect as ws_connect
 
 from relay.client import RelayClient, RelayRequestError
 from tests.relay.conftest import Connect
+from tests.relay.test_supabase_endpoint import Phoenix
+from tests.relay.test_supabase_endpoint import url as supabase_url
 from tests.support import ALICE, BOB, CAROL, GRACE, WAIT, RelayProcess, mint
 
 CASE = "case:CASE-AB000001"
@@ -241,3 +244,36 @@ async def test_a_leave_is_answered_left_and_nothing_more_arrives(connect: Connec
     await bob.broadcast(CASE, "typing", {})
     assert await quiet(bob) == []
     assert await quiet(alice) == []
+
+
+# --- Both protocols ------------------------------------------------------------------
+
+
+async def test_our_clients_and_supabases_meet_in_the_same_room(
+    connect: Connect, relay: RelayProcess
+) -> None:
+    alice = await connect(ALICE)
+    await alice.join(CASE, presence_key="alice")
+    async with ws_connect(supabase_url(relay), open_timeout=WAIT) as ws:
+        bob = Phoenix(ws, "1.0.0")
+        topic = f"realtime:{CASE}"
+        join_ref, reply = await bob.join(
+            CASE, [], mint(*BOB), private=True, presence={"key": "bob", "enabled": True}
+        )
+        assert reply["status"] == "ok", reply
+
+        await alice.broadcast(CASE, "typing", {"name": "Alice"})
+        pushed = await bob.until("broadcast", topic)
+        assert pushed["payload"] == {
+            "type": "broadcast",
+            "event": "typing",
+            "payload": {"name": "Alice"},
+        }
+
+        track = {"type": "presence", "event": "track", "payload": {"name": "Bob"}}
+        ref = await bob.push(topic, "presence", track, join_ref)
+        assert (await bob.reply(ref))["status"] == "ok"
+        diff = await next_of(alice, "presence_diff")
+        assert [meta["name"] for meta in diff["joins"]["bob"]["metas"]] == ["Bob"]
+    # Its socket closed: it left.
+    assert set((await next_of(alice, "presence_diff"))["leaves"]) == {"bob"}
