@@ -72,12 +72,14 @@
   }
 
   // A room: broadcast and presence on one topic (docs/protocol.md, "Rooms").
-  // Its handlers: on("broadcast", (event, payload) => ...), on("presence",
+  // Options: presenceKey (default: the relay chooses), presence (default true),
+  // self (receive one's own broadcasts, default false). Its handlers: on("broadcast", (event, payload) => ...), on("presence",
   // (state) => ...) with state {key: [meta, ...]}, on("status", (joined) => ...).
   class Room {
     constructor(realtime, topic, options) {
       this.realtime = realtime;
       this.topic = topic;
+      this.presence = options.presence !== false; // receive the room's presence
       this.presenceKey = options.presenceKey || "";
       this.self = Boolean(options.self);
       this.handlers = { broadcast: [], presence: [], status: [] };
@@ -103,13 +105,9 @@
     }
 
     joinFrame(ref) {
-      return {
-        type: "join",
-        ref,
-        topic: this.topic,
-        broadcast: { self: this.self, ack: false },
-        presence: { key: this.presenceKey },
-      };
+      const frame = { type: "join", ref, topic: this.topic, broadcast: { self: this.self, ack: false } };
+      if (this.presence) frame.presence = { key: this.presenceKey };
+      return frame;
     }
 
     // Sent only while joined: a broadcast is for the people here now.

@@ -282,3 +282,33 @@ def test_a_topic_over_255_bytes_is_an_invalid_topic() -> None:
     alice = signed_in(make_fanout(), ALICE)
     [error] = send(alice, {"type": "join", "topic": "case:" + "é" * 126, "ref": 1})
     assert error["code"] == "invalid_topic"
+
+
+def test_a_refresh_decides_a_waiting_join_again_under_the_new_token() -> None:
+    alice = signed_in(make_fanout(), ALICE)
+    send(alice, {"type": "join", "topic": TOPIC, "ref": "j"})
+    stale = pending_of(alice)
+    send(alice, {"type": "refresh", "token": mint(ALICE[0], GRACE[1])})
+    fresh = pending_of(alice)
+    assert fresh.ref == "j" and not fresh.again
+    assert fresh.admitted.check is not None
+    assert '"TNT-GAMMA001"' in fresh.admitted.check.claims  # the new token's claims
+    alice.checked(stale, stale.admitted, NOW)  # the old token's answer: ignored
+    assert taken(alice) == [] and alice.rooms == {}
+    alice.checked(fresh, topic_rules.refused(TOPIC, "check"), NOW)
+    [error] = taken(alice)
+    assert (error["code"], error["ref"]) == ("topic_not_allowed", "j")
+
+
+def test_a_refresh_that_still_admits_keeps_the_room() -> None:
+    fanout = make_fanout()
+    alice, bob = signed_in(fanout, ALICE), signed_in(fanout, BOB)
+    joined(alice)
+    joined(bob)
+    send(alice, {"type": "refresh", "token": mint(*ALICE)})
+    again = pending_of(alice)
+    assert again.again and again.ref is None
+    alice.checked(again, again.admitted, NOW)
+    assert taken(alice) == []
+    send(bob, {"type": "broadcast", "topic": TOPIC, "event": "e", "payload": 1})
+    assert [f["type"] for f in taken(alice)] == ["broadcast"]
