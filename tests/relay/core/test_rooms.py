@@ -312,3 +312,15 @@ def test_a_refresh_that_still_admits_keeps_the_room() -> None:
     assert taken(alice) == []
     send(bob, {"type": "broadcast", "topic": TOPIC, "event": "e", "payload": 1})
     assert [f["type"] for f in taken(alice)] == ["broadcast"]
+
+
+def test_a_leave_while_the_room_is_checked_again_leaves_and_the_answer_is_ignored() -> None:
+    alice = signed_in(make_fanout(), ALICE)
+    joined(alice)
+    send(alice, {"type": "refresh", "token": mint(ALICE[0], GRACE[1])})
+    again = pending_of(alice)
+    assert send(alice, {"type": "leave", "topic": TOPIC, "ref": 1}) == [
+        {"type": "left", "topic": TOPIC, "ref": 1}
+    ]
+    alice.checked(again, topic_rules.refused(TOPIC, "check"), NOW)
+    assert taken(alice) == [] and alice.rooms == {}
