@@ -11,6 +11,18 @@ server's ``code``) when refused. Change and system events (``change``,
 ``gap``, ``replayed``, ``token_expiring``, ``closing``, unsolicited
 ``unsubscribed``) arrive in order through ``events()`` or ``next_event()``.
 
+Rooms (broadcast and presence on a topic)::
+
+    await client.join("case:CASE-AB000001", presence_key="USR-ALIC0001")
+    await client.track("case:CASE-AB000001", {"name": "Alice"})
+    await client.broadcast("case:CASE-AB000001", "typing", {"name": "Alice"})
+    client.presence("case:CASE-AB000001")  # {key: [meta, ...]}, kept from the diffs
+
+and their events (``broadcast``, ``presence_diff``, unsolicited ``left``)
+arrive through ``events()`` too. A broadcast waits for the relay's
+``broadcasted`` only in a room joined with ``ack``; otherwise a refusal
+arrives later, as an ``error`` event.
+
 The client keeps, for each subscription, where a resume should start and the
 token that proves it may (``resume_point(id)``); a reconnecting client passes
 both to ``subscribe`` to receive what it missed.
@@ -72,6 +84,9 @@ class RelayClient:
         self._refs = itertools.count(1)
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        # topic -> presence key -> metas, for the rooms joined with presence
+        self._presence: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._acks: dict[str, bool] = {}  # topic -> broadcasts are acked
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -161,6 +176,61 @@ class RelayClient:
     async def ping(self, timeout: float = 10.0) -> None:
         await self.request({"type": "ping"}, timeout)
 
+    # --- Rooms -----------------------------------------------------------------------
+
+    async def join(
+        self,
+        topic: str,
+        *,
+        presence: bool = False,
+        presence_key: str | None = None,
+        self_broadcast: bool = False,
+        ack: bool = False,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """Enter a room; the ``joined`` reply (with ``presence_state`` when asked
+        for presence: ``presence`` true, or a ``presence_key``). In the room from
+        the moment it returns: every broadcast made after reaches it."""
+        frame: dict[str, Any] = {
+            "type": "join",
+            "topic": topic,
+            "broadcast": {"self": self_broadcast, "ack": ack},
+        }
+        if presence or presence_key is not None:
+            frame["presence"] = {"key": presence_key or ""}
+        reply = await self.request(frame, timeout)
+        self._acks[topic] = ack
+        return reply
+
+    async def leave(self, topic: str, timeout: float = 10.0) -> None:
+        await self.request({"type": "leave", "topic": topic}, timeout)
+        self._forget_room(topic)
+
+    async def broadcast(self, topic: str, event: str, payload: Any, timeout: float = 10.0) -> None:
+        """Send ``event`` to the room; in a room joined with ``ack``, wait until
+        the relay has sent it on (or raise its refusal)."""
+        frame = {"type": "broadcast", "topic": topic, "event": event, "payload": payload}
+        if self._acks.get(topic, False):
+            await self.request(frame, timeout)
+        else:
+            await self.connection.send(orjson.dumps({**frame, "ref": next(self._refs)}).decode())
+
+    async def track(self, topic: str, payload: dict[str, Any], timeout: float = 10.0) -> None:
+        """Be present in the room with ``payload`` (a new one replaces the last)."""
+        await self.request({"type": "track", "topic": topic, "payload": payload}, timeout)
+
+    async def untrack(self, topic: str, timeout: float = 10.0) -> None:
+        await self.request({"type": "untrack", "topic": topic}, timeout)
+
+    def presence(self, topic: str) -> dict[str, list[dict[str, Any]]]:
+        """Who is present in a room joined with presence, by key: the ``joined``
+        state with every ``presence_diff`` received since applied."""
+        return {key: list(metas) for key, metas in self._presence.get(topic, {}).items()}
+
+    def _forget_room(self, topic: str) -> None:
+        self._presence.pop(topic, None)
+        self._acks.pop(topic, None)
+
     # --- Events --------------------------------------------------------------------
 
     async def next_event(self, timeout: float = 10.0) -> dict[str, Any]:
@@ -170,6 +240,18 @@ class RelayClient:
             self._events.put_nowait(None)  # stays closed for later calls
             raise RelayClosed(self.connection.close_code, self.connection.close_reason or "")
         return event
+
+    def pending_events(self) -> list[dict[str, Any]]:
+        """The events received and not taken yet, taken now, without waiting: after
+        a ``ping``, everything the relay sent before its ``pong``."""
+        taken = []
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if event is None:
+                self._events.put_nowait(None)  # stays closed for later calls
+                break
+            taken.append(event)
+        return taken
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         while True:
@@ -198,6 +280,11 @@ class RelayClient:
                             frame["resume_token"],
                             resuming,
                         )
+                    elif frame.get("type") == "joined" and "presence_state" in frame:
+                        self._presence[frame["topic"]] = {
+                            key: list(value["metas"])
+                            for key, value in frame["presence_state"].items()
+                        }
                     elif frame.get("type") == "refreshed":
                         # Resume tokens that cover the new token too.
                         for subscription_id, token in frame.get("resume_tokens", {}).items():
@@ -231,6 +318,23 @@ class RelayClient:
             for subscription_id in frame["subscriptions"]:
                 if subscription_id in self._resume:
                     self._resume[subscription_id].caught_up(frame["position"])
+        elif kind == "presence_diff":
+            self._apply_presence(frame)
+        elif kind == "left":
+            self._forget_room(frame["topic"])
+
+    def _apply_presence(self, frame: dict[str, Any]) -> None:
+        """A diff as realtime-js applies it: leaves by ``phx_ref``, then joins."""
+        state = self._presence.setdefault(frame["topic"], {})
+        for key, value in frame.get("leaves", {}).items():
+            gone = {meta["phx_ref"] for meta in value["metas"]}
+            metas = [meta for meta in state.get(key, []) if meta["phx_ref"] not in gone]
+            if metas:
+                state[key] = metas
+            else:
+                state.pop(key, None)
+        for key, value in frame.get("joins", {}).items():
+            state.setdefault(key, []).extend(value["metas"])
 
     # --- Lifetime -----------------------------------------------------------------
 

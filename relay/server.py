@@ -29,8 +29,7 @@ from websockets.typing import Subprotocol
 from relay.core import phoenix, protocol
 from relay.core.errors import AuthError, CloseCode, ErrorCode, Refusal
 from relay.core.fanout import Fanout
-from relay.core.session import BaseSession
-from relay.core.supabase import PendingJoin, SupabaseSession
+from relay.core.session import BaseSession, PendingCheck
 from relay.refusals import RefusalLog
 from relay.topic_checks import TopicChecks
 
@@ -231,9 +230,8 @@ class RelayServer:
                 async for message in connection:
                     session.receive(message, time.time())
                     self.flush_session(session)
-                    if isinstance(session, SupabaseSession):
-                        for pending in session.take_checks():
-                            self._spawn(self._check(session, pending))
+                    for pending in session.take_checks():
+                        self._spawn(self._check(session, pending))
                     self.flush(False)  # what it sent to others: broadcasts, presence
                     if session.close_request is not None:
                         break
@@ -338,7 +336,7 @@ class RelayServer:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _check(self, session: SupabaseSession, pending: PendingJoin) -> None:
+    async def _check(self, session: BaseSession, pending: PendingCheck) -> None:
         """Run a topic rule's SQL check, then finish (or refuse) the join."""
         result = await self.checks.confirm(pending.admitted)
         if session in self.connections:

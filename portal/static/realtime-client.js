@@ -16,7 +16,10 @@
  *  - after its token is revoked (close 4010) asks the portal for a new one, and
  *    stops when the portal answers that the user is signed out (401);
  *  - shows the connection's state in #realtime-status: live, reconnecting,
- *    offline, signed-out.
+ *    offline, signed-out;
+ *  - joins rooms (broadcast and presence on a topic) for the page's scripts:
+ *    window.NexusRealtime.room(topic, {presenceKey}) gives a Room, joined again
+ *    after every reconnect, its presence tracked again (case-presence.js).
  */
 (function () {
   "use strict";
@@ -68,6 +71,97 @@
     }
   }
 
+  // A room: broadcast and presence on one topic (docs/protocol.md, "Rooms").
+  // Options: presenceKey (default: the relay chooses), presence (default true),
+  // self (receive one's own broadcasts, default false). Its handlers: on("broadcast", (event, payload) => ...), on("presence",
+  // (state) => ...) with state {key: [meta, ...]}, on("status", (joined) => ...).
+  class Room {
+    constructor(realtime, topic, options) {
+      this.realtime = realtime;
+      this.topic = topic;
+      this.presence = options.presence !== false; // receive the room's presence
+      this.presenceKey = options.presenceKey || "";
+      this.self = Boolean(options.self);
+      this.handlers = { broadcast: [], presence: [], status: [] };
+      this.state = {};
+      this.joined = false;
+      this.refused = false;
+      this.tracked = null; // the payload to track, again after each rejoin
+    }
+
+    on(kind, handler) {
+      this.handlers[kind].push(handler);
+      return this;
+    }
+
+    emit(kind, ...args) {
+      for (const handler of this.handlers[kind]) {
+        try {
+          handler(...args);
+        } catch (error) {
+          console.warn("Nexus realtime: a room handler failed", error);
+        }
+      }
+    }
+
+    joinFrame(ref) {
+      const frame = { type: "join", ref, topic: this.topic, broadcast: { self: this.self, ack: false } };
+      if (this.presence) frame.presence = { key: this.presenceKey };
+      return frame;
+    }
+
+    // Sent only while joined: a broadcast is for the people here now.
+    send(event, payload) {
+      if (this.joined) this.realtime.send({ type: "broadcast", topic: this.topic, event, payload });
+    }
+
+    track(payload) {
+      this.tracked = payload;
+      if (this.joined) this.realtime.send({ type: "track", topic: this.topic, payload });
+    }
+
+    untrack() {
+      this.tracked = null;
+      if (this.joined) this.realtime.send({ type: "untrack", topic: this.topic });
+    }
+
+    entered(frame) {
+      this.joined = true;
+      this.state = {};
+      for (const [key, value] of Object.entries(frame.presence_state || {})) {
+        this.state[key] = Array.from(value.metas || []);
+      }
+      if (this.tracked) this.realtime.send({ type: "track", topic: this.topic, payload: this.tracked });
+      this.emit("status", true);
+      this.emit("presence", this.state);
+    }
+
+    // Out of the room (disconnected, or the relay ended the membership): nobody is known here.
+    exited() {
+      const was = this.joined;
+      this.joined = false;
+      this.state = {};
+      if (was) {
+        this.emit("status", false);
+        this.emit("presence", this.state);
+      }
+    }
+
+    // Leaves first, by phx_ref, then joins: as realtime-js applies a diff.
+    diff(frame) {
+      for (const [key, value] of Object.entries(frame.leaves || {})) {
+        const gone = new Set((value.metas || []).map((meta) => meta.phx_ref));
+        const metas = (this.state[key] || []).filter((meta) => !gone.has(meta.phx_ref));
+        if (metas.length) this.state[key] = metas;
+        else delete this.state[key];
+      }
+      for (const [key, value] of Object.entries(frame.joins || {})) {
+        this.state[key] = (this.state[key] || []).concat(value.metas || []);
+      }
+      this.emit("presence", this.state);
+    }
+  }
+
   class NexusRealtime {
     constructor(configUrl) {
       this.configUrl = configUrl;
@@ -78,6 +172,8 @@
       this.config = null;
       this.bySubscription = new Map(); // subscription id -> spec
       this.pending = new Map(); // ref -> spec, awaiting "subscribed"
+      this.rooms = new Map(); // topic -> Room
+      this.joining = new Map(); // ref -> Room, awaiting "joined"
       this.nextRef = 1;
       this.attempt = 0;
       this.stopped = false;
@@ -198,6 +294,22 @@
         case "refreshed":
           this.refreshed(frame);
           break;
+        case "joined":
+          this.roomJoined(frame);
+          break;
+        case "broadcast": {
+          const room = this.rooms.get(frame.topic);
+          if (room && room.joined) room.emit("broadcast", frame.event, frame.payload);
+          break;
+        }
+        case "presence_diff": {
+          const room = this.rooms.get(frame.topic);
+          if (room && room.joined) room.diff(frame);
+          break;
+        }
+        case "left":
+          this.roomLeft(frame);
+          break;
         case "closing":
           console.info("Nexus realtime: the relay closes the connection:", frame.reason);
           break;
@@ -213,6 +325,7 @@
     // Each subscription keeps its own resume point (spec.position) and the
     // token that lets it resume (spec.token): docs/protocol.md, "Resuming".
     ready() {
+      this.readySeen = true;
       this.bySubscription.clear();
       this.pending.clear();
       // A first connection re-fetches once all subscriptions are live: what was
@@ -230,14 +343,58 @@
         this.pending.set(ref, spec);
         this.send(frame);
       }
+      this.joining.clear();
+      for (const room of this.rooms.values()) this.joinRoom(room);
       this.heartbeat();
       this.scheduleTokenRefresh();
+    }
+
+    // The page's rooms: one per topic, joined now if connected, and after each reconnect.
+    room(topic, options) {
+      let room = this.rooms.get(topic);
+      if (!room) {
+        room = new Room(this, topic, options || {});
+        this.rooms.set(topic, room);
+        if (this.socket && this.socket.readyState === WebSocket.OPEN && this.readySeen) {
+          this.joinRoom(room);
+        }
+      }
+      return room;
+    }
+
+    joinRoom(room) {
+      if (room.refused) return;
+      const ref = this.nextRef++;
+      this.joining.set(ref, room);
+      this.send(room.joinFrame(ref));
+    }
+
+    roomJoined(frame) {
+      const room = this.joining.get(frame.ref);
+      if (!room) return;
+      this.joining.delete(frame.ref);
+      room.entered(frame);
+    }
+
+    // Unasked for (a new token no longer admits the user): out, and not joined again.
+    roomLeft(frame) {
+      const room = this.rooms.get(frame.topic);
+      if (!room || frame.ref !== undefined) return;
+      console.warn("Nexus realtime: left", frame.topic, frame.reason);
+      room.refused = true;
+      room.exited();
     }
 
     // A subscribe refused. One that resumed from a position the relay cannot
     // read (say, of an older relay) subscribes again from now, and the page
     // re-fetches; any other refusal is a bug of the page: logged, not retried.
     refused(frame) {
+      const room = this.joining.get(frame.ref);
+      if (room) {
+        this.joining.delete(frame.ref);
+        room.refused = true; // a rule said no: joining again would say no again
+        return;
+      }
       const spec = this.pending.get(frame.ref);
       if (!spec) return;
       this.pending.delete(frame.ref);
@@ -378,6 +535,9 @@
     closed(socket, event) {
       if (socket !== this.socket) return;
       this.socket = null;
+      this.readySeen = false;
+      this.joining.clear();
+      for (const room of this.rooms.values()) room.exited();
       clearInterval(this.timers.ping);
       clearTimeout(this.timers.pong);
       clearTimeout(this.timers.refresh);
@@ -403,6 +563,7 @@
         clearTimeout(timer);
         clearInterval(timer);
       });
+      for (const room of this.rooms.values()) room.exited();
       if (this.socket) {
         for (const id of this.bySubscription.keys()) this.send({ type: "unsubscribe", id });
         this.socket.close(1000, "page closed");

@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     TOPIC_PRIVATE_ONLY = "topic_private_only"  # its rule admits private joins only
     INVALID_TOPIC = "invalid_topic"  # empty, or longer than the limit
     NOT_JOINED = "not_joined"  # a broadcast or a track on a topic the client has not joined
+    ALREADY_JOINED = "already_joined"  # a join of a topic the connection is in (or joining)
     PAYLOAD_TOO_LARGE = "payload_too_large"  # a broadcast's payload or a presence meta
     TOO_MANY_PRESENCES = "too_many_presences"  # the topic holds the most metas it may
     # Limits

@@ -57,7 +57,48 @@ class Ping:
     ref: Ref
 
 
-Request = Auth | Refresh | Subscribe | Unsubscribe | Ping
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Enter the room ``topic``: its broadcasts, and its presence if ``presence``."""
+
+    ref: Ref
+    topic: str
+    self_broadcast: bool  # broadcast.self: receive one's own broadcasts
+    ack: bool  # broadcast.ack: each broadcast is answered with ``broadcasted``
+    presence: bool  # a presence object was given: presence_state and presence_diff
+    presence_key: str  # presence.key; "" lets the relay choose one
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    ref: Ref
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    ref: Ref
+    topic: str
+    event: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    ref: Ref
+    topic: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Untrack:
+    ref: Ref
+    topic: str
+
+
+Request = (
+    Auth | Refresh | Subscribe | Unsubscribe | Ping | Join | Leave | Broadcast | Track | Untrack
+)
 
 
 class FrameError(ClientError):
@@ -161,12 +202,85 @@ def _ping(data: Mapping[str, Any], ref: Ref) -> Request:
     return Ping(ref)
 
 
+# Rooms (broadcast, presence). A topic's and an event's limits in bytes are
+# the rooms' (relay.core.topics), which say so with their own codes; these
+# only bound what a frame may hold.
+MAX_TOPIC_LENGTH = 1024
+MAX_EVENT_LENGTH = 1024
+MAX_PRESENCE_KEY_LENGTH = 255
+
+
+def _topic(data: Mapping[str, Any]) -> Any:
+    return _string(data, "topic", limit=MAX_TOPIC_LENGTH)
+
+
+def _object(data: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Invalid(f"{key!r} must be an object")
+    return value
+
+
+def _flag(data: Mapping[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise _Invalid(f"{key!r} must be true or false")
+    return value
+
+
+def _join(data: Mapping[str, Any], ref: Ref) -> Request:
+    topic = _topic(data)
+    broadcast = _object(data, "broadcast") or {}
+    presence = _object(data, "presence")
+    key = ""
+    if presence is not None and presence.get("key") not in (None, ""):
+        key = _string(presence, "key", limit=MAX_PRESENCE_KEY_LENGTH)
+    return Join(
+        ref,
+        topic,
+        _flag(broadcast, "self"),
+        _flag(broadcast, "ack"),
+        presence is not None,
+        key,
+    )
+
+
+def _leave(data: Mapping[str, Any], ref: Ref) -> Request:
+    return Leave(ref, _topic(data))
+
+
+def _broadcast(data: Mapping[str, Any], ref: Ref) -> Request:
+    if "payload" not in data:
+        raise _Invalid("a broadcast needs a 'payload' (any JSON value)")
+    return Broadcast(
+        ref, _topic(data), _string(data, "event", limit=MAX_EVENT_LENGTH), data["payload"]
+    )
+
+
+def _track(data: Mapping[str, Any], ref: Ref) -> Request:
+    payload = _object(data, "payload")
+    if payload is None:
+        raise _Invalid("'payload' must be an object: what the others see of you")
+    return Track(ref, _topic(data), payload)
+
+
+def _untrack(data: Mapping[str, Any], ref: Ref) -> Request:
+    return Untrack(ref, _topic(data))
+
+
 _READERS = {
     "auth": _auth,
     "refresh": _refresh,
     "subscribe": _subscribe,
     "unsubscribe": _unsubscribe,
     "ping": _ping,
+    "join": _join,
+    "leave": _leave,
+    "broadcast": _broadcast,
+    "track": _track,
+    "untrack": _untrack,
 }
 
 
@@ -244,6 +358,42 @@ def closing(code: CloseCode, reason: ErrorCode, message: str) -> bytes:
     return encode(
         {"type": "closing", "code": int(code), "reason": reason.value, "message": message}
     )
+
+
+# --- Rooms ---------------------------------------------------------------------
+
+
+def joined(ref: Ref, topic: str, presence_state: Mapping[str, Any] | None) -> bytes:
+    """The join's reply, once the member is in the room; with the room's presence
+    if it asked for presence and may read it."""
+    frame: dict[str, Any] = {"type": "joined", "topic": topic}
+    if presence_state is not None:
+        frame["presence_state"] = presence_state
+    return encode(_with_ref(frame, ref))
+
+
+def left(ref: Ref, topic: str, reason: ErrorCode | None = None, message: str = "") -> bytes:
+    """The reply to ``leave``; without ``ref``, with ``reason``: the relay ended the
+    membership (a refreshed token no longer admits it)."""
+    frame = _with_ref({"type": "left", "topic": topic}, ref)
+    if reason is not None:
+        frame["reason"] = reason.value
+        frame["message"] = message
+    return encode(frame)
+
+
+def room_reply(kind: str, ref: Ref, topic: str) -> bytes:
+    """``broadcasted`` (a broadcast's ack), ``tracked``, ``untracked``."""
+    return encode(_with_ref({"type": kind, "topic": topic}, ref))
+
+
+def broadcast(topic: str, event: str, payload: Any) -> bytes:
+    return encode({"type": "broadcast", "topic": topic, "event": event, "payload": payload})
+
+
+def presence_diff(topic: str, diff: Mapping[str, Any]) -> bytes:
+    """``diff`` is ``{"joins": {key: {"metas": [...]}}, "leaves": {...}}`` (Phoenix's shape)."""
+    return encode({"type": "presence_diff", "topic": topic, **diff})
 
 
 def change_body(

@@ -8,15 +8,20 @@ or a ``closing`` frame followed by a close.
 
 States: awaiting auth (only ``auth`` is accepted) -> open -> closing.
 
-A session owns its outbox and its subscriptions: others hand it frames
-(``send``, ``send_change``) and ask it to forget a subscription (``forget``).
-What needs state shared by every session (admission, the published tables, the
-index, the stream) it asks of its ``Hub``, the fan-out.
+A session owns its outbox, its subscriptions and (``Session``) its rooms,
+where it broadcasts and is present (docs/protocol.md, *Rooms*): others hand
+it frames (``send``, ``send_change``) and ask it to forget a subscription
+(``forget``). What needs state shared by every session (admission, the
+published tables, the index, the stream, the rooms) it asks of its ``Hub``,
+the fan-out. A join whose topic rule has a SQL check waits for the shell to
+run it (``take_checks``, then ``checked``).
 """
 
 import logging
 import math
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from relay.core import protocol
 from relay.core.errors import AuthError, ClientError, CloseCode, ErrorCode, Refusal
@@ -24,10 +29,13 @@ from relay.core.limits import Limits
 from relay.core.rooms import Rooms
 from relay.core.subscription import Subscription, Wire
 from relay.core.tokens import Identity, TokenVerifier
-from relay.core.topic_rules import Admitted, Refused
+from relay.core.topic_rules import Actions, Admitted, Refused
+from relay.core.topics import Options
 from relay.core.types import ConnectionId, SubscriptionId
 
 logger = logging.getLogger("relay.session")
+
+NO_ACTIONS = Actions()  # a room's until its rule admits it
 
 # Why a session must end: the close code, the reason the client reads, and a message.
 CloseRequest = tuple[CloseCode, ErrorCode, str]
@@ -111,6 +119,13 @@ class Hub(Protocol):
     def detach(self, session: "BaseSession") -> None:
         """``session`` is closing: it receives nothing more and frees its user's slot."""
         ...
+
+
+class PendingCheck(Protocol):
+    """A join waiting for its topic rule's SQL check (``relay.topic_checks``)."""
+
+    @property
+    def admitted(self) -> Admitted: ...
 
 
 class BaseSession:
@@ -226,10 +241,22 @@ class BaseSession:
         return self.subscriptions.pop(subscription_id, None)
 
     def forget_all(self) -> list[Subscription]:
-        """Drop every subscription; the ones dropped."""
+        """Drop every subscription (and leave every room); the subscriptions dropped."""
         dropped = list(self.subscriptions.values())
         self.subscriptions.clear()
         return dropped
+
+    # --- Topic checks --------------------------------------------------------------
+
+    def take_checks(self) -> list[PendingCheck]:
+        """Joins whose topic rule has a SQL check, since the last call: the shell
+        runs each (``TopicChecks.confirm(pending.admitted)``), then calls
+        ``checked`` with the result."""
+        return []
+
+    def checked(self, pending: PendingCheck, result: Admitted | Refused, now: float) -> None:
+        """The shell ran ``pending``'s check: finish the join, or refuse it."""
+        raise NotImplementedError
 
     # --- Helpers -----------------------------------------------------------------
 
@@ -250,6 +277,35 @@ class BaseSession:
         return True
 
 
+@dataclass(eq=False)
+class Room:
+    """A ``Session``'s place in one room (``rooms.Member``): its frames are ours."""
+
+    owner: "Session"
+    topic: str
+    options: Options
+    actions: Actions = NO_ACTIONS
+
+    def push_broadcast(self, event: str, payload: Any) -> None:
+        self.owner.send(protocol.broadcast(self.topic, event, payload))
+
+    def push_presence_diff(self, diff: Mapping[str, Any]) -> None:
+        self.owner.send(protocol.presence_diff(self.topic, diff))
+
+    __hash__ = object.__hash__
+
+
+@dataclass(eq=False)
+class PendingJoin:
+    """A ``join`` waiting for its topic rule's SQL check; ``ref`` None: a room
+    decided again for a refreshed token, which stays in meanwhile."""
+
+    ref: protocol.Ref
+    room: Room
+    admitted: Admitted
+    again: bool = False
+
+
 class Session(BaseSession):
     """A connection of the relay's own protocol (docs/protocol.md)."""
 
@@ -258,6 +314,9 @@ class Session(BaseSession):
         self._auth_deadline = now + self.limits.auth_timeout
         self._expiry_warned = False
         self._next_subscription = 1
+        self.rooms: dict[str, Room] = {}  # by topic: the rooms it is in
+        self._pending: dict[str, PendingJoin] = {}  # by topic: joins awaiting their check
+        self._checks: list[PendingCheck] = []  # for the shell to run
 
     def send_gap(self, ids: list[SubscriptionId], reason: str, position: str) -> None:
         self.send(protocol.gap(ids, reason, position))
@@ -303,7 +362,11 @@ class Session(BaseSession):
         try:
             self._handle(request, now)
         except ClientError as exc:
-            stage = "subscribe" if isinstance(request, protocol.Subscribe) else "request"
+            stage = (
+                "subscribe"
+                if isinstance(request, protocol.Subscribe | protocol.Join)
+                else "request"
+            )
             self._note(stage, exc.code, exc.message)
             self._refuse(request.ref, exc.code, exc.message)
         except Exception:
@@ -331,6 +394,18 @@ class Session(BaseSession):
                 self._refresh(request, now)
             case protocol.Ping():
                 self.send(protocol.pong(request.ref))
+            case protocol.Join():
+                self._join(request, now)
+            case protocol.Leave():
+                self._leave(request)
+            case protocol.Broadcast():
+                self._broadcast(request, now)
+            case protocol.Track():
+                self.hub.rooms.track(request.topic, self._room(request.topic), request.payload, now)
+                self.send(protocol.room_reply("tracked", request.ref, request.topic))
+            case protocol.Untrack():
+                self.hub.rooms.untrack(request.topic, self._room(request.topic))
+                self.send(protocol.room_reply("untracked", request.ref, request.topic))
 
     def tick(self, now: float) -> None:
         """Apply the time: the auth timeout, token expiry warnings and expiry."""
@@ -395,6 +470,7 @@ class Session(BaseSession):
                 expires_at=int(identity.expires_at),
                 limits={
                     "max_subscriptions": limits.max_subscriptions_per_connection,
+                    "max_topics": limits.max_channels_per_connection,
                     "max_messages_per_second": limits.max_messages_per_second,
                     "max_frame_bytes": limits.max_frame_bytes,
                 },
@@ -442,6 +518,10 @@ class Session(BaseSession):
         # token too.
         resume_tokens = self.hub.refresh(self, changed, now)
         self.send(protocol.refreshed(request.ref, identity.expires_at, resume_tokens))
+        # Each room is decided again under the new token (its rule's check run
+        # again), as Supabase does on access_token: a user who no longer meets
+        # the rule leaves the room.
+        self._decide_again(now)
         self.tick(now)
 
     def _subscribe(self, request: protocol.Subscribe, now: float) -> None:
@@ -464,6 +544,154 @@ class Session(BaseSession):
             raise ClientError(ErrorCode.UNKNOWN_SUBSCRIPTION, f"no subscription {request.id!r}")
         self.hub.unsubscribe(subscription)
         self.send(protocol.unsubscribed(request.ref, request.id))
+
+    # --- Rooms ------------------------------------------------------------------
+
+    def _join(self, request: protocol.Join, now: float) -> None:
+        topic = request.topic
+        most = self.hub.rooms.topics.max_topic_bytes
+        if len(topic.encode()) > most:
+            raise ClientError(ErrorCode.INVALID_TOPIC, f"a topic is 1 to {most} bytes of UTF-8")
+        if topic in self.rooms or topic in self._pending:
+            raise ClientError(ErrorCode.ALREADY_JOINED, f"already joined to {topic!r}; leave first")
+        limit = self.limits.max_channels_per_connection
+        if len(self.rooms) + len(self._pending) >= limit:
+            raise ClientError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} topics per connection"
+            )
+        assert self.identity is not None
+        # Every join of this protocol is authorized by a topic rule: it is what
+        # Supabase calls a private channel.
+        decision = self.hub.decide_topic(topic, self.identity, True)
+        if isinstance(decision, Refused):
+            self._note("subscribe", decision.reason, decision.message)
+            raise ClientError(decision.code, decision.message)
+        options = Options(
+            self_broadcast=request.self_broadcast,
+            ack=request.ack,
+            presence=request.presence,
+            presence_key=request.presence_key,
+        )
+        room = Room(self, topic, options)
+        if decision.check is not None:
+            pending = PendingJoin(request.ref, room, decision)
+            self._pending[topic] = pending
+            self._checks.append(pending)
+            return
+        self._enter(request.ref, room, decision, now)
+
+    def _enter(self, ref: protocol.Ref, room: Room, admitted: Admitted, now: float) -> None:
+        """Into the room, then the reply: ``joined`` means live."""
+        room.actions = admitted.actions
+        state = self.hub.rooms.join(room.topic, room, room.options, now)
+        self.rooms[room.topic] = room
+        if not room.options.presence:
+            state = None
+        elif state is None:
+            state = {}  # asked for presence, may not read it: an empty room to it
+        self.send(protocol.joined(ref, room.topic, state))
+
+    def take_checks(self) -> list[PendingCheck]:
+        checks, self._checks = self._checks, []
+        return checks
+
+    def checked(self, pending: PendingCheck, result: Admitted | Refused, now: float) -> None:
+        assert isinstance(pending, PendingJoin)
+        topic = pending.room.topic
+        if self.close_request is not None or self._pending.get(topic) is not pending:
+            return  # the connection closed, or the client left meanwhile
+        del self._pending[topic]
+        if pending.again:
+            room = pending.room
+            if self.rooms.get(topic) is not room:
+                return
+            if isinstance(result, Refused):
+                self._note("auth", result.reason, result.message)
+                self._expel(room, result.code, result.message)
+            else:
+                room.actions = result.actions
+            return
+        if isinstance(result, Refused):
+            self._note("subscribe", result.reason, result.message)
+            self.send(protocol.error(pending.ref, result.code, result.message))
+            return
+        if self.identity is None:  # pragma: no cover - a session without one is closing
+            return
+        try:
+            self._enter(pending.ref, pending.room, result, now)
+        except ClientError as exc:
+            self._note("subscribe", exc.code, exc.message)
+            self.send(protocol.error(pending.ref, exc.code, exc.message))
+
+    def _decide_again(self, now: float) -> None:
+        """A new token: every room, and every join still waiting for its check, is
+        decided again under it (a check again replaces one under way, which was
+        for the old token); refused, the member leaves, or the join is refused."""
+        assert self.identity is not None
+        waiting = {topic: p.room for topic, p in self._pending.items() if not p.again}
+        for topic, room in [*self.rooms.items(), *waiting.items()]:
+            ref = self._pending[topic].ref if topic in waiting else None
+            decision = self.hub.decide_topic(topic, self.identity, True)
+            if isinstance(decision, Refused):
+                self._pending.pop(topic, None)
+                self._note("auth", decision.reason, decision.message)
+                if topic in waiting:
+                    self.send(protocol.error(ref, decision.code, decision.message))
+                else:
+                    self._expel(room, decision.code, decision.message)
+            elif decision.check is not None:
+                pending = PendingJoin(ref, room, decision, again=topic not in waiting)
+                self._pending[topic] = pending
+                self._checks.append(pending)
+            elif topic in waiting:
+                del self._pending[topic]
+                self._enter(ref, room, decision, now)
+            else:
+                self._pending.pop(topic, None)
+                room.actions = decision.actions
+
+    def _expel(self, room: Room, code: ErrorCode, message: str) -> None:
+        """The relay ends a membership: ``left`` with the reason."""
+        self._exit(room)
+        self.send(protocol.left(None, room.topic, code, message))
+
+    def _exit(self, room: Room) -> None:
+        if self.rooms.get(room.topic) is room:
+            del self.rooms[room.topic]
+            self.hub.rooms.leave(room.topic, room)
+
+    def _leave(self, request: protocol.Leave) -> None:
+        topic = request.topic
+        pending = self._pending.get(topic)
+        if pending is not None and not pending.again:
+            # Left before its check answered: the join is refused, the leave done.
+            del self._pending[topic]
+            self.send(protocol.error(pending.ref, ErrorCode.NOT_JOINED, "left before joining"))
+            self.send(protocol.left(request.ref, topic))
+            return
+        room = self._room(topic)
+        self._pending.pop(topic, None)
+        self._exit(room)
+        self.send(protocol.left(request.ref, topic))
+
+    def _broadcast(self, request: protocol.Broadcast, now: float) -> None:
+        room = self._room(request.topic)
+        self.hub.rooms.broadcast(request.topic, room, request.event, request.payload, now)
+        if room.options.ack:
+            self.send(protocol.room_reply("broadcasted", request.ref, request.topic))
+
+    def _room(self, topic: str) -> Room:
+        room = self.rooms.get(topic)
+        if room is None:
+            raise ClientError(ErrorCode.NOT_JOINED, f"not joined to {topic!r}")
+        return room
+
+    def forget_all(self) -> list[Subscription]:
+        for room in list(self.rooms.values()):
+            self._exit(room)
+        self._pending.clear()
+        self._checks.clear()
+        return super().forget_all()
 
     # --- Refusals ------------------------------------------------------------
 

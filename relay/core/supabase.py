@@ -39,7 +39,7 @@ from relay.core import phoenix, protocol
 from relay.core.errors import AuthError, ClientError, CloseCode, ErrorCode
 from relay.core.phoenix import ChannelWire, Message
 from relay.core.rates import TokenBucket
-from relay.core.session import BaseSession, Hub
+from relay.core.session import BaseSession, Hub, PendingCheck
 from relay.core.subscription import Subscription
 from relay.core.tables import qualified
 from relay.core.tokens import Identity
@@ -121,7 +121,7 @@ class SupabaseSession(BaseSession):
         self._next_binding = 1
         self._held: list[tuple[float, bytes]] = []  # error replies, and when they are due
         self._pending: dict[str, PendingJoin] = {}  # by topic: joins awaiting their check
-        self._checks: list[PendingJoin] = []  # for the shell to run
+        self._checks: list[PendingCheck] = []  # for the shell to run
         rate = self.limits.max_messages_per_second
         self._flood = TokenBucket(5 * rate, 5 * max(rate, 1.0), now)
 
@@ -313,14 +313,15 @@ class SupabaseSession(BaseSession):
             return
         self._complete(message, channel, bindings, config, decision, now)
 
-    def take_checks(self) -> list[PendingJoin]:
+    def take_checks(self) -> list[PendingCheck]:
         """Joins whose topic rule has a SQL check for the shell to run, since the last call."""
         checks, self._checks = self._checks, []
         return checks
 
-    def checked(self, pending: PendingJoin, result: Admitted | Refused, now: float) -> None:
+    def checked(self, pending: PendingCheck, result: Admitted | Refused, now: float) -> None:
         """The shell ran ``pending``'s check: finish the join, or refuse it; for a
         check again (a refreshed token), keep the channel or close it."""
+        assert isinstance(pending, PendingJoin)
         channel = pending.channel
         if self.close_request is not None or self._pending.get(channel.topic) is not pending:
             return  # the socket closed, or the topic was joined again meanwhile

@@ -25,6 +25,53 @@ def test_requests() -> None:
     )
 
 
+def test_room_requests() -> None:
+    assert protocol.decode('{"type":"join","topic":"case:1","ref":1}') == protocol.Join(
+        1, "case:1", False, False, False, ""
+    )
+    assert protocol.decode(
+        '{"type":"join","topic":"t","broadcast":{"self":true,"ack":true},"presence":{}}'
+    ) == protocol.Join(None, "t", True, True, True, "")
+    assert protocol.decode('{"type":"join","topic":"t","presence":{"key":"k"}}') == protocol.Join(
+        None, "t", False, False, True, "k"
+    )
+    assert protocol.decode('{"type":"leave","topic":"t"}') == protocol.Leave(None, "t")
+    assert protocol.decode(
+        '{"type":"broadcast","topic":"t","event":"e","payload":null}'
+    ) == protocol.Broadcast(None, "t", "e", None)
+    assert protocol.decode('{"type":"track","topic":"t","payload":{"name":"A"}}') == protocol.Track(
+        None, "t", {"name": "A"}
+    )
+    assert protocol.decode('{"type":"untrack","topic":"t"}') == protocol.Untrack(None, "t")
+
+
+def test_room_frames() -> None:
+    assert orjson.loads(protocol.joined(1, "t", None)) == {"type": "joined", "topic": "t", "ref": 1}
+    assert orjson.loads(protocol.joined(None, "t", {})) == {
+        "type": "joined",
+        "topic": "t",
+        "presence_state": {},
+    }
+    assert orjson.loads(protocol.left(2, "t")) == {"type": "left", "topic": "t", "ref": 2}
+    assert orjson.loads(protocol.left(None, "t", ErrorCode.TOPIC_NOT_ALLOWED, "no")) == {
+        "type": "left",
+        "topic": "t",
+        "reason": "topic_not_allowed",
+        "message": "no",
+    }
+    assert protocol.broadcast("t", "e", [1]) == (
+        b'{"type":"broadcast","topic":"t","event":"e","payload":[1]}'
+    )
+    assert protocol.presence_diff("t", {"joins": {}, "leaves": {}}) == (
+        b'{"type":"presence_diff","topic":"t","joins":{},"leaves":{}}'
+    )
+    assert orjson.loads(protocol.room_reply("tracked", 3, "t")) == {
+        "type": "tracked",
+        "topic": "t",
+        "ref": 3,
+    }
+
+
 @pytest.mark.parametrize(
     ("frame", "code", "ref"),
     [
@@ -41,6 +88,17 @@ def test_requests() -> None:
         ('{"type":"subscribe","table":"t","filter":5}', ErrorCode.INVALID_MESSAGE, None),
         ('{"type":"ping","ref":true}', ErrorCode.INVALID_MESSAGE, None),
         ('{"type":"ping","ref":"' + "x" * 65 + '"}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"join","ref":1}', ErrorCode.INVALID_MESSAGE, 1),
+        ('{"type":"join","topic":"' + "t" * 1025 + '"}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"join","topic":"t","presence":true}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"join","topic":"t","presence":{"key":5}}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"join","topic":"t","broadcast":{"ack":"yes"}}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"leave"}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"broadcast","topic":"t","payload":1}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"broadcast","topic":"t","event":"e"}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"track","topic":"t"}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"track","topic":"t","payload":"x"}', ErrorCode.INVALID_MESSAGE, None),
+        ('{"type":"untrack"}', ErrorCode.INVALID_MESSAGE, None),
     ],
 )
 def test_bad_frames(frame: str, code: ErrorCode, ref: object) -> None:
