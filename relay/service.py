@@ -106,7 +106,13 @@ class Relay:
         # rooms publish nothing (Rooms.publish stays None).
         self.peers: RedisPeers | None = None
         if settings.redis_url is not None:
-            self.peers = RedisPeers(settings.redis_url, self.fanout.rooms, self.server.flush)
+            self.peers = RedisPeers(
+                settings.redis_url,
+                self.fanout.rooms,
+                self.server.flush,
+                heartbeat=settings.redis_heartbeat,
+            )
+            self.fanout.rooms.presence.node_timeout = 3 * settings.redis_heartbeat
             self.peers.attach()
         self.registry, latency = metrics.registry(self.fanout, self.reader, self.peers)
         self.reader.observe_latency = latency.observe

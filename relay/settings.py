@@ -62,6 +62,7 @@ class Settings:
     history_max_bytes: int = 64 * 1024 * 1024
     # Several relays: broadcast and presence through Redis; None: this relay alone
     redis_url: str | None = field(default=None, repr=False)
+    redis_heartbeat: float = 5.0  # silent 3 heartbeats, a relay's presence expires
     # The services' broadcast API (ops port): messages per second, the relay's whole
     api_broadcasts_per_second: float = 100.0
     # Logging
@@ -157,6 +158,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         history_size=read.integer("RELAY_HISTORY_SIZE", Settings.history_size),
         history_max_bytes=read.integer("RELAY_HISTORY_MAX_BYTES", Settings.history_max_bytes, 0),
         redis_url=_redis_url(read.text("RELAY_REDIS_URL")),
+        redis_heartbeat=read.number("RELAY_REDIS_HEARTBEAT_S", Settings.redis_heartbeat, 0.1),
         api_broadcasts_per_second=read.number(
             "RELAY_API_BROADCASTS_PER_SECOND", Settings.api_broadcasts_per_second, 1
         ),
