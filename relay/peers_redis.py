@@ -35,6 +35,8 @@ from collections import deque
 from collections.abc import Callable
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from relay.core import peers
@@ -142,8 +144,14 @@ class RedisPeers:
 
     async def _serve(self) -> None:
         """One connection to Redis, until it fails (``RedisError``, ``OSError``)."""
+        # No retries of redis-py's own: a lost connection must end this one,
+        # so that the relay reports it, and syncs presence once back.
         client = self._client = redis.Redis.from_url(
-            self.url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=10
+            self.url,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=10,
+            retry=Retry(NoBackoff(), 0),
         )
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         tasks: list[asyncio.Task[None]] = []
