@@ -432,3 +432,11 @@ def test_the_http_api_refuses_what_is_not_a_services_well_formed_broadcast(
     response = post(relays[0], body, tokens[token], key)
     assert response.status_code == status, response.text
     assert response.json()["error"] == code
+
+
+def test_the_http_api_is_rate_limited(start_relay: StartRelay) -> None:
+    relay = start_relay(redis=False, RELAY_API_BROADCASTS_PER_SECOND="1")  # bursts of 2
+    message = {"topic": "room:limited", "event": "e", "payload": {}}
+    response = post(relay, {"messages": [message] * 3}, service_token())
+    assert response.status_code == 429, response.text
+    assert response.json()["error"] == "rate_limited"
