@@ -37,6 +37,7 @@ from collections.abc import Callable
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from relay.core import peers
@@ -149,6 +150,7 @@ class RedisPeers:
         client = self._client = redis.Redis.from_url(
             self.url,
             socket_connect_timeout=5,
+            socket_timeout=10,  # a publish that gets no answer: the connection is lost
             socket_keepalive=True,
             health_check_interval=10,
             retry=Retry(NoBackoff(), 0),
@@ -194,10 +196,21 @@ class RedisPeers:
             self._idle.set()
 
     async def _listen(self, pubsub: redis.client.PubSub) -> None:
+        """Apply the others' messages. This relay hears its own heartbeats too:
+        hearing nothing for three of them, the connection is taken for dead
+        (a network that drops packets closes no socket)."""
+        heard = time.monotonic()
         while True:
-            message = await pubsub.get_message(timeout=None)
+            message = await pubsub.get_message(timeout=self.heartbeat)
+            now = time.monotonic()
             if message is None or message.get("type") != "message":
+                if now - heard > 3 * self.heartbeat:
+                    raise RedisConnectionError(
+                        f"nothing heard on {self.channel} for {now - heard:.1f} s,"
+                        " not even this relay's heartbeats"
+                    )
                 continue
+            heard = now
             self.messages_in += 1
             try:
                 events = peers.decode(message["data"])

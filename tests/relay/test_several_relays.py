@@ -440,3 +440,29 @@ def test_the_http_api_is_rate_limited(start_relay: StartRelay) -> None:
     response = post(relay, {"messages": [message] * 3}, service_token())
     assert response.status_code == 429, response.text
     assert response.json()["error"] == "rate_limited"
+
+
+def test_a_redis_that_stops_answering_is_taken_for_lost_and_joined_again(
+    relay_database: str, policy_file: str
+) -> None:
+    """A frozen Redis closes no socket: the relay notices it hears not even its
+    own heartbeats."""
+    redis_server = RedisServer().start()
+    relay = RelayProcess(
+        relay_database,
+        RELAY_REDIS_URL=redis_server.url,
+        RELAY_REDIS_HEARTBEAT_S=HEARTBEAT,
+        RELAY_POLICY_FILE=policy_file,
+    ).start()
+    assert redis_server.process is not None
+    frozen = redis_server.process.popen
+    try:
+        eventually(lambda: readyz(relay)["redis_connected"], 2 * WAIT)
+        frozen.send_signal(signal.SIGSTOP)
+        eventually(lambda: readyz(relay)["redis_connected"] is False, 2 * WAIT)
+        frozen.send_signal(signal.SIGCONT)
+        eventually(lambda: readyz(relay)["redis_connected"], 4 * WAIT)
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+        relay.kill()
+        redis_server.stop()
