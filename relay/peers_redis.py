@@ -92,6 +92,7 @@ class RedisPeers:
         self._wake = asyncio.Event()  # the queue has something
         self._idle = asyncio.Event()  # the queue is empty and published
         self._idle.set()
+        self._resync = False  # the queue overflowed: publish this relay's presence whole
         self._client: redis.Redis | None = None
 
     def attach(self) -> None:
@@ -105,6 +106,7 @@ class RedisPeers:
             return
         if len(self._queue) >= self.max_queue:
             self.dropped += len(self._queue.popleft())
+            self._resync = True  # what the others lost of this relay's presence
         self._queue.append(events)
         self._idle.clear()
         self._wake.set()
@@ -192,6 +194,10 @@ class RedisPeers:
                 if not batch:  # one update larger than a batch: alone
                     batch = self._queue.popleft()
                 await client.publish(self.channel, peers.encode(batch))
+                self.messages_out += 1
+            if self._resync:
+                self._resync = False
+                await client.publish(self.channel, peers.encode([self.rooms.presence.sync()]))
                 self.messages_out += 1
             self._idle.set()
 
