@@ -12,6 +12,7 @@ SUPABASE_VENV := .venv-supabase
 SUPABASE_INSTALLED := $(SUPABASE_VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 HAPROXY ?= /usr/sbin/haproxy
+REDIS_SERVER ?= /usr/bin/redis-server
 
 .PHONY: demo test test-db lint bench bench-full clean
 
@@ -38,21 +39,22 @@ $(SUPABASE_INSTALLED): pyproject.toml
 	@touch $@
 
 # The browser tests drive Debian's chromium (playwright cannot download one
-# here); the tests of several relays put Debian's haproxy in front of them.
-$(CHROMIUM) $(HAPROXY):
+# here); the tests of several relays put Debian's haproxy in front of them, and
+# join their rooms through a redis-server of their own.
+$(CHROMIUM) $(HAPROXY) $(REDIS_SERVER):
 	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || \
-		{ echo "$@ is missing: install Debian's chromium and haproxy (apt-get install chromium haproxy)"; exit 1; }
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium haproxy >/dev/null
+		{ echo "$@ is missing: install Debian's chromium, haproxy and redis-server (apt-get install chromium haproxy redis-server)"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium haproxy redis-server >/dev/null
 
 demo: $(INSTALLED) $(NODE_INSTALLED)
 	$(BIN)/python -m portal.demo
 
-test: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY)
+test: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY) $(REDIS_SERVER)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The database tests only: .ci/run runs them a second time against another
 # PostgreSQL major version, named by TEST_DATABASE_URL.
-test-db: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY)
+test-db: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY) $(REDIS_SERVER)
 	$(BIN)/python -m pytest -m db $(PYTEST_ARGS)
 
 # Benchmarks: `make bench` is quick (small sizes, a few minutes), `make

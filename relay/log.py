@@ -22,7 +22,7 @@ import orjson
 import psycopg
 from psycopg.types.string import TextLoader
 
-from relay.core.changes import LoggedChange
+from relay.core.changes import LoggedBroadcast, LoggedChange
 from relay.core.positions import Position
 from relay.core.revocations import Revocation
 from relay.core.tables import Table
@@ -65,10 +65,10 @@ SELECT tick, first_seq, rel, first_op, op, first_old::text, new::text,
 
 NET_CHANGES_PAGE = NET_CHANGES + " LIMIT %(limit)s"
 
-# Entries of the log, in order: a change, a revocation (relay.revoke), or None
-# for a table the relay does not know (published after it last loaded the
-# list; skipped).
-Entry = tuple[Position, LoggedChange | Revocation | None]
+# Entries of the log, in order: a change, a revocation (relay.revoke), a
+# broadcast (relay.broadcast), or None for a table the relay does not know
+# (published after it last loaded the list; skipped).
+Entry = tuple[Position, LoggedChange | Revocation | LoggedBroadcast | None]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,11 @@ def entry(row: tuple[Any, ...], tables: Mapping[int, Table]) -> Entry:
         marker = orjson.loads(new)
         return Position(tick, seq), Revocation(
             UserId(marker["subject"]), float(marker["revoked_at"]), marker["reason"]
+        )
+    if last_op == "BROADCAST":  # written by relay.broadcast() only
+        marker = orjson.loads(new)
+        return Position(tick, seq), LoggedBroadcast(
+            marker["topic"], marker["event"], marker["payload"], bool(marker["private"])
         )
     known = tables.get(rel)
     if known is None:

@@ -13,17 +13,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from relay.core.fanout import Fanout
+from relay.peers_redis import RedisPeers
 from relay.reader import LogReader
 
 
 class RelayCollector(Collector):
-    def __init__(self, fanout: Fanout, reader: LogReader) -> None:
+    def __init__(self, fanout: Fanout, reader: LogReader, peers: RedisPeers | None = None) -> None:
         self.fanout = fanout
         self.reader = reader
+        self.peers = peers
 
     def collect(self) -> Iterator[Metric]:
         yield from _fanout_metrics(self.fanout)
         yield from _reader_metrics(self.reader)
+        if self.peers is not None:
+            yield from _peer_metrics(self.peers)
 
 
 def _fanout_metrics(fanout: Fanout) -> Iterator[Metric]:
@@ -111,10 +115,37 @@ def _reader_metrics(reader: LogReader) -> Iterator[Metric]:
         )
 
 
-def registry(fanout: Fanout, reader: LogReader) -> tuple[CollectorRegistry, Histogram]:
+def _peer_metrics(peers: RedisPeers) -> Iterator[Metric]:
+    """The other relays, through Redis (RELAY_REDIS_URL)."""
+    yield GaugeMetricFamily(
+        "relay_redis_connected",
+        "1 while the relay is subscribed to the other relays' channel in Redis.",
+        int(peers.connected),
+    )
+    yield CounterMetricFamily(
+        "relay_redis_reconnects", "Times the relay lost Redis (it reconnects).", peers.reconnects
+    )
+    messages = CounterMetricFamily(
+        "relay_peer_messages",
+        "Messages between relays (batches of broadcast and presence events), by direction.",
+        labels=["direction"],
+    )
+    messages.add_metric(["in"], peers.messages_in)
+    messages.add_metric(["out"], peers.messages_out)
+    yield messages
+    yield CounterMetricFamily(
+        "relay_peer_events_dropped",
+        "Events for the other relays not published: Redis was away, or the queue full.",
+        peers.dropped,
+    )
+
+
+def registry(
+    fanout: Fanout, reader: LogReader, peers: RedisPeers | None = None
+) -> tuple[CollectorRegistry, Histogram]:
     """A registry of its own (several relays may share a process in tests)."""
     reg = CollectorRegistry(auto_describe=True)
-    reg.register(RelayCollector(fanout, reader))
+    reg.register(RelayCollector(fanout, reader, peers))
     latency = Histogram(
         "relay_commit_to_send_seconds",
         "From a change's transaction timestamp to its dispatch to sockets.",

@@ -1,6 +1,8 @@
-"""The operations endpoints, on their own port: health, readiness, metrics."""
+"""The operations endpoints, on their own port: health, readiness, metrics, and
+the services' broadcast API (``relay/broadcast_api.py``)."""
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -8,7 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from relay import broadcast_api
 from relay.core.fanout import Fanout
+from relay.peers_redis import RedisPeers
 from relay.reader import LogReader
 
 
@@ -17,7 +21,14 @@ def ops_app(
     reader: LogReader,
     registry: CollectorRegistry,
     draining: Callable[[], bool] = lambda: False,
+    *,
+    peers: RedisPeers | None = None,
+    broadcast: Callable[[Request], Any] | None = None,
 ) -> Starlette:
+    """``peers``: the other relays, through Redis, if any (reported, never a
+    reason not to be ready: the relay serves its own clients without them).
+    ``broadcast``: the endpoint of ``broadcast_api.PATH``, if served."""
+
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -39,6 +50,7 @@ def ops_app(
                 "tables": sorted(fanout.tables),
                 "connections": len(fanout.connections),
                 "position": fanout.position(),
+                "redis_connected": peers.connected if peers is not None else None,
             },
             status_code=200 if ready else 503,
         )
@@ -46,10 +58,11 @@ def ops_app(
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics),
-        ]
-    )
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    if broadcast is not None:
+        routes.append(Route(broadcast_api.PATH, broadcast, methods=["POST"]))
+    return Starlette(routes=routes)

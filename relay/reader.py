@@ -29,8 +29,8 @@ from psycopg.rows import dict_row
 
 from relay import catalog, log
 from relay.core import tables
-from relay.core.changes import LoggedChange
-from relay.core.errors import first_line
+from relay.core.changes import LoggedBroadcast, LoggedChange
+from relay.core.errors import ClientError, first_line
 from relay.core.fanout import Fanout
 from relay.core.policy import Problem
 from relay.core.positions import Position
@@ -289,8 +289,19 @@ class LogReader:
         self.last_tick = newest
         return found
 
-    def _dispatch(self, position: Position, entry: LoggedChange | Revocation | None) -> None:
+    def _dispatch(
+        self, position: Position, entry: LoggedChange | Revocation | LoggedBroadcast | None
+    ) -> None:
         if entry is None:
+            return
+        if isinstance(entry, LoggedBroadcast):
+            try:
+                self.fanout.broadcast_logged(entry, position, time.monotonic())
+            except ClientError as exc:  # relay.broadcast checks the same limits first
+                logger.warning("a broadcast from the log to %r refused: %s", entry.topic, exc)
+            except Exception:  # a bug must cost this broadcast, not the stream
+                logger.exception("could not deliver a broadcast from the log to %r", entry.topic)
+                self.fanout.stats.errors["broadcast"] += 1
             return
         if isinstance(entry, Revocation):
             closed = self.fanout.revoke(entry, position)
@@ -331,8 +342,8 @@ class LogReader:
             async for entries in log.read(
                 conn, since.tick - 1, upto.tick, since, self.fanout.tables_by_oid, table
             ):
-                # Of this table only: no revocation among them (the claims are checked now).
-                changes = [(p, e) for p, e in entries if not isinstance(e, Revocation)]
+                # Of this table only: no revocation or broadcast among them.
+                changes = [(p, e) for p, e in entries if isinstance(e, LoggedChange)]
                 for replay in replays:
                     self.fanout.replay_from_log(replay, changes)
             for replay in replays:

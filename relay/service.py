@@ -1,7 +1,8 @@
 """The relay service: the core and its shells, assembled from settings, run supervised.
 
 Its long-lived tasks (the doorbell's LISTEN, the reading of the log,
-housekeeping, the ops endpoints, the JWKS refresh) run in one task group: if
+housekeeping, the ops endpoints, the JWKS refresh, the other relays through
+Redis) run in one task group: if
 any of them ends with an exception, it is logged with its traceback, the relay
 shuts down, and ``run`` raises ``TaskFailed``, so that the process exits
 non-zero and its supervisor (systemd, Kubernetes) restarts it. Nothing fails
@@ -19,11 +20,13 @@ import jwt
 import uvicorn
 
 from relay import catalog, jwks, metrics
+from relay.broadcast_api import broadcast_endpoint
 from relay.core import policy
 from relay.core.errors import ConfigError
 from relay.core.fanout import Fanout
 from relay.core.tokens import TokenVerifier
 from relay.ops import ops_app
+from relay.peers_redis import RedisPeers
 from relay.reader import LogReader
 from relay.server import RelayServer
 from relay.settings import Settings, TokenSettings
@@ -99,7 +102,19 @@ class Relay:
             retention=settings.log_retention,
             max_log_bytes=settings.log_max_bytes,
         )
-        self.registry, latency = metrics.registry(self.fanout, self.reader)
+        # Several relays: their rooms joined through Redis. Without it, the
+        # rooms publish nothing (Rooms.publish stays None).
+        self.peers: RedisPeers | None = None
+        if settings.redis_url is not None:
+            self.peers = RedisPeers(
+                settings.redis_url,
+                self.fanout.rooms,
+                self.server.flush,
+                heartbeat=settings.redis_heartbeat,
+            )
+            self.fanout.rooms.presence.node_timeout = 3 * settings.redis_heartbeat
+            self.peers.attach()
+        self.registry, latency = metrics.registry(self.fanout, self.reader, self.peers)
         self.reader.observe_latency = latency.observe
         self.stopping = asyncio.Event()
         self.draining = False
@@ -112,7 +127,18 @@ class Relay:
         """
         ops = _OpsServer(
             uvicorn.Config(
-                ops_app(self.fanout, self.reader, self.registry, lambda: self.draining),
+                ops_app(
+                    self.fanout,
+                    self.reader,
+                    self.registry,
+                    lambda: self.draining,
+                    peers=self.peers,
+                    broadcast=broadcast_endpoint(
+                        self.fanout,
+                        self.server.flush,
+                        per_second=self.settings.api_broadcasts_per_second,
+                    ),
+                ),
                 host=self.settings.ops_host,
                 port=self.settings.ops_port,
                 log_config=None,
@@ -130,6 +156,8 @@ class Relay:
                 await self.stopping.wait()
                 logger.info("shutting down: closing connections with 1001 (going away)")
                 await self.server.close()
+                if self.peers is not None:
+                    await self.peers.close()  # NodeGone: its presence leaves everywhere
                 ops.should_exit = True  # uvicorn closes its socket; cancelling would not
                 await tasks["ops"]
                 raise _Stopped  # ends the group: the other tasks are cancelled
@@ -195,6 +223,8 @@ class Relay:
         tokens = self.settings.tokens
         if tokens.jwks_url:
             tasks["jwks"] = jwks.keep_fresh(self.verifier, tokens.jwks_url, tokens.jwks_refresh)
+        if self.peers is not None:
+            tasks["peers"] = self.peers.run()
         return tasks
 
     async def _supervised(self, name: str, work: Coroutine[Any, Any, None]) -> None:

@@ -60,6 +60,11 @@ class Settings:
     # The history in memory: a cache of the log
     history_size: int = 10_000
     history_max_bytes: int = 64 * 1024 * 1024
+    # Several relays: broadcast and presence through Redis; None: this relay alone
+    redis_url: str | None = field(default=None, repr=False)
+    redis_heartbeat: float = 5.0  # silent 3 heartbeats, a relay's presence expires
+    # The services' broadcast API (ops port): messages per second, the relay's whole
+    api_broadcasts_per_second: float = 100.0
     # Logging
     log_level: str = "INFO"
     log_format: str = "json"
@@ -159,6 +164,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         resume_secret=_resume_secret(read),
         history_size=read.integer("RELAY_HISTORY_SIZE", Settings.history_size),
         history_max_bytes=read.integer("RELAY_HISTORY_MAX_BYTES", Settings.history_max_bytes, 0),
+        redis_url=_redis_url(read.text("RELAY_REDIS_URL")),
+        redis_heartbeat=read.number("RELAY_REDIS_HEARTBEAT_S", Settings.redis_heartbeat, 0.1),
+        api_broadcasts_per_second=read.number(
+            "RELAY_API_BROADCASTS_PER_SECOND", Settings.api_broadcasts_per_second, 1
+        ),
         log_level=read.text_or("RELAY_LOG_LEVEL", Settings.log_level).upper(),
         log_format=log_format,
     )
@@ -193,6 +203,16 @@ def _resume_secret(read: _Environment) -> bytes | None:
     if jwt_secret is None:
         return None
     return hmac.new(jwt_secret.encode(), b"nexus-relay resume tokens", hashlib.sha256).digest()
+
+
+def _redis_url(url: str | None) -> str | None:
+    """A Redis URL as redis-py reads it: redis://, rediss:// (TLS) or unix://."""
+    if url is not None and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            "RELAY_REDIS_URL must be a redis://, rediss:// or unix:// URL"
+            " (e.g. redis://redis.internal:6379/0)"
+        )
+    return url
 
 
 def _origins(origins: tuple[str, ...]) -> tuple[str, ...]:

@@ -99,18 +99,19 @@ class LogTail:
             },
         ).fetchall()
         self.last = newest
-        from relay.core.revocations import Revocation
+        from relay.core.changes import LoggedChange
 
         read = []
         for position, logged in (log.entry(row, by_oid) for row in rows):
-            entry = logged if isinstance(logged, Revocation) or logged is None else logged.read()
+            entry = logged.read() if isinstance(logged, LoggedChange) else logged
             if entry is not None:
                 read.append((position, entry))
         return read
 
     def take(self) -> list[Any]:
-        """The changes (``relay.core.changes.Change``, ``TableReset``) and revocations
-        (``relay.core.revocations.Revocation``) committed since."""
+        """The changes (``relay.core.changes.Change``, ``TableReset``), revocations
+        (``relay.core.revocations.Revocation``) and broadcasts
+        (``relay.core.changes.LoggedBroadcast``) committed since."""
         return [change for _, change in self.entries()]
 
     def take_one(self) -> Any:

@@ -195,3 +195,25 @@ def test_upgrading_to_the_log_under_writes_loses_no_change(
     assert not heard & logged, "a change both notified and logged"
     assert set(committed) == heard | logged, "a committed change neither notified nor logged"
     assert heard and logged
+
+
+def test_0009_adds_relay_broadcast_to_a_database_without_it_and_takes_it_away(
+    new_database: Callable[[], str],
+) -> None:
+    url = new_database()
+    broadcast = "SELECT to_regprocedure('relay.broadcast(text, text, jsonb, boolean)')"
+    public = (
+        "SELECT has_function_privilege('public', 'relay.broadcast(text, text, jsonb, boolean)',"
+        " 'EXECUTE')"
+    )
+    migrations.upgrade(url, "0008")
+    with psycopg.connect(url) as conn:
+        assert conn.execute(broadcast).fetchone() == (None,)
+    migrations.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute(broadcast).fetchone() != (None,)
+        assert conn.execute(public).fetchone() == (False,)  # never PUBLIC's
+        conn.execute("SELECT relay.broadcast('room:x', 'e', '{}')")
+    migrations.downgrade(url, "0008")
+    with psycopg.connect(url) as conn:
+        assert conn.execute(broadcast).fetchone() == (None,)

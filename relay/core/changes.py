@@ -18,7 +18,7 @@ TRUNCATE is a ``TableReset``: the table's subscribers must re-fetch.
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -95,6 +95,17 @@ class LoggedChange:
             )
         except ChangeError:
             return TableReset(self.table, "unreadable_change")
+
+
+@dataclass(slots=True, frozen=True)
+class LoggedBroadcast:
+    """A broadcast from the database (``relay.broadcast``, relay/sql/v2_broadcast.sql):
+    a marker in the log, delivered by every relay to its own members of ``topic``."""
+
+    topic: str
+    event: str
+    payload: dict[str, Any]
+    private: bool
 
 
 def net(

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from relay.core import protocol, topic_rules
-from relay.core.changes import Change, LoggedChange, TableReset
+from relay.core.changes import Change, LoggedBroadcast, LoggedChange, TableReset
 from relay.core.connections import Connections
 from relay.core.errors import CloseCode, ErrorCode
 from relay.core.history import Entry, Gap, History
@@ -465,6 +465,15 @@ class Fanout:
         self.stream.head = position
         self.revocations.add(revocation)
         return self._close_revoked(self.connections.sessions_of(revocation.subject))
+
+    def broadcast_logged(self, logged: LoggedBroadcast, position: Position, now: float) -> None:
+        """A broadcast from the log (``relay.broadcast``), in the log's order: to
+        this relay's members of its topic that may read broadcasts, as the
+        relay's own (no sender). Every relay reads the log, so it is not shared
+        with the others. ``ClientError`` if the rooms refuse it (``Topics.broadcast``):
+        then it reaches nobody here."""
+        self.stream.head = position
+        self.rooms.broadcast(logged.topic, None, logged.event, logged.payload, now, share=False)
 
     def load_revocations(self, revocations: Iterable[Revocation]) -> None:
         """The revocations the database holds (the reader connected): any

@@ -80,16 +80,26 @@ class Rooms:
     # --- Messages --------------------------------------------------------------
 
     def broadcast(
-        self, topic: str, sender: Member | None, event: str, payload: Any, now: float
+        self,
+        topic: str,
+        sender: Member | None,
+        event: str,
+        payload: Any,
+        now: float,
+        *,
+        share: bool = True,
     ) -> None:
         """``sender``'s broadcast (None: the relay's own, from SQL or HTTP) to the
-        members that may read it, here and on the other relays.
+        members that may read it, here and, with ``share``, on the other relays.
+        Without ``share``, this relay's members only: a broadcast from the change
+        log (``relay.broadcast``), which every relay reads for itself.
         ``ClientError`` if it may not be sent (``Topics.broadcast``)."""
         if sender is not None and not sender.actions.broadcast_write:
             raise ClientError(ErrorCode.TOPIC_NOT_ALLOWED, f"you may not broadcast on {topic!r}")
         recipients = self.topics.broadcast(topic, sender, event, payload, now)
         self._deliver(recipients, event, payload)
-        self._emit([Broadcast(topic, event, payload, self.node)])
+        if share:
+            self._emit([Broadcast(topic, event, payload, self.node)])
 
     def track(self, topic: str, member: Member, payload: Any, now: float) -> None:
         """``ClientError`` if it may not (``Presence.track``)."""

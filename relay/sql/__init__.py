@@ -1,7 +1,9 @@
 """SQL of the relay's trigger layer, applied by the application's migrations.
 
 Version 2 (the change log) is current; version 1 (changes as NOTIFY payloads)
-is kept for migrations that installed it and upgrade from it.
+is kept for migrations that installed it and upgrade from it. ``relay.broadcast``
+(``v2_broadcast.sql``) came later within version 2: ``install`` has it, and
+``add_broadcast`` adds it to a version 2 installed without it (migration 0009).
 """
 
 from importlib.resources import files
@@ -30,12 +32,22 @@ def read(name: str) -> str:
 
 def install() -> str:
     """Installs the current version on a database without a trigger layer."""
-    return read("v2_install") + read("v2_objects")
+    return read("v2_install") + read("v2_objects") + add_broadcast()
 
 
 def upgrade_from_v1() -> str:
-    """Turns version 1 into version 2, keeping what is published."""
+    """Turns version 1 into version 2 as it first was (migration 0006), keeping
+    what is published; ``add_broadcast`` then makes it current."""
     return read("v1_to_v2") + read("v2_objects") + REPUBLISH
+
+
+def add_broadcast() -> str:
+    """``relay.broadcast``, on a version 2 with or without it (it replaces it)."""
+    return read("v2_broadcast")
+
+
+def remove_broadcast() -> str:
+    return "DROP FUNCTION IF EXISTS relay.broadcast(text, text, jsonb, boolean);\n"
 
 
 def uninstall() -> str:

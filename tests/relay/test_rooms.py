@@ -10,8 +10,8 @@ from websockets.asyncio.client import connect as ws_connect
 
 from relay.client import RelayClient, RelayRequestError
 from tests.relay.conftest import Connect
-from tests.relay.test_supabase_endpoint import Phoenix
-from tests.relay.test_supabase_endpoint import url as supabase_url
+from tests.relay.phoenix import Phoenix
+from tests.relay.phoenix import url as supabase_url
 from tests.support import ALICE, BOB, CAROL, GRACE, WAIT, RelayProcess, mint
 
 CASE = "case:CASE-AB000001"

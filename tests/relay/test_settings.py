@@ -24,6 +24,9 @@ def test_defaults() -> None:
     assert settings.tokens.algorithms is None
     assert settings.tokens.audience == "nexus-relay"  # checked unless turned off
     assert from_env({**BASE, "RELAY_JWT_AUDIENCE": "none"}).tokens.audience is None
+    assert settings.redis_url is None  # one relay needs nothing
+    assert settings.redis_heartbeat == 5.0
+    assert settings.api_broadcasts_per_second == 100.0
 
 
 def test_database_url_falls_back_to_database_url() -> None:
@@ -42,8 +45,13 @@ def test_values_are_read() -> None:
             "RELAY_JWT_ALGORITHMS": "RS256,ES256",
             "RELAY_MAX_MESSAGES_PER_SECOND": "2.5",
             "RELAY_LOG_FORMAT": "TEXT",
+            "RELAY_REDIS_URL": "redis://:secret@redis.internal:6379/2",
+            "RELAY_REDIS_HEARTBEAT_S": "1.5",
         }
     )
+    assert settings.redis_url == "redis://:secret@redis.internal:6379/2"
+    assert "secret" not in repr(settings)
+    assert settings.redis_heartbeat == 1.5
     assert settings.port == 9000
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert settings.tokens.algorithms == ("RS256", "ES256")
@@ -74,6 +82,8 @@ def test_the_secret_can_come_from_a_file(tmp_path: Path) -> None:
         ({**BASE, "RELAY_DRAIN_S": "-1"}, "RELAY_DRAIN_S='-1' must be at least 0"),
         ({**BASE, "RELAY_SUPABASE_PATH": "/"}, "RELAY_SUPABASE_PATH='/' must be a path"),
         ({**BASE, "RELAY_SUPABASE_PATH": "realtime"}, "RELAY_SUPABASE_PATH='realtime'"),
+        ({**BASE, "RELAY_REDIS_URL": "redis.internal:6379"}, "RELAY_REDIS_URL must be a redis://"),
+        ({**BASE, "RELAY_REDIS_HEARTBEAT_S": "0"}, "RELAY_REDIS_HEARTBEAT_S='0' must be at least"),
         # Browsers send scheme://host[:port]: anything else would refuse every browser.
         ({**BASE, "RELAY_ALLOWED_ORIGINS": "app.example.com"}, "RELAY_ALLOWED_ORIGINS: 'app"),
         ({**BASE, "RELAY_ALLOWED_ORIGINS": "https://a.example/"}, "RELAY_ALLOWED_ORIGINS: 'https"),

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.core.changes import Change, TableReset
+from relay.core.changes import Change, LoggedBroadcast, TableReset
 from tests.support import WAIT, LogTail, as_user
 
 Conn = psycopg.Connection[Any]
@@ -508,6 +508,7 @@ def outsider(db: Conn, database_url: str) -> Iterator[Conn]:
         "SELECT relay.prune('0 s', 0)",
         "SELECT relay.publish('outsider.t')",
         "SELECT * FROM relay.published_tables",
+        "SELECT relay.broadcast('room:x', 'forged', '{}')",
     ],
 )
 def test_a_login_alone_can_neither_read_nor_write_the_log(outsider: Conn, statement: str) -> None:
@@ -630,3 +631,71 @@ def test_prune_keeps_what_is_recent_and_deletes_what_the_log_no_longer_keeps(
     # The newest of the old ticks stays: the batch of the tick after it starts there.
     assert db.execute("SELECT min(id) FROM relay.ticks").fetchone() == newest
     assert db.execute("SELECT count(*) FROM relay.changes").fetchone() == (1,)  # the new one
+
+
+# --- relay.broadcast: broadcast from the database --------------------------------------
+
+
+def test_a_broadcast_is_logged_at_commit_in_order_with_the_changes(
+    db: Conn, log_tail: LogTail
+) -> None:
+    with db.transaction():
+        db.execute("SELECT relay.broadcast('room:sql', 'lost', '{\"n\": 0}')")
+        raise psycopg.Rollback
+    with db.transaction():
+        db.execute("SAVEPOINT s")
+        db.execute("SELECT relay.broadcast('room:sql', 'lost', '{\"n\": 0}')")
+        db.execute("ROLLBACK TO SAVEPOINT s")
+    log_tail.assert_silent()
+    with db.transaction():
+        row_id = WRITES[2].insert(db)
+        db.execute("SELECT relay.broadcast('room:sql', 'sent', '{\"n\": 1}')")
+        # Two of one transaction are two, not one net change.
+        db.execute("SELECT relay.broadcast('room:sql', 'sent', '{\"n\": 2}', false)")
+        db.execute(WRITES[2].update, (row_id,))
+    entries = log_tail.take()
+    assert [type(e).__name__ for e in entries] == ["Change", "LoggedBroadcast", "LoggedBroadcast"]
+    assert entries[1] == LoggedBroadcast("room:sql", "sent", {"n": 1}, True)
+    assert entries[2] == LoggedBroadcast("room:sql", "sent", {"n": 2}, False)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ("'', 'e', '{}'", psycopg.errors.InvalidParameterValue),
+        (f"'{'t' * 256}', 'e', '{{}}'", psycopg.errors.InvalidParameterValue),
+        ("'room:x', NULL, '{}'", psycopg.errors.InvalidParameterValue),
+        ("'room:x', 'e', '[1, 2]'", psycopg.errors.InvalidParameterValue),
+        (
+            "'room:x', 'e', jsonb_build_object('x', repeat('a', 65536))",
+            psycopg.errors.ProgramLimitExceeded,
+        ),
+    ],
+)
+def test_a_broadcast_out_of_bounds_is_refused_with_a_clear_error(
+    db: Conn, log_tail: LogTail, arguments: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r"relay\.broadcast: "):
+        db.execute(f"SELECT relay.broadcast({arguments})")
+    log_tail.assert_silent()
+
+
+def test_a_granted_role_may_broadcast_without_any_right_on_the_log(
+    db: Conn, outsider: Conn, log_tail: LogTail
+) -> None:
+    db.execute("GRANT USAGE ON SCHEMA relay TO relay_test_outsider")
+    db.execute(
+        "GRANT EXECUTE ON FUNCTION relay.broadcast(text, text, jsonb, boolean)"
+        " TO relay_test_outsider"
+    )
+    try:
+        outsider.execute("SELECT relay.broadcast('room:x', 'granted', '{}')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            outsider.execute("SELECT * FROM relay.changes")
+    finally:
+        db.execute("REVOKE ALL ON SCHEMA relay FROM relay_test_outsider")
+        db.execute(
+            "REVOKE ALL ON FUNCTION relay.broadcast(text, text, jsonb, boolean)"
+            " FROM relay_test_outsider"
+        )
+    assert log_tail.take() == [LoggedBroadcast("room:x", "granted", {}, True)]
