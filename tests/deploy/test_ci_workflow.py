@@ -63,10 +63,11 @@ def test_actionlint_would_catch_a_mistake(tmp_path: Path) -> None:
     assert "SC2086" in output  # shellcheck's, on the run: script
 
 
-def test_workflow_is_valid_under_its_schema() -> None:
+def test_workflow_is_valid_under_its_schema_and_every_job_has_a_timeout() -> None:
     checker = executable("check-jsonschema", "pip install check-jsonschema")
-    result = run(checker, "--builtin-schema", "vendor.github-workflows", str(WORKFLOW))
-    assert result.returncode == 0, result.stdout + result.stderr
+    for schema in ("vendor.github-workflows", "custom.github-workflows-require-timeout"):
+        result = run(checker, "--builtin-schema", schema, str(WORKFLOW))
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_lint_runs_make_lint() -> None:

@@ -104,6 +104,12 @@ def test_only_the_proxy_publishes_ports() -> None:
         assert services()[name]["networks"] == ["back"], name
 
 
+def test_the_relays_and_the_portal_listen_beyond_their_container() -> None:
+    assert services()["portal"]["command"] == ["nexus-portal", "serve", "--host", "0.0.0.0"]  # noqa: S104
+    for name in RELAYS:
+        assert "command" not in services()[name]  # the image's: nexus-relay serve
+
+
 def test_the_portal_trusts_forwarded_headers_from_the_proxy_only() -> None:
     caddy_address = services()["caddy"]["networks"]["front"]["ipv4_address"]
     assert services()["portal"]["environment"]["FORWARDED_ALLOW_IPS"] == caddy_address
