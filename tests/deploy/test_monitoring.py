@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.deploy.tools import ROOT, executable, run
+from tests.relay.test_several_relays import RedisServer
 from tests.support import WAIT, RelayProcess, eventually
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -180,12 +181,14 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 def exported(new_demo_database: Callable[[], str]) -> Iterator[dict[str, str]]:
     """The metric families a relay exports, by name: their type.
 
-    Some gauges appear only once the relay has measured the log (within a few
+    A relay with a Redis (its metrics between relays are there only then). Some
+    gauges appear only once the relay has measured the log (within a few
     seconds of starting), its oldest tick once it has taken one: a change is
     written so that it does.
     """
     url = new_demo_database()
-    relay = RelayProcess(url).start()
+    redis = RedisServer().start()
+    relay = RelayProcess(url, RELAY_REDIS_URL=redis.url).start()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
@@ -202,6 +205,7 @@ def exported(new_demo_database: Callable[[], str]) -> Iterator[dict[str, str]]:
         yield eventually(families, timeout=4 * WAIT)
     finally:
         relay.stop()
+        redis.stop()
 
 
 def resolves(name: str, families: dict[str, str]) -> bool:
