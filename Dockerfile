@@ -13,7 +13,7 @@ FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 RUN python -m venv /opt/nexus
 ENV PATH=/opt/nexus/bin:$PATH
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY relay ./relay
 COPY portal ./portal
 RUN pip install --no-cache-dir .

@@ -5,6 +5,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from relay import logs
@@ -17,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="nexus-relay",
         description="Nexus Relay: PostgreSQL changes over WebSocket, authorized like RLS.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "serve", help="run the relay; settings come from RELAY_* environment variables"
@@ -58,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"nexus-relay: {exc}", file=sys.stderr)
         return 2
+
+
+def version() -> str:
+    """The installed package's version (its metadata, from pyproject.toml)."""
+    try:
+        return metadata.version("nexus-relay")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout, not installed
+        return "unknown (not installed)"
 
 
 def _serve() -> int:
