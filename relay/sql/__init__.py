@@ -1,7 +1,9 @@
-"""SQL of the relay's trigger layer, applied by the application's migrations.
+"""SQL of the relay's trigger layer, applied by ``nexus-relay install``
+(relay/trigger_layer.py) or by an application's migrations (the Nexus ones).
 
 Version 2 (the change log) is current; version 1 (changes as NOTIFY payloads)
-is kept for migrations that installed it and upgrade from it.
+is kept for migrations that installed it and upgrade from it. A layer of
+version 2 answers ``relay.version()``.
 """
 
 from importlib.resources import files
