@@ -129,8 +129,21 @@ def _layer(command: str, database_url: str | None, confirmed: bool) -> int:
                 return 1
             print(f"nexus-relay: {trigger_layer.uninstall(conn)}")
             return 0
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigError(
+            f"cannot {command} the trigger layer: {first_line(exc)}: {_WHO[command]}"
+        ) from exc
     except psycopg.Error as exc:
         raise ConfigError(f"cannot {command} the trigger layer: {first_line(exc)}") from exc
+
+
+# Who may run them (README, "The relay in your own application").
+_WHO = {
+    "install": "run it as the relay's role, with CREATE on the database"
+    " (it becomes the owner of schema relay)",
+    "uninstall": "run it as a role that owns the published tables and is a member"
+    " of the owner of schema relay",
+}
 
 
 def _check_policy(path: Path, database_url: str | None) -> int:

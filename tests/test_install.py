@@ -3,29 +3,44 @@
 The test venv carries pytest, playwright and their dependencies; a dependency
 that only they bring (greenlet, once) would hide a crash that every production
 install hits. So the package is built and installed the way the Dockerfile
-does it, and each entry point is started against a real database from there.
+does it, and each entry point is started against a real database from there:
+the Nexus portal with its relay, and the relay alone in an application of
+its own (the README's *The relay in your own application*, step by step).
 """
 
+import asyncio
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
+import time
+import tomllib
+import uuid
 import venv
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jwt
+import psycopg
 import pytest
+from sqlalchemy import make_url
 
 from portal import demo_data
-from tests.support import WAIT, PortalProcess, RelayProcess, signed_in
+from relay.client import RelayClient
+from tests.support import JWT_SECRET, WAIT, PortalProcess, RelayProcess, signed_in
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(argv: list[str], **options: object) -> None:
+def run(argv: list[str], **options: object) -> str:
+    """Run ``argv``; its output, once it has succeeded."""
     done = subprocess.run(argv, capture_output=True, text=True, check=False, **options)  # type: ignore[call-overload]
     assert done.returncode == 0, f"{argv} failed:\n{done.stdout}\n{done.stderr}"
+    return str(done.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +141,171 @@ def test_installed_entry_points_migrate_and_serve(
             portal.stop()
     finally:
         relay.stop()
+
+
+# --- The package's identity -----------------------------------------------------------
+
+
+def test_the_version_is_the_changelogs_newest_release(installed: Path) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    releases = re.findall(r"^## (\d+\.\d+\.\d+) — ", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert releases[0] == version
+    assert run([str(installed / "nexus-relay"), "--version"]) == f"nexus-relay {version}\n"
+    assert run([str(installed / "nexus-portal"), "--version"]) == f"nexus-portal {version}\n"
+
+
+def test_the_changelog_keeps_an_unreleased_section_on_top() -> None:
+    headings = re.findall(r"^## (.*)$", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert headings[0].startswith("Unreleased")
+    assert re.match(r"\d+\.\d+\.\d+ — \d{4}-\d{2}-\d{2} — ", headings[1])
+
+
+def test_the_wheel_carries_the_licence_and_metadata(installed: Path) -> None:
+    (dist_info,) = (installed.parent / "lib").glob("python3*/site-packages/nexus_relay-*.dist-info")
+    metadata = (dist_info / "METADATA").read_text()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "License-File: LICENSE" in metadata
+    for field in ("Author: ", "Maintainer: ", "Keywords: ", "Classifier: ", "Requires-Python: "):
+        assert field in metadata, field
+    assert (dist_info / "licenses" / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
+    assert (ROOT / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
+
+
+# --- The relay in your own application (README) ----------------------------------------
+
+EXAMPLE = ROOT / "docs" / "examples" / "todo-app"
+
+
+def readme_block(after: str, language: str) -> str:
+    """The first ``language`` code block of the README after the text ``after``."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(after)
+    block = re.search(rf"```{language}\n(.*?)```", readme[start:], re.S)
+    assert block is not None, f"no {language} block after {after!r}"
+    return "\n".join(line.strip() for line in block.group(1).splitlines())
+
+
+def as_role(server_url: str, role: str, password: str, database: str) -> str:
+    """A URL of the test server for another role and database."""
+    url = make_url(server_url).set(username=role, password=password, database=database)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def todo_app(server_url: str) -> Iterator[dict[str, str]]:
+    """The README's roles (step 2, run as written but for their names) and an empty
+    database owned by the tables' owner; all dropped at the end."""
+    suffix = secrets.token_hex(4)
+    names = {
+        "todo_owner": f"todo_owner_{suffix}",
+        "nexus_relay": f"nexus_relay_{suffix}",
+        "todo": f"todo_{suffix}",
+    }
+    grants = readme_block("2. **Roles.**", "sql")
+    for name, unique in names.items():
+        grants = re.sub(rf"\b{name}\b", unique, grants)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {names['todo_owner']} LOGIN PASSWORD 'owner-secret'")
+        admin.execute(f"CREATE DATABASE {names['todo']} OWNER {names['todo_owner']}")
+        try:
+            for statement in filter(str.strip, grants.split(";")):
+                admin.execute(statement)
+            yield {
+                "owner": as_role(server_url, names["todo_owner"], "owner-secret", names["todo"]),
+                "relay": as_role(server_url, names["nexus_relay"], "relay-secret", names["todo"]),
+                "relay_role": names["nexus_relay"],
+            }
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {names['todo']} WITH (FORCE)")
+            admin.execute(f"DROP ROLE IF EXISTS {names['todo_owner']}")
+            admin.execute(f"DROP ROLE IF EXISTS {names['nexus_relay']}")
+
+
+def run_file(url: str, name: str) -> None:
+    """``psql URL -f docs/examples/todo-app/NAME``, through psycopg."""
+    with psycopg.connect(url) as conn:
+        conn.execute((EXAMPLE / name).read_text())
+
+
+def user_token(user_id: str, secret: str = JWT_SECRET) -> str:
+    """A token as step 8 of the README makes it."""
+    now = int(time.time())
+    return jwt.encode(
+        {
+            "sub": user_id,
+            "role": "authenticated",
+            "aud": "nexus-relay",
+            "iat": now,
+            "exp": now + 300,
+        },
+        secret,
+        algorithm="HS256",
+    )
+
+
+def test_the_relay_in_your_own_application(
+    installed: Path, clean_env: None, todo_app: dict[str, str]
+) -> None:
+    nexus_relay = str(installed / "nexus-relay")
+    run_file(todo_app["owner"], "schema.sql")
+    assert run([nexus_relay, "install", "--database-url", todo_app["relay"]]) == (
+        "nexus-relay: installed the trigger layer, version 2 (schema relay)\n"
+    )
+    assert "nothing to do" in run([nexus_relay, "install", "--database-url", todo_app["relay"]])
+    run_file(todo_app["owner"], "publish.sql")
+    run_file(todo_app["owner"], "publish.sql")  # harmless again
+    policy = str(EXAMPLE / "policy.toml")
+    checked = run([nexus_relay, "check-policy", policy, "--database-url", todo_app["relay"]])
+    assert "public.todos: visible when owner_id = claims.user_id" in checked
+    assert "problem" not in checked
+
+    relay = RelayProcess(todo_app["relay"], bin_dir=installed, RELAY_POLICY_FILE=policy).start()
+    try:
+        status, body = relay.get("/readyz")
+        assert status == 200, body
+        received = asyncio.run(subscribe_and_insert(relay.url, todo_app["owner"]))
+    finally:
+        relay.stop()
+    assert received["mine"]["op"] == "INSERT"
+    assert received["mine"]["new"]["title"] == "Buy milk"
+    assert received["theirs"] is None  # another user's to-do never reaches this one
+
+    # The relay's role holds nothing but schema relay: it cannot read the to-dos.
+    with (
+        psycopg.connect(todo_app["relay"]) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT * FROM todos")
+
+    removed = run([nexus_relay, "uninstall", "--yes", "--database-url", todo_app["owner"]])
+    assert "removed the trigger layer (version 2)" in removed
+    with psycopg.connect(todo_app["owner"]) as conn:
+        left = conn.execute("""
+            SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'relay'),
+                   (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'relay%'),
+                   (SELECT count(*) FROM pg_proc WHERE proname LIKE 'capture%'
+                       OR prosrc LIKE '%relay.%')
+        """).fetchone()
+        assert left == (0, 0, 0)
+        assert conn.execute("SELECT title FROM todos ORDER BY id").fetchall() == [
+            ("Walk the dog",),
+            ("Buy milk",),
+        ]
+
+
+async def subscribe_and_insert(relay_url: str, owner_url: str) -> dict[str, Any]:
+    """Alice subscribes to the to-dos; Bob's to-do is written, then Alice's: hers is
+    the first (and only) change she receives."""
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    async with await RelayClient.connect(relay_url, user_token(alice)) as client:
+        await client.subscribe("todos")
+        with psycopg.connect(owner_url) as conn:
+            conn.execute("INSERT INTO todos (owner_id, title) VALUES (%s, 'Walk the dog')", (bob,))
+        with psycopg.connect(owner_url) as conn:
+            conn.execute("INSERT INTO todos (owner_id, title) VALUES (%s, 'Buy milk')", (alice,))
+        mine = await client.next_event(WAIT)
+        try:
+            theirs = await client.next_event(0.5)
+        except TimeoutError:
+            theirs = None
+    return {"mine": mine, "theirs": theirs}
