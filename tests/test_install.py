@@ -9,9 +9,11 @@ its own (the README's *The relay in your own application*, step by step).
 """
 
 import asyncio
+import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import tomllib
 import uuid
 import venv
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +46,109 @@ def run(argv: list[str], **options: object) -> str:
     return str(done.stdout)
 
 
+# --- The Dockerfile, read as the image builder reads it --------------------------------
+
+
+@dataclass
+class Stage:
+    """One ``FROM`` of the Dockerfile: its base, name and instructions, in order."""
+
+    base: str
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for key, args in self.instructions if key == keyword]
+
+    def exec_form(self, keyword: str) -> list[str]:
+        """The JSON array of its (last) CMD, or of its HEALTHCHECK's CMD."""
+        (args,) = self.all(keyword)[-1:]
+        return list(json.loads(args[args.index("[") :]))
+
+    def env(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for args in self.all("ENV"):
+            for pair in shlex.split(args):
+                key, _, value = pair.partition("=")
+                found[key] = value
+        return found
+
+    def copies(self) -> list[list[str]]:
+        """Its ``COPY`` instructions from the build context: [source, ..., destination]."""
+        return [args.split() for args in self.all("COPY") if not args.startswith("--from")]
+
+
+def dockerfile() -> dict[str, Stage]:
+    """The Dockerfile's stages by name."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: dict[str, Stage] = {}
+    stage: Stage | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            base, _, name = args.partition(" AS ")
+            stage = stages.setdefault(name.strip(), Stage(base.strip(), name.strip()))
+        else:
+            assert stage is not None, f"{line!r} before FROM"
+            stage.instructions.append((keyword.upper(), args.strip()))
+    return stages
+
+
+def docker_ignores(path: str) -> bool:
+    """Whether .dockerignore keeps ``path`` (relative, with /) out of the build context:
+    the last pattern that matches it or a folder above it decides, as Docker's does."""
+    ignored = False
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        regex = "".join(
+            "(.*/)?"
+            if part == "**/"
+            else ".*"
+            if part == "**"
+            else "[^/]*"
+            if part == "*"
+            else "[^/]"
+            if part == "?"
+            else re.escape(part)
+            for part in re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
+        )
+        parts = path.split("/")
+        prefixes = ("/".join(parts[: i + 1]) for i in range(len(parts)))
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def build_context(destination: Path) -> None:
+    """What the ``build`` stage copies from the build context, past .dockerignore."""
+    for *sources, target in dockerfile()["build"].copies():
+        for name in sources:
+            assert target in ("./", f"./{name}"), "the build stage keeps the context's layout"
+            origin = ROOT / name
+            files = [origin] if origin.is_file() else sorted(origin.rglob("*"))
+            for path in files:
+                relative = path.relative_to(ROOT).as_posix()
+                if path.is_file() and not docker_ignores(relative):
+                    (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(path, destination / relative)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bin directory of a fresh virtualenv holding the built wheel and its dependencies."""
+    """The bin directory of a fresh virtualenv holding the built wheel and its
+    dependencies, installed as the Dockerfile's ``build`` stage installs them."""
     where = tmp_path_factory.mktemp("install")
     # What the Dockerfile copies, and nothing else (a build also leaves build/ where it runs).
     source = where / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(ROOT / name, source)
-    for name in ("relay", "portal"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    build_context(source)
     run(
         [
             sys.executable,
@@ -91,42 +186,128 @@ def test_the_wheel_carries_no_dev_dependency(installed: Path) -> None:
         assert f"{dev_only}==" not in listed
 
 
+PINNED = re.compile(r"^[a-z0-9./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
+
+
+def test_the_images_are_targets_on_pinned_bases() -> None:
+    stages = dockerfile()
+    assert {"relay", "portal", "migrate"} <= set(stages)
+    for stage in stages.values():
+        if stage.base not in stages:  # an image from a registry, not an earlier stage
+            assert PINNED.match(stage.base), f"{stage.name}: {stage.base} is not pinned by digest"
+    for name in ("relay", "portal", "migrate"):
+        (user,) = [u for s in chain(stages, name) for u in stages[s].all("USER")][-1:]
+        assert user.split(":")[0] not in ("0", "root"), f"{name} runs as root"
+    assert stages["relay"].exec_form("CMD") == ["nexus-relay", "serve"]
+    assert stages["portal"].exec_form("CMD") == ["nexus-portal", "serve"]
+    assert stages["migrate"].exec_form("CMD") == ["alembic", "upgrade", "head"]
+    # The relay's image runs no migration and carries none.
+    assert not any("alembic" in " ".join(copy) for copy in stages["relay"].copies())
+    for name in ("relay", "portal"):
+        assert "/healthz" in stages[name].exec_form("HEALTHCHECK")[-1]
+        assert "curl" not in " ".join(stages[name].all("HEALTHCHECK"))
+
+
+def chain(stages: dict[str, Stage], name: str) -> list[str]:
+    """``name`` and the stages it is built on, base first."""
+    found = [name]
+    while stages[found[0]].base in stages:
+        found.insert(0, stages[found[0]].base)
+    return found
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_no_more() -> None:
+    for stage in dockerfile().values():
+        for *sources, _ in stage.copies():
+            for name in sources:
+                assert not docker_ignores(name), f"{stage.name} copies {name}, ignored"
+    for private in (
+        ".venv/bin/python",
+        ".data/demo-secrets.json",
+        ".git/HEAD",
+        "tests/support.py",
+        "node_modules/htmx.org/package.json",
+        "relay/__pycache__/cli.cpython-311.pyc",
+    ):
+        assert docker_ignores(private), private
+
+
+def healthy(healthcheck: list[str], bin_dir: Path, env: dict[str, str]) -> bool:
+    """Run an image's HEALTHCHECK command, its ``python`` the installed one."""
+    program, *args = healthcheck
+    done = subprocess.run(
+        [str(bin_dir / program), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=WAIT,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def image_env(stage: Stage) -> dict[str, Any]:
+    """A stage's ENV, but for what only makes sense in the image: its paths and ports
+    (the tests take free ports)."""
+    return {
+        key: value
+        for key, value in stage.env().items()
+        if not value.startswith("/") and not key.endswith("PORT") and key != "PATH"
+    }
+
+
 def test_installed_entry_points_migrate_and_serve(
     installed: Path,
     clean_env: None,
     new_database: Callable[[], str],
     tmp_path: Path,
 ) -> None:
+    """Each target's command, as its image runs it: migrate, then relay and portal,
+    each answering its HEALTHCHECK."""
+    stages = dockerfile()
     url = new_database()
-    # The image's migration step: alembic from the app directory, the code from the venv.
+    # The migrate target: alembic from the app directory, the code from the venv.
     app = tmp_path / "app"
     app.mkdir()
-    shutil.copy(ROOT / "alembic.ini", app)
-    shutil.copytree(ROOT / "alembic", app / "alembic")
-    run(
-        [str(installed / "alembic"), "upgrade", "head"],
-        cwd=app,
-        env={**os.environ, "DATABASE_URL": url},
-    )
+    for *sources, target in stages["portal"].copies():
+        for name in sources:
+            copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+            copy(ROOT / name, app / Path(target).name if target != "./" else app)
+    program, *args = stages["migrate"].exec_form("CMD")
+    run([str(installed / program), *args], cwd=app, env={**os.environ, "DATABASE_URL": url})
     demo_data.load(url)
 
-    (site,) = (installed.parent / "lib").glob("python3*/site-packages")
+    # The relay target, with the Nexus portal's policy that the image holds.
+    (nexus_policy,) = [
+        source
+        for source, target in (c for c in stages["relay"].copies() if len(c) == 2)
+        if target == "/etc/nexus-relay/nexus-portal.toml"
+    ]
     relay = RelayProcess(
-        url, bin_dir=installed, RELAY_POLICY_FILE=str(site / "portal" / "relay-policy.toml")
-    ).start()
+        url,
+        bin_dir=installed,
+        **image_env(stages["relay"]),
+        RELAY_POLICY_FILE=str(ROOT / nexus_policy),
+    )
+    assert relay.command == stages["relay"].exec_form("CMD")
+    relay.start()
+    relay_check = stages["relay"].exec_form("HEALTHCHECK")
     try:
-        assert relay.get("/healthz")[0] == 200
+        assert healthy(relay_check, installed, {"RELAY_OPS_PORT": str(relay.ops_port)})
         status, body = relay.get("/readyz")
         assert status == 200, body
         portal = PortalProcess(
             url,
             relay.url,
             bin_dir=installed,
+            **image_env(stages["portal"]),
             NEXUS_HTMX_PATH=str(ROOT / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"),
-        ).start()
+        )
+        assert portal.command[:2] == stages["portal"].exec_form("CMD")
+        portal.start()
+        portal_check = stages["portal"].exec_form("HEALTHCHECK")
         try:
+            assert healthy(portal_check, installed, {"NEXUS_PORT": str(portal.port)})
             with httpx.Client(base_url=portal.url, timeout=WAIT) as http:
-                assert http.get("/healthz").status_code == 200
                 assert http.get("/static/vendor/htmx.min.js").status_code == 200
             # Sign-in and a page: argon2, the database driver, SQLAlchemy's async engine, Jinja2.
             alice = signed_in(portal, "alice@alpha.com", "alpha-demo-pass")
@@ -141,6 +322,9 @@ def test_installed_entry_points_migrate_and_serve(
             portal.stop()
     finally:
         relay.stop()
+    # Stopped, neither answers its health check.
+    assert not healthy(relay_check, installed, {"RELAY_OPS_PORT": str(relay.ops_port)})
+    assert not healthy(portal_check, installed, {"NEXUS_PORT": str(portal.port)})
 
 
 # --- The package's identity -----------------------------------------------------------
@@ -165,8 +349,8 @@ def test_the_wheel_carries_the_licence_and_metadata(installed: Path) -> None:
     metadata = (dist_info / "METADATA").read_text()
     assert "License-Expression: Apache-2.0" in metadata
     assert "License-File: LICENSE" in metadata
-    for field in ("Author: ", "Maintainer: ", "Keywords: ", "Classifier: ", "Requires-Python: "):
-        assert field in metadata, field
+    for name in ("Author: ", "Maintainer: ", "Keywords: ", "Classifier: ", "Requires-Python: "):
+        assert name in metadata, name
     assert (dist_info / "licenses" / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
     assert (ROOT / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
 
