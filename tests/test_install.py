@@ -398,6 +398,8 @@ def todo_app(server_url: str) -> Iterator[dict[str, str]]:
                 "owner": as_role(server_url, names["todo_owner"], "owner-secret", names["todo"]),
                 "relay": as_role(server_url, names["nexus_relay"], "relay-secret", names["todo"]),
                 "relay_role": names["nexus_relay"],
+                "database": names["todo"],
+                "admin": server_url,
             }
         finally:
             admin.execute(f"DROP DATABASE IF EXISTS {names['todo']} WITH (FORCE)")
@@ -436,6 +438,11 @@ def test_the_relay_in_your_own_application(
         "nexus-relay: installed the trigger layer, version 2 (schema relay)\n"
     )
     assert "nothing to do" in run([nexus_relay, "install", "--database-url", todo_app["relay"]])
+    # The README: after install, the relay's role no longer needs CREATE on the database.
+    with psycopg.connect(todo_app["admin"], autocommit=True) as admin:
+        admin.execute(
+            f"REVOKE CREATE ON DATABASE {todo_app['database']} FROM {todo_app['relay_role']}"
+        )
     run_file(todo_app["owner"], "publish.sql")
     run_file(todo_app["owner"], "publish.sql")  # harmless again
     policy = str(EXAMPLE / "policy.toml")

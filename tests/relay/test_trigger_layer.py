@@ -1,6 +1,7 @@
 """``nexus-relay install`` and ``uninstall``, as a platform team runs them on a
 database of its own: idempotent, versioned, and leaving nothing behind."""
 
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import make_url
 
 from relay import sql, trigger_layer
 from relay.core.errors import ConfigError
@@ -178,6 +180,31 @@ def test_uninstall_removes_version_1_too(app_database: str) -> None:
         assert "version 1" in trigger_layer.uninstall(conn)
     assert layer_objects(app_database)["schema"] is False
     assert layer_objects(app_database)["triggers"] == 0
+
+
+def test_a_role_without_the_rights_is_told_which_it_needs(
+    app_database: str, server_url: str
+) -> None:
+    role = f"nobody_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        try:
+            as_nobody = as_role(app_database, role)
+            refused = run("install", "--database-url", as_nobody)
+            assert refused.returncode == 2
+            assert "run it as the relay's role, with CREATE on the database" in refused.stderr
+            assert run("install", "--database-url", app_database).returncode == 0
+            with psycopg.connect(app_database) as conn:
+                conn.execute("SELECT relay.publish('items')")
+            refused = run("uninstall", "--yes", "--database-url", as_nobody)
+            assert refused.returncode == 2
+            assert "owns the published tables" in refused.stderr
+        finally:
+            admin.execute(f"DROP ROLE {role}")
+
+
+def as_role(url: str, role: str) -> str:
+    return make_url(url).set(username=role, password=None).render_as_string(hide_password=False)
 
 
 def test_without_a_database_url_it_says_so() -> None:
