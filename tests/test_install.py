@@ -9,6 +9,7 @@ its own (the README's *The relay in your own application*, step by step).
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import tomllib
 import uuid
@@ -34,7 +36,14 @@ from sqlalchemy import make_url
 
 from portal import demo_data
 from relay.client import RelayClient
-from tests.support import JWT_SECRET, WAIT, PortalProcess, RelayProcess, signed_in
+from tests.support import (
+    JWT_SECRET,
+    WAIT,
+    PortalProcess,
+    RelayProcess,
+    eventually,
+    signed_in,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -366,7 +375,7 @@ def readme_block(after: str, language: str) -> str:
     start = readme.index(after)
     block = re.search(rf"```{language}\n(.*?)```", readme[start:], re.S)
     assert block is not None, f"no {language} block after {after!r}"
-    return "\n".join(line.strip() for line in block.group(1).splitlines())
+    return textwrap.dedent(block.group(1))
 
 
 def as_role(server_url: str, role: str, password: str, database: str) -> str:
@@ -455,8 +464,12 @@ def test_the_relay_in_your_own_application(
         status, body = relay.get("/readyz")
         assert status == 200, body
         received = asyncio.run(subscribe_and_insert(relay.url, todo_app["owner"]))
+        eventually(lambda: relay.metrics().get("relay_subscriptions") == 0)
+        printed = asyncio.run(the_readme_client_prints(relay, todo_app["owner"]))
     finally:
         relay.stop()
+    assert printed[:2] == ("change", "INSERT")
+    assert printed[2]["title"] == "Read the README"
     assert received["mine"]["op"] == "INSERT"
     assert received["mine"]["new"]["title"] == "Buy milk"
     assert received["theirs"] is None  # another user's to-do never reaches this one
@@ -481,6 +494,7 @@ def test_the_relay_in_your_own_application(
         assert conn.execute("SELECT title FROM todos ORDER BY id").fetchall() == [
             ("Walk the dog",),
             ("Buy milk",),
+            ("Read the README",),
         ]
 
 
@@ -500,3 +514,34 @@ async def subscribe_and_insert(relay_url: str, owner_url: str) -> dict[str, Any]
         except TimeoutError:
             theirs = None
     return {"mine": mine, "theirs": theirs}
+
+
+async def the_readme_client_prints(relay: RelayProcess, owner_url: str) -> tuple[Any, ...]:
+    """Step 8 of the README, its code as written, for a new user: what it prints
+    when a to-do of theirs is written."""
+    code = readme_block("8. **Subscribe**", "python")
+    assert code.count("asyncio.run(main())") == 1
+    code = code.replace("asyncio.run(main())", "").replace("ws://127.0.0.1:8765/", relay.url)
+    printed: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    user_id = str(uuid.uuid4())
+    namespace: dict[str, Any] = {
+        "user_id": user_id,
+        "secret": JWT_SECRET,
+        "print": lambda *args: printed.put_nowait(args),
+    }
+    exec(code, namespace)  # noqa: S102 - the README's own code, from this checkout
+    task = asyncio.create_task(namespace["main"]())
+    try:
+        # Subscribed: a gauge, polled (the snippet says nothing until a change comes).
+        await asyncio.to_thread(
+            eventually, lambda: task.done() or relay.metrics().get("relay_subscriptions") == 1
+        )
+        with psycopg.connect(owner_url) as conn:
+            conn.execute(
+                "INSERT INTO todos (owner_id, title) VALUES (%s, 'Read the README')", (user_id,)
+            )
+        return await asyncio.wait_for(printed.get(), WAIT)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
