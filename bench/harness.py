@@ -70,7 +70,11 @@ class Config:
     broadcast_sizes: list[int] = field(default_factory=list)
     presence_sizes: list[int] = field(default_factory=list)
     room_size: int = 10  # members per broadcast or presence room
-    senders_per_room: int = 2  # broadcast: members of each room that send
+    senders_per_room: int = 2  # broadcast: members of each room that send, at least
+    # broadcast: each sender sends at most this many messages/s (more senders per room
+    # as the rate grows), under the relay's per-member limit (25/s, burst 50) and its
+    # default RELAY_MAX_MESSAGES_PER_SECOND (20 frames/s per connection)
+    max_sends_per_member: float = 15.0
     broadcast_ladder_start: float = 10_000.0  # delivered messages/s
     broadcast_ladder_max: float = 640_000.0
     relay_env: dict[str, str] = field(default_factory=dict)

@@ -452,14 +452,15 @@ async def _connect(
 async def send_all(
     pool: Pool, at: float, rate: float, duration: float, senders_per_room: int
 ) -> dict[str, Any]:
-    """Broadcast: from wall time ``at`` for ``duration`` s, ``rate`` messages/s in all,
-    round-robin over this process's joined members whose place in their room is under
-    ``senders_per_room``; every 10 ms the messages due, each ``{"t": time.time()}``.
-    How many each member sent, by user index."""
+    """Broadcast: from wall time ``at`` for ``duration`` s, ``rate`` messages/s from each
+    of this process's joined members whose place in their room is under
+    ``senders_per_room``, round-robin; every 10 ms the messages due, each
+    ``{"t": time.time()}``. How many each member sent, by user index."""
     room = pool.mode.room_size
     senders = [
         c for c in pool.connections if c.state == JOINED and c.user % room < senders_per_room
     ]
+    rate *= len(senders)
     sent: Counter[int] = Counter()
     delay = at - time.time()
     if delay > 0:
