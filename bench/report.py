@@ -39,6 +39,7 @@ KEYS = (
     "supabase_authorized_msgs_per_s_max",
     "supabase_authorized_ratio_vs_nexus",
     "supabase_p95_ms_at_10k_msgs_per_s",
+    "supabase_cpu_per_msg_ratio_vs_nexus",
     "broadcast_msgs_per_s_max",
     "broadcast_p95_ms_at_max",
     "presence_tracks_per_s",
@@ -166,6 +167,13 @@ def supabase_keys(results: dict[str, Any]) -> dict[str, FigureAndNote]:
         )
         if capped:
             note += f"; at C={capped} a ladder never missed: a lower bound there"
+        lone = [
+            int(s)
+            for s, r in rows.items()
+            if (r["nexus_msgs_per_s_max"] is None) != (r["supabase_msgs_per_s_max"] is None)
+        ]
+        if lone:
+            note += f"; at C={lone} only one of the two sustained a rate: no ratio there"
         out["supabase_authorized_ratio_vs_nexus"] = (ratio, note)
     else:
         out["supabase_authorized_ratio_vs_nexus"] = (
@@ -192,6 +200,31 @@ def supabase_keys(results: dict[str, Any]) -> dict[str, FigureAndNote]:
         if at_ref and at_ref["latency_ms"]["p95"] is not None
         else (None, why or (NOT_RUN if not theirs else f"no step at {ref:,.0f} msgs/s"))
     )
+    cpu = [
+        (int(k), r)
+        for k, r in rows.items()
+        if r["nexus_cpu_ms_per_1k_at_10k"] and r["supabase_cpu_ms_per_1k_at_10k"]
+    ]
+    if cpu:
+        size, r = max(cpu, key=lambda t: t[0])
+        out["supabase_cpu_per_msg_ratio_vs_nexus"] = (
+            _r(r["supabase_cpu_ms_per_1k_at_10k"] / r["nexus_cpu_ms_per_1k_at_10k"], 2),
+            f"C={size} at {ref:,.0f} msgs/s: the relay's CPU per 1,000 delivered messages, "
+            f"Supabase's protocol {r['supabase_cpu_ms_per_1k_at_10k']:.1f} ms, ours "
+            f"{r['nexus_cpu_ms_per_1k_at_10k']:.1f} ms (per size: "
+            + ", ".join(
+                f"C={k}: {x['supabase_cpu_ms_per_1k_at_10k'] / x['nexus_cpu_ms_per_1k_at_10k']:.2f}"
+                for k, x in cpu
+            )
+            + "); below saturation this says what the highest rates will: above 1.25, "
+            "Supabase's protocol cannot stay within 20% of ours where the relay's CPU is "
+            "the limit",
+        )
+    else:
+        out["supabase_cpu_per_msg_ratio_vs_nexus"] = (
+            None,
+            why or f"not measured: needs both protocols' steps at {ref:,.0f} msgs/s",
+        )
     out.update(_broadcast_keys(results, errors, limit))
     out.update(_presence_keys(results, errors))
     return out
@@ -782,6 +815,9 @@ def headline_table(document: dict[str, Any], keys: dict[str, FigureAndNote]) -> 
         "supabase_p95_ms_at_10k_msgs_per_s": (
             "Supabase's protocol: p95 commit→client at 10,000 msgs/s (ms)"
         ),
+        "supabase_cpu_per_msg_ratio_vs_nexus": (
+            "Supabase's protocol ÷ ours, relay CPU per message at 10,000 msgs/s"
+        ),
         "broadcast_msgs_per_s_max": (
             f"Broadcast messages/s delivered, one process (Supabase: "
             f"{SUPABASE_BROADCAST_MSGS_PER_S:,} on a cluster)"
@@ -803,7 +839,15 @@ def headline_table(document: dict[str, Any], keys: dict[str, FigureAndNote]) -> 
         )
         if goal is not None and goal.get("measured_at"):
             met += f" (at {goal['measured_at']})"
-        digits = 3 if key.startswith("write_") else 2 if "ratio" in key or "rss" in key else 1
+        digits = (
+            3
+            if key.startswith("write_") or key == "supabase_authorized_ratio_vs_nexus"
+            else 2
+            if "ratio" in key or "rss" in key
+            else 0
+            if key.endswith("_per_s") and "_ms_" not in key
+            else 1
+        )
         lines.append(
             f"| {names[key]} | {_fmt(value, digits)} | {goal['goal'] if goal else ''} | {met} |"
         )

@@ -375,24 +375,20 @@ def run_scenarios(ctx: scenarios.Context, only: set[str], results: dict[str, Any
     """Each scenario of ``only``, each size from the smallest; one that fails is an error in
     ``results``, and the others still run."""
     cfg = ctx.cfg
-    if "authorized" in only:
-        largest = max(cfg.sizes)
-        measure_sizes(
-            ctx,
-            results,
-            "authorized",
-            cfg.sizes,
-            lambda size: scenarios.authorized(ctx, size, size == largest),
-        )
-    if "supabase" in only:
-        # The same fan-out, the clients speaking Supabase's protocol: beside "authorized".
-        measure_sizes(
-            ctx,
-            results,
-            "supabase",
-            cfg.sizes,
-            lambda size: scenarios.authorized(ctx, size, False, supabase=True),
-        )
+    largest = max(cfg.sizes)
+    fanouts = [
+        (name, partial(_fanout, ctx, largest, name == "supabase"))
+        for name in ("authorized", "supabase")
+        if name in only
+    ]
+    if fanouts:
+        # The same fan-out through our protocol and Supabase's, size by size, one after
+        # the other: side by side, under the same conditions as far as a run allows.
+        for name, _ in fanouts:
+            results[name] = {}
+        for size in sorted(cfg.sizes):
+            for name, measure in fanouts:
+                measure_sizes(ctx, results, name, [size], measure, keep=True)
     if "broadcast" in only:
         measure_sizes(ctx, results, "broadcast", cfg.broadcast_sizes, partial(rooms.broadcast, ctx))
     if "presence" in only:
@@ -423,16 +419,23 @@ def run_scenarios(ctx: scenarios.Context, only: set[str], results: dict[str, Any
             results["change_log"] = out
 
 
+def _fanout(ctx: scenarios.Context, largest: int, supabase: bool, size: int) -> dict[str, Any]:
+    """The authorized fan-out at ``size``, through our protocol or Supabase's."""
+    return scenarios.authorized(ctx, size, size == largest, supabase=supabase)
+
+
 def measure_sizes(
     ctx: scenarios.Context,
     results: dict[str, Any],
     scenario: str,
     sizes: list[int],
     measure: Callable[[int], dict[str, Any]],
+    keep: bool = False,
 ) -> None:
     """``measure(size)`` into ``results[scenario][size]``, each size from the smallest, the
-    tables the writers fill emptied before each."""
-    results[scenario] = {}
+    tables the writers fill emptied before each; ``keep``: the sizes already there stay."""
+    if not keep:
+        results[scenario] = {}
     for size in sorted(sizes):
         ctx.db.reset_changes()
         out = attempt(
