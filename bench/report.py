@@ -1449,8 +1449,9 @@ def plot_vs_connections(results: dict[str, Any], title: str, path: Path) -> Path
     auth = {int(k): v for k, v in (results.get("authorized") or {}).items()}
     base = {int(k): v for k, v in (results.get("baseline") or {}).items()}
     ceil = {int(k): v for k, v in (results.get("ceiling") or {}).items()}
+    supa = {int(k): v for k, v in (results.get("supabase") or {}).items()}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    _throughput_panel(left, auth, base)
+    _throughput_panel(left, auth, base, supa)
     _latency_panel(right, auth, ceil, results["config"]["reference_rate"])
     fig.suptitle(f"Throughput and latency against connections — {title}")
     return _save(fig, path)
@@ -1466,10 +1467,16 @@ def _max_sustained(by_size: dict[int, dict[str, Any]], sizes: list[int]) -> list
 
 
 def _throughput_panel(
-    ax: "Axes", auth: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]]
+    ax: "Axes",
+    auth: dict[int, dict[str, Any]],
+    base: dict[int, dict[str, Any]],
+    supa: dict[int, dict[str, Any]] | None = None,
 ) -> None:
     sizes = sorted(auth)
     ax.plot(sizes, _max_sustained(auth, sizes), "o-", label="relay (authorized)")
+    if supa:
+        ss = sorted(supa)
+        ax.plot(ss, _max_sustained(supa, ss), "d-", label="relay, Supabase's protocol")
     if base:
         bs = sorted(base)
         ax.plot(
@@ -1518,9 +1525,19 @@ def plot_rate_ladder(results: dict[str, Any], title: str, path: Path) -> Path:
     """p95 against delivered rate, every step."""
     import matplotlib.pyplot as plt
 
-    names = {"authorized": "relay", "ceiling": "bare broadcast", "baseline": "baseline"}
+    names = {
+        "authorized": "relay",
+        "supabase": "relay, Supabase's protocol",
+        "ceiling": "bare broadcast",
+        "baseline": "baseline",
+    }
     fig, ax = plt.subplots(figsize=(8, 5))
-    for scenario, marker in (("authorized", "o-"), ("ceiling", "x--"), ("baseline", "s:")):
+    for scenario, marker in (
+        ("authorized", "o-"),
+        ("supabase", "d-"),
+        ("ceiling", "x--"),
+        ("baseline", "s:"),
+    ):
         for size, data in sorted((results.get(scenario) or {}).items(), key=lambda kv: int(kv[0])):
             steps = sorted(data["steps"], key=lambda s: s["offered_msgs_per_s"])
             xs = [s["delivered_msgs_per_s"] for s in steps]
