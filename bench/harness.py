@@ -74,7 +74,7 @@ class Config:
     # broadcast: each sender sends at most this many messages/s (more senders per room
     # as the rate grows), under the relay's per-member limit (25/s, burst 50) and its
     # default RELAY_MAX_MESSAGES_PER_SECOND (20 frames/s per connection)
-    max_sends_per_member: float = 15.0
+    max_sends_per_member: float = 10.0
     broadcast_ladder_start: float = 10_000.0  # delivered messages/s
     broadcast_ladder_max: float = 640_000.0
     relay_env: dict[str, str] = field(default_factory=dict)
@@ -349,14 +349,18 @@ class Fleet:
     def pids(self) -> list[int]:
         return [c.pid for c in self.children]
 
-    def join(self, timeout: float = 60.0, concurrency: int | None = None) -> dict[str, Any]:
+    def join(
+        self, timeout: float = 60.0, concurrency: int | None = None, only_lost: bool = False
+    ) -> dict[str, Any]:
         """Connect, authenticate and subscribe every user, all processes at once,
-        ``concurrency`` connections being set up at a time per process."""
+        ``concurrency`` connections being set up at a time per process; ``only_lost``:
+        the users whose connection was lost (or never joined), again."""
         concurrency = concurrency or self.cfg.join_concurrency
         at = time.time() + 0.5
         listen0 = common.tcp_listen_counters()
+        cmd = "rejoin" if only_lost else "join"
         for child in self.children:
-            child.send({"cmd": "join", "at": at, "concurrency": concurrency, "timeout": timeout})
+            child.send({"cmd": cmd, "at": at, "concurrency": concurrency, "timeout": timeout})
         replies = [child.read(timeout=timeout * 6 + 60) for child in self.children]
         starts: list[float] = []
         ends: list[float] = []

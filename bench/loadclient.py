@@ -36,8 +36,9 @@ protocol instead (Phoenix frames of vsn 2.0.0, arrays; the relay's
 
 The orchestrator talks to it by JSON lines: on stdin a command, on stdout the
 reply. Commands: ``join`` (at a given wall time, with bounded concurrency),
-``stats``, ``dump`` (write the recorded pairs as .npy, then forget them),
-``send`` (broadcast: at a rate for a duration), ``close``.
+``rejoin`` (the same, for the users whose connection was lost), ``stats``,
+``dump`` (write the recorded pairs as .npy, then forget them), ``send``
+(broadcast: at a rate for a duration), ``close``.
 """
 
 import argparse
@@ -209,6 +210,8 @@ class Connection(asyncio.Protocol):
         if protocol.state is State.CLOSED or protocol.close_expected():
             if protocol.close_rcvd is not None:
                 pool.close_codes[str(protocol.close_rcvd.code)] += 1
+                if self.state == JOINED and not pool.closing:
+                    pool.disconnects += 1  # closed by the server: lost, as a dropped one
                 self._fail(f"closed {protocol.close_rcvd.code}")
             if self.transport is not None:
                 self.transport.close()
@@ -367,9 +370,18 @@ async def join_all(
     concurrency: int,
     timeout: float,
     local_host: str | None,
+    only_lost: bool = False,
 ) -> dict[str, Any]:
     """Join every user (``users``: index and token) from wall time ``at``,
-    ``concurrency`` at a time; each tries up to 5 times."""
+    ``concurrency`` at a time; each tries up to 5 times. ``only_lost``: only the
+    users without a joined connection (lost, or never joined), the others stay
+    (``failed_indexes`` are still indexes into ``users``)."""
+    if only_lost:
+        pool.connections = [c for c in pool.connections if c.state == JOINED]
+        joined = {c.user for c in pool.connections}
+        chosen = [(i, u) for i, u in enumerate(users) if u[0] not in joined]
+    else:
+        chosen = list(enumerate(users))
     delay = at - time.time()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -381,10 +393,10 @@ async def join_all(
             await _join(pool, url, user, timeout, local_host, index, joins)
 
     started = time.time()
-    await asyncio.gather(*(one(i, user) for i, user in enumerate(users)))
+    await asyncio.gather(*(one(i, user) for i, user in chosen))
     return {
         "joined": len(joins.ends),
-        "failed": len(users) - len(joins.ends),
+        "failed": len(chosen) - len(joins.ends),
         "failed_indexes": joins.failed,
         "retries": joins.retries,
         "errors": dict(joins.errors),
@@ -533,7 +545,7 @@ async def main_async(args: argparse.Namespace) -> None:
             break
         command = json.loads(line)
         cmd = command["cmd"]
-        if cmd == "join":
+        if cmd in ("join", "rejoin"):
             result = await join_all(
                 pool,
                 url,
@@ -542,6 +554,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 int(command.get("concurrency", 64)),
                 float(command.get("timeout", 30.0)),
                 args.local_host,
+                only_lost=cmd == "rejoin",
             )
             reply(result)
         elif cmd == "stats":
