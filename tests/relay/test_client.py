@@ -1,0 +1,290 @@
+"""relay/client.py's reconnecting client against real relay processes: a restart,
+a token's expiry and revocation, a resume the log no longer holds, a bad token.
+
+The one-shot client (connect, subscribe, events) is what every other relay test
+drives; here, what ``reconnect=True`` and a token provider add.
+"""
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from relay.client import RelayClient, RelayRequestError, backoff
+from tests.support import BOB, WAIT, RelayProcess, mint
+
+pytestmark = pytest.mark.db
+
+Conn = psycopg.Connection[Any]
+_runs = itertools.count(1)
+
+
+def quick() -> Iterator[float]:
+    """Short delays: the tests wait for a relay that is back within seconds."""
+    return backoff(initial=0.1, maximum=1.0)
+
+
+def notify(db: Conn, title: str, tenant: str = "TNT-BETA0001") -> None:
+    db.execute(
+        "INSERT INTO nexus_notifications (tenant_id, notification_type, title)"
+        " VALUES (%s, 'test', %s)",
+        (tenant, title),
+    )
+
+
+async def off_loop(function: Callable[[], Any]) -> Any:
+    """A blocking step (a relay stopping or starting) while the clients keep
+    answering: the relay's closing handshake needs them."""
+    return await asyncio.get_running_loop().run_in_executor(None, function)
+
+
+async def until(client: RelayClient, wanted: Callable[[dict[str, Any]], bool]) -> list[Any]:
+    """Events up to and including the first that ``wanted`` accepts."""
+    seen = []
+    while True:
+        event = await client.next_event(4 * WAIT)
+        seen.append(event)
+        if wanted(event):
+            return seen
+
+
+def titled(title: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: event["type"] == "change" and event["new"]["title"] == title
+
+
+# --- A relay restart -----------------------------------------------------------------
+
+
+async def test_across_a_relay_restart_every_change_arrives_once_in_order(
+    relay_database: str, rdb: Conn
+) -> None:
+    kind = f"restart-{next(_runs)}-{int(time.time())}"
+    relay = RelayProcess(relay_database).start()
+    written: list[str] = []
+    stop_writing = threading.Event()
+
+    def writer() -> None:  # one writer: its commit order is the order written
+        with psycopg.connect(relay_database, autocommit=True) as db:
+            for n in itertools.count(1):
+                notify(db, f"{kind} {n}")
+                written.append(f"{kind} {n}")
+                if stop_writing.wait(0.02):
+                    return
+
+    token = mint(*BOB)
+    client = await RelayClient.connect(
+        relay.url, lambda: token, timeout=WAIT, reconnect=True, reconnect_delays=quick
+    )
+    thread = threading.Thread(target=writer)
+    try:
+        throwaway = await client.subscribe("nexus_payments")
+        await client.unsubscribe(throwaway["id"])  # the relay's ids move on; the client's stay
+        ack = await client.subscribe("nexus_notifications", filter=f"title=like.{kind} %")
+        await client.join("case:CASE-AB000001", presence_key="USR-BOB00001")
+        await client.track("case:CASE-AB000001", {"name": "Bob"})
+        thread.start()
+        events = await until(client, lambda e: e["type"] == "change")
+        await off_loop(relay.stop)
+        await off_loop(relay.start)
+        events += await until(client, lambda e: e["type"] == "reconnected")
+        events += await until(client, lambda e: e["type"] == "change")  # flowing again
+        stop_writing.set()
+        await off_loop(thread.join)
+        events += await until(client, titled(written[-1]))
+    finally:
+        stop_writing.set()
+        if thread.is_alive():
+            await off_loop(thread.join)
+        await client.close()
+        await off_loop(relay.kill)
+    received = [e["new"]["title"] for e in events if e["type"] == "change"]
+    assert received == written  # every one, in order, none twice
+    assert not [e for e in events if e["type"] == "gap"]
+    assert {tuple(e["subscriptions"]) for e in events if e["type"] == "change"} == {(ack["id"],)}
+    reconnecting = [e for e in events if e["type"] == "reconnecting"]
+    assert reconnecting[0]["attempt"] == 1 and reconnecting[0]["code"] == 1001
+    assert client.presence("case:CASE-AB000001").keys() == {"USR-BOB00001"}
+
+
+async def test_the_first_change_and_what_was_missed_arrive_after_the_restart(
+    relay_database: str, rdb: Conn
+) -> None:
+    # The test above starts from a change received; here, what commits while the
+    # relay is down, and nothing else, must arrive.
+    kind = f"down-{next(_runs)}-{int(time.time())}"
+    relay = RelayProcess(relay_database).start()
+    token = mint(*BOB)
+    client = await RelayClient.connect(
+        relay.url, token, timeout=WAIT, reconnect=True, reconnect_delays=quick
+    )
+    try:
+        await client.subscribe("nexus_notifications", filter=f"title=like.{kind} %")
+        notify(rdb, f"{kind} before")
+        await until(client, titled(f"{kind} before"))
+        await off_loop(relay.stop)
+        notify(rdb, f"{kind} while down 1")
+        notify(rdb, f"{kind} while down 2")
+        await off_loop(relay.start)
+        notify(rdb, f"{kind} after")
+        events = await until(client, titled(f"{kind} after"))
+    finally:
+        await client.close()
+        await off_loop(relay.kill)
+    assert [e["new"]["title"] for e in events if e["type"] == "change"] == [
+        f"{kind} while down 1",
+        f"{kind} while down 2",
+        f"{kind} after",
+    ]
+    assert "gap" not in {e["type"] for e in events}
+
+
+# --- Tokens --------------------------------------------------------------------------
+
+
+async def test_a_token_about_to_expire_is_refreshed_through_the_provider(
+    relay: RelayProcess, rdb: Conn
+) -> None:
+    issued: list[str] = []
+
+    async def provider() -> str:  # an async provider; the first token lives 3 s
+        issued.append(mint(*BOB, expires_in=3 if not issued else 600))
+        return issued[-1]
+
+    client = await RelayClient.connect(relay.url, provider, timeout=WAIT, reconnect=True)
+    connection = client.connection
+    try:
+        await client.subscribe("nexus_notifications", filter="title=eq.after expiry")
+        await until(client, lambda e: e["type"] == "token_expiring")
+        # Past the first token's expiry: a wait for the clock, not for an event.
+        await asyncio.sleep(max(0.0, client.ready["expires_at"] + 1 - time.time()))
+        notify(rdb, "after expiry")
+        events = await until(client, titled("after expiry"))
+        assert len(issued) == 2
+        assert {e["type"] for e in events} == {"change"}  # no closing, no reconnecting
+        assert client.connection is connection
+    finally:
+        await client.close()
+
+
+async def test_a_revoked_token_makes_the_client_ask_for_a_new_one(
+    relay: RelayProcess, rdb: Conn
+) -> None:
+    user = f"USR-CLNT{int(time.time()) % 10000:04d}{next(_runs):04d}"
+    issued: list[str] = []
+
+    def provider() -> str:  # sync; iat with a fraction: newer than the revocation
+        issued.append(mint(user, "TNT-ALPHA001", iat=time.time()))
+        return issued[-1]
+
+    client = await RelayClient.connect(
+        relay.url, provider, timeout=WAIT, reconnect=True, reconnect_delays=quick
+    )
+    try:
+        ack = await client.subscribe("nexus_notifications")
+        rdb.execute("SELECT relay.revoke(%s, 'test')", (user,))
+        events = await until(client, lambda e: e["type"] == "gap")
+        assert len(issued) == 2
+        closing = next(e for e in events if e["type"] == "closing")
+        assert (closing["code"], closing["reason"]) == (4010, "token_revoked")
+        assert [e["type"] for e in events[-3:]] == ["reconnecting", "reconnected", "gap"]
+        # Its resume crosses the revocation: refused, so the application re-fetches.
+        assert (events[-1]["subscriptions"], events[-1]["reason"]) == (
+            [ack["id"]],
+            "resume_refused",
+        )
+        notify(rdb, "after revocation", tenant="TNT-ALPHA001")
+        await until(client, titled("after revocation"))
+    finally:
+        await client.close()
+
+
+async def test_a_token_the_relay_refuses_stops_the_client_instead_of_looping(
+    relay: RelayProcess,
+) -> None:
+    calls: list[str] = []
+
+    def provider() -> str:  # a good token that expires, then only forged ones
+        calls.append(mint(*BOB, expires_in=3) if not calls else mint(*BOB, secret="x" * 48))
+        return calls[-1]
+
+    client = await RelayClient.connect(
+        relay.url, provider, timeout=WAIT, reconnect=True, reconnect_delays=quick
+    )
+    try:
+        seen = []
+        with pytest.raises(RelayRequestError) as refused:
+            async for event in client.events():
+                seen.append(event)
+        assert refused.value.code == "invalid_token"
+        # The refresh with the forged token closes with 4001; one attempt with a
+        # new token from the provider, refused at auth: the end.
+        closing = next(e for e in seen if e["type"] == "closing")
+        assert closing["code"] == 4001
+        assert [e["attempt"] for e in seen if e["type"] == "reconnecting"] == [1]
+        assert len(calls) == 3
+        with pytest.raises(RelayRequestError):
+            await client.next_event(WAIT)  # stays stopped
+    finally:
+        await client.close()
+
+
+async def test_a_bad_token_at_connect_raises_at_once(relay: RelayProcess) -> None:
+    with pytest.raises(RelayRequestError) as refused:
+        await RelayClient.connect(
+            relay.url, lambda: mint(*BOB, secret="x" * 48), timeout=WAIT, reconnect=True
+        )
+    assert refused.value.code == "invalid_token"
+
+
+async def test_a_token_without_a_provider_is_not_renewed(relay: RelayProcess) -> None:
+    client = await RelayClient.connect(
+        relay.url, mint(*BOB, expires_in=2), timeout=WAIT, reconnect=True
+    )
+    try:
+        with pytest.raises(Exception, match="4003") as stopped:
+            await until(client, lambda e: False)
+        assert stopped.value.code == 4003  # type: ignore[attr-defined]
+    finally:
+        await client.close()
+
+
+# --- Gaps ----------------------------------------------------------------------------
+
+
+async def test_a_resume_the_log_no_longer_holds_reaches_the_application_as_a_gap(
+    new_demo_database: Callable[[], str],
+) -> None:
+    url = new_demo_database()  # its own: pruning here must not cut others' resumes
+    relay = RelayProcess(url, RELAY_HISTORY_SIZE="1").start()
+    client = await RelayClient.connect(
+        relay.url, mint(*BOB), timeout=WAIT, reconnect=True, reconnect_delays=quick
+    )
+    try:
+        ack = await client.subscribe("nexus_notifications")
+        with psycopg.connect(url, autocommit=True) as db:
+            notify(db, "kept")
+            await until(client, titled("kept"))
+            await off_loop(relay.stop)
+            notify(db, "missed")
+            # Two hours pass; the log keeps one.
+            db.execute("UPDATE relay.ticks SET at = at - interval '2 hours'")
+            notify(db, "new")
+            db.execute("SELECT relay.tick()")
+            while db.execute("SELECT relay.prune('1 hour', 1073741824)").fetchone() != (0,):
+                pass
+            await off_loop(relay.start)
+            events = await until(client, lambda e: e["type"] == "gap")
+        assert (events[-1]["subscriptions"], events[-1]["reason"]) == (
+            [ack["id"]],
+            "history_exceeded",
+        )
+        assert "reconnected" in {e["type"] for e in events}
+        assert "missed" not in {e.get("new", {}).get("title") for e in events}
+    finally:
+        await client.close()
+        await off_loop(relay.kill)
