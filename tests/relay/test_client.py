@@ -7,16 +7,19 @@ drives; here, what ``reconnect=True`` and a token provider add.
 
 import asyncio
 import itertools
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from relay.client import RelayClient, RelayRequestError, backoff
-from tests.support import BOB, WAIT, RelayProcess, mint
+from tests.support import BOB, WAIT, Process, RelayProcess, mint
 
 pytestmark = pytest.mark.db
 
@@ -288,3 +291,30 @@ async def test_a_resume_the_log_no_longer_holds_reaches_the_application_as_a_gap
     finally:
         await client.close()
         await off_loop(relay.kill)
+
+
+# --- The README's example ------------------------------------------------------------
+
+
+def test_the_readmes_python_example_runs_as_written(relay: RelayProcess, rdb: Conn) -> None:
+    # README.md points at docs/examples/python-listen.py: run it as it says.
+    root = Path(__file__).resolve().parents[2]
+    example = Process(
+        [sys.executable, str(root / "docs" / "examples" / "python-listen.py")],
+        env={
+            **os.environ,
+            "RELAY_URL": relay.url,
+            "RELAY_TOKEN": mint(*BOB),
+            "FILTER": "title=eq.from the example",
+            "EXIT_AFTER": "1",
+        },
+        cwd=str(root),
+    )
+    try:
+        example.wait_for('"type": "subscribed"', 2 * WAIT)
+        notify(rdb, "from the example")
+        line = example.wait_for('"type": "change"', 2 * WAIT)
+        assert "from the example" in line
+        assert example.popen.wait(WAIT) == 0
+    finally:
+        example.kill()
