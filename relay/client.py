@@ -24,7 +24,7 @@ Then the client (docs/protocol.md, *A client, in short*):
 - asks the provider for a token to connect, and again on ``token_expiring``,
   and sends it in ``refresh``: the connection outlives its tokens;
 - reconnects when the connection is lost or the relay closes with a code that
-  means "come back" (1001, 1006, 1011, 4002, 4004, 4005, 4008, 4029: with the
+  means "come back" (1001, 1006, 1011-1014, 4002, 4004, 4005, 4008, 4029: with the
   same token, which a resume needs; 4001 after ``ready``, 4003, 4010: with a
   new one from the provider), waiting between attempts as ``reconnect_delays``
   says (by default ``backoff()``: exponential, with jitter, capped), at most
@@ -184,6 +184,7 @@ class _Pending:
     subscription: _Subscription | None = None  # a subscribe: the one it (re)makes
     since: str | None = None
     room: _Room | None = None  # a join: the room it (re)enters
+    token: str | None = None  # an auth: its token
 
 
 class RelayClient:
@@ -293,10 +294,11 @@ class RelayClient:
         subscription: _Subscription | None = None,
         since: str | None = None,
         room: _Room | None = None,
+        token: str | None = None,
     ) -> dict[str, Any]:
         ref = next(self._refs)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[ref] = _Pending(future, subscription, since, room)
+        self._pending[ref] = _Pending(future, subscription, since, room, token)
         try:
             try:
                 await self.connection.send(orjson.dumps({**frame, "ref": ref}).decode())
@@ -361,9 +363,8 @@ class RelayClient:
     async def refresh(self, token: str, timeout: float = 10.0) -> dict[str, Any]:
         """Send a new token on the open connection (``refreshed``'s resume tokens
         replace the subscriptions'); a reconnection uses it from now on."""
-        reply = await self.request({"type": "refresh", "token": token}, timeout)
-        self._token = token
-        return reply
+        await self._wait_connected(timeout)
+        return await self._request({"type": "refresh", "token": token}, timeout, token=token)
 
     async def ping(self, timeout: float = 10.0) -> None:
         await self.request({"type": "ping"}, timeout)
@@ -526,8 +527,12 @@ class RelayClient:
             pending.room.presence = {
                 key: list(value["metas"]) for key, value in frame.get("presence_state", {}).items()
             }
+        elif kind == "ready" and pending.token is not None:
+            # Here: a token_expiring may follow at once, and its refresh must
+            # know which token the connection has.
+            self._token, self._expires_at = pending.token, frame.get("expires_at")
         elif kind == "refreshed":
-            self._expires_at = frame.get("expires_at")
+            self._token, self._expires_at = pending.token, frame.get("expires_at")
             # Resume tokens that cover the new token too.
             for subscription_id, token in frame.get("resume_tokens", {}).items():
                 if subscription_id in self._subscriptions:
@@ -587,18 +592,23 @@ class RelayClient:
         return token
 
     async def _authenticate(self, token: str) -> None:
-        self.ready = await self._request({"type": "auth", "token": token}, self._timeout)
-        self._token = token
-        self._expires_at = self.ready.get("expires_at")
+        auth = {"type": "auth", "token": token}
+        self.ready = await self._request(auth, self._timeout, token=token)
 
     async def _refresh_from_provider(self) -> None:
         """On ``token_expiring``: a new token from the provider, sent in ``refresh``.
-        A failure only logs: the expiry (4003) then makes the client reconnect."""
+
+        A provider that still hands out the same token (it renews its own a
+        little later) is asked again, halfway to the expiry each time. A failure
+        only logs: the expiry (4003) then makes the client reconnect.
+        """
         try:
-            token = await self._provide()
-            if token != self._token:
-                await self._request({"type": "refresh", "token": token}, self._timeout)
-                self._token = token
+            while (token := await self._provide()) == self._token:
+                left = (self._expires_at or 0) - time.time()
+                if left < 1:
+                    return
+                await asyncio.sleep(left / 2)
+            await self._request({"type": "refresh", "token": token}, self._timeout, token=token)
         except Exception:
             logger.warning("token refresh failed; the relay will close at expiry", exc_info=True)
 
@@ -618,9 +628,7 @@ class RelayClient:
                     return
                 self._connected.clear()
                 await self._come_back(self.connection.close_code, self.connection.close_reason)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
+        except Exception as exc:
             logger.info("relay client stopped: %s", exc)
             self._stop(exc)
 
