@@ -250,6 +250,8 @@ class RelayClient:
         connection is not retried: its failure raises here. ``options`` go to
         websockets' ``connect()`` (``ping_interval``, ``ping_timeout``...).
         """
+        if reconnect and token is None:
+            raise ValueError("reconnect=True needs a token or a token provider")
         connect_options = {"origin": origin, "open_timeout": timeout, **options}
         provider = token if callable(token) else None
         client = cls(
@@ -644,17 +646,10 @@ class RelayClient:
                 raise RelayClosed(code, f"gave up after {self._max_attempts} attempts: {reason}")
             delay = next(delays)
             logger.info("relay connection lost (%s); reconnecting in %.1f s", code, delay)
-            self._emit(
-                {
-                    **Reconnecting(
-                        type="reconnecting",
-                        attempt=attempt,
-                        delay=delay,
-                        code=code,
-                        reason=reason or "",
-                    )
-                }
+            event = Reconnecting(
+                type="reconnecting", attempt=attempt, delay=delay, code=code, reason=reason or ""
             )
+            self._emit(dict(event))
             await asyncio.sleep(delay)
             token = await self._token_for(refused)
             try:

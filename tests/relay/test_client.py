@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.client import RelayClient, RelayRequestError, backoff
+from relay.client import RelayClient, RelayClosed, RelayRequestError, backoff
 from tests.support import BOB, WAIT, Process, RelayProcess, mint
 
 pytestmark = pytest.mark.db
@@ -58,6 +58,45 @@ async def until(client: RelayClient, wanted: Callable[[dict[str, Any]], bool]) -
 
 def titled(title: str) -> Callable[[dict[str, Any]], bool]:
     return lambda event: event["type"] == "change" and event["new"]["title"] == title
+
+
+# --- One connection, as before -------------------------------------------------------
+
+
+async def test_without_reconnect_the_client_is_one_connection(
+    relay_database: str, rdb: Conn
+) -> None:
+    relay = RelayProcess(relay_database).start()
+    token = mint(*BOB)
+    client = await RelayClient.connect(relay.url, token, timeout=WAIT)
+    try:
+        first = await client.subscribe("nexus_payments")
+        second = await client.subscribe("nexus_notifications", filter="title=eq.by hand")
+        assert (first["id"], second["id"]) == ("s1", "s2")  # the relay's, on one connection
+        await client.unsubscribe(first["id"])
+        since, resume_token = client.resume_point(second["id"])
+        notify(rdb, "by hand")
+        await until(client, titled("by hand"))  # the relay has read it: a replay holds it
+        again = await RelayClient.connect(relay.url, token, timeout=WAIT)
+        try:  # a resume by hand, with what resume_point gave
+            ack = await again.subscribe(
+                "nexus_notifications",
+                filter="title=eq.by hand",
+                since=since,
+                resume_token=resume_token,
+            )
+            assert ack["resumed"] is True
+            events = await until(again, lambda e: e["type"] == "replayed")
+            assert [e["type"] for e in events] == ["change", "replayed"]
+            assert events[1]["id"] == ack["id"]
+        finally:
+            await again.close()
+        await off_loop(relay.stop)
+        seen = [event async for event in client.events()]  # ends, without raising
+        assert seen[-1]["type"] == "closing" and seen[-1]["code"] == 1001
+    finally:
+        await client.close()
+        await off_loop(relay.kill)
 
 
 # --- A relay restart -----------------------------------------------------------------
@@ -261,6 +300,25 @@ async def test_a_token_without_a_provider_is_not_renewed(relay: RelayProcess) ->
         assert stopped.value.code == 4003  # type: ignore[attr-defined]
     finally:
         await client.close()
+
+
+async def test_max_attempts_gives_up_with_the_last_reason(relay_database: str) -> None:
+    relay = RelayProcess(relay_database).start()
+    client = await RelayClient.connect(
+        relay.url, mint(*BOB), timeout=WAIT, reconnect=True, reconnect_delays=quick, max_attempts=2
+    )
+    try:
+        await off_loop(relay.stop)  # and it stays down
+        seen = []
+        with pytest.raises(RelayClosed, match="gave up after 2 attempts"):
+            async for event in client.events():
+                seen.append(event)
+        assert [e["attempt"] for e in seen if e["type"] == "reconnecting"] == [1, 2]
+        with pytest.raises(RelayClosed):
+            await client.subscribe("nexus_notifications", timeout=WAIT)
+    finally:
+        await client.close()
+        await off_loop(relay.kill)
 
 
 # --- Gaps ----------------------------------------------------------------------------
