@@ -160,10 +160,24 @@ class _Subscription:
     replaying: bool = False  # until "replayed": its replay is still arriving
     client_id: str = ""  # its id for the application, from its first ack on
     server_id: str = ""  # its id on the current connection
+    # The positions of the changes its replay delivered: a connection lost before
+    # "replayed" resumes from the same point, and these must not arrive twice.
+    replayed: set[str] = field(default_factory=set)
 
     def caught_up(self, position: str) -> None:
         self.position = position
         self.replaying = False
+        self.replayed.clear()
+
+    def delivers(self, position: str) -> bool:
+        """Whether a change at ``position`` is new to the application."""
+        if not self.replaying:
+            self.position = position
+            return True
+        if position in self.replayed:
+            return False
+        self.replayed.add(position)
+        return True
 
 
 @dataclass(slots=True)
@@ -492,8 +506,8 @@ class RelayClient:
                     self._answered(frame, pending)
                     pending.future.set_result(frame)
                     continue
-                self._track(frame)
-                self._events.put_nowait(frame)
+                if self._track(frame):
+                    self._events.put_nowait(frame)
         except ConnectionClosed:
             pass
         finally:
@@ -552,6 +566,8 @@ class RelayClient:
         self._by_server_id[frame["id"]] = subscription.client_id
         subscription.token = frame["resume_token"]
         subscription.replaying = frame["resumed"]
+        if not frame["resumed"]:
+            subscription.replayed.clear()
         # Until "replayed", a resumed subscription resumes from where it was.
         subscription.position = since if frame["resumed"] else frame["position"]
         frame["id"] = subscription.client_id
@@ -561,15 +577,20 @@ class RelayClient:
         if subscription is not None:
             self._by_server_id.pop(subscription.server_id, None)
 
-    def _track(self, frame: dict[str, Any]) -> None:
+    def _track(self, frame: dict[str, Any]) -> bool:
+        """Keep what an event changes; whether the application is to see it (not a
+        change that a replay interrupted by a lost connection delivered already)."""
         kind = frame.get("type")
         if kind == "change":
             self.position = frame["position"]
-            for subscription_id in frame["subscriptions"]:
-                subscription = self._subscriptions.get(subscription_id)
-                if subscription is not None and not subscription.replaying:
-                    subscription.position = frame["position"]
-        elif kind == "replayed" and frame["id"] in self._subscriptions:
+            frame["subscriptions"] = [
+                sid
+                for sid in frame["subscriptions"]
+                if sid not in self._subscriptions
+                or self._subscriptions[sid].delivers(frame["position"])
+            ]
+            return bool(frame["subscriptions"])
+        if kind == "replayed" and frame["id"] in self._subscriptions:
             self._subscriptions[frame["id"]].caught_up(frame["position"])
         elif kind == "gap":
             for subscription_id in frame["subscriptions"]:
@@ -583,6 +604,7 @@ class RelayClient:
             self._rooms.pop(frame["topic"], None)
         elif kind == "token_expiring" and self._provider is not None and not self._stopped:
             self._spawn(self._refresh_from_provider())
+        return True
 
     # --- Tokens ----------------------------------------------------------------------
 

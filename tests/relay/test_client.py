@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
@@ -383,6 +384,61 @@ def test_the_readmes_python_example_runs_as_written(relay: RelayProcess, rdb: Co
         assert example.popen.wait(WAIT) == 0
     finally:
         example.kill()
+
+
+# --- A replay cut short, against a scripted relay ------------------------------------
+
+
+async def test_a_replay_cut_short_resumes_from_its_start_without_duplicates() -> None:
+    # A connection lost before "replayed" resumes from the same since (the
+    # protocol's resume point); what that replay delivered must not come twice.
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.typing import Subprotocol
+
+    script = {  # per connection: the positions replayed, then close or "replayed"
+        1: ["L:2.5", "L:2.7"],
+        2: ["L:2.5", "L:2.7", "L:3.1"],
+    }
+    connections = itertools.count(1)
+    subscribes: list[dict[str, Any]] = []
+
+    async def relay(ws: ServerConnection) -> None:
+        n = next(connections)
+        auth = orjson.loads(await ws.recv())
+        await ws.send(orjson.dumps({"type": "ready", "ref": auth["ref"], "expires_at": 2e9}))
+        subscribe = orjson.loads(await ws.recv())
+        subscribes.append(subscribe)
+        ack = {"type": "subscribed", "id": "s1", "resumed": True, "position": "L:4.0"}
+        await ws.send(orjson.dumps({**ack, "resume_token": f"t{n}", "ref": subscribe["ref"]}))
+        for position in script[n]:
+            change = {"type": "change", "subscriptions": ["s1"], "position": position}
+            await ws.send(orjson.dumps(change))
+        if n == 1:
+            await ws.close(1001, "going_away")
+            return
+        await ws.send(orjson.dumps({"type": "replayed", "id": "s1", "position": "L:4.0"}))
+        await ws.wait_closed()
+
+    async with serve(relay, "127.0.0.1", 0, subprotocols=[Subprotocol("nexus-relay.v1")]) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = await RelayClient.connect(
+            f"ws://127.0.0.1:{port}/",
+            "token",
+            timeout=WAIT,
+            reconnect=True,
+            reconnect_delays=quick,
+        )
+        try:
+            ack = await client.subscribe("t", since="L:1.0", resume_token="t0")
+            events = await until(client, lambda e: e["type"] == "replayed")
+            assert client.resume_point(ack["id"]) == ("L:4.0", "t2")
+        finally:
+            await client.close()
+    assert [e["position"] for e in events if e["type"] == "change"] == ["L:2.5", "L:2.7", "L:3.1"]
+    assert [(s.get("since"), s.get("resume_token")) for s in subscribes] == [
+        ("L:1.0", "t0"),
+        ("L:1.0", "t1"),  # from the start again, with the ack's token
+    ]
 
 
 # --- Backoff -------------------------------------------------------------------------
