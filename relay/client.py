@@ -31,8 +31,9 @@ Then the client (docs/protocol.md, *A client, in short*):
   ``max_attempts`` times in a row;
 - resubscribes each subscription from its resume point with its resume token,
   so that nothing committed meanwhile is lost while the log holds it (or a
-  ``gap`` says so), under the same id; and joins its rooms again, tracking
-  the same presence;
+  ``gap`` says so), under the same id, and nothing arrives twice (a replay
+  cut short starts again: what it delivered is dropped); and joins its rooms
+  again, tracking the same presence;
 - tells the application with two events of its own, in order with the rest:
   ``{"type": "reconnecting", "attempt", "delay", "code", "reason"}`` before
   each attempt, ``{"type": "reconnected", "attempt"}`` once authenticated
@@ -61,7 +62,9 @@ arrives later, as an ``error`` event.
 The client keeps, for each subscription, where a resume should start and the
 token that proves it may (``resume_point(id)``). Subscription ids are the
 client's (``s1``, ``s2``... in the order of the acks, as the relay numbers
-them on one connection) and stay the same across reconnections.
+them on one connection) and stay the same across reconnections: subscribe
+with ``subscribe()``, not a raw ``request()``, which the client would not
+know to translate.
 """
 
 import asyncio
@@ -242,6 +245,7 @@ class RelayClient:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader = asyncio.get_running_loop().create_task(self._read(connection))
         self._supervisor: asyncio.Task[None] | None = None
+        self._attempt: int | None = None  # of the connection authenticating again
 
     @classmethod
     async def connect(
@@ -547,6 +551,9 @@ class RelayClient:
             # Here: a token_expiring may follow at once, and its refresh must
             # know which token the connection has.
             self._token, self._expires_at = pending.token, frame.get("expires_at")
+            if self._attempt is not None:  # before any other frame of this connection
+                self._emit(dict(Reconnected(type="reconnected", attempt=self._attempt)))
+                self._attempt = None
         elif kind == "refreshed":
             self._token, self._expires_at = pending.token, frame.get("expires_at")
             # Resume tokens that cover the new token too.
@@ -720,12 +727,13 @@ class RelayClient:
         self._by_server_id = {}
         self._reader = asyncio.get_running_loop().create_task(self._read(connection))
         try:
+            self._attempt = attempt
             await self._authenticate(token)
-            self._emit(dict(Reconnected(type="reconnected", attempt=attempt)))
             logger.info("relay connection back after %d attempt(s)", attempt)
             await self._resubscribe()
             await self._rejoin()
         except BaseException:
+            self._attempt = None
             await connection.close()
             await asyncio.gather(self._reader, return_exceptions=True)
             raise
