@@ -298,10 +298,14 @@ class RelayServer:
         if session.refusals:
             self._report(session)
         frames = session.data_to_send()
-        if not frames:
-            return
         connection = self.connections.get(session)
         if connection is None or connection.protocol.state is not State.OPEN:
+            return
+        if not frames:
+            # Nothing to write; a session that ends without a last frame of its
+            # own (Supabase's, closed by the relay) still has its socket closed.
+            if session.close_request is not None:
+                self._close_soon(session, connection)
             return
         transport = connection.transport
         if (

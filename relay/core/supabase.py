@@ -142,13 +142,25 @@ class SupabaseSession(BaseSession):
                 self._close_channel(channel, f"the relay ended a binding: {reason}")
 
     def closing_frame(self, code: CloseCode, reason: ErrorCode, message: str) -> bytes | None:
-        # The socket closes: each channel hears why first (§6).
-        if code == CloseCode.GOING_AWAY:
-            for channel in self.channels.values():
-                self._system(channel, "system", "ok", "Server requested disconnect")
-        else:
-            for channel in self.channels.values():
-                self._system(channel, "system", "error", message)
+        # The socket closes: each channel hears why first (§6). Queued here, not
+        # sent: the session is closing, and ``send`` takes nothing more.
+        status, text = (
+            ("ok", "Server requested disconnect")
+            if code == CloseCode.GOING_AWAY
+            else ("error", message)
+        )
+        for channel in self.channels.values():
+            payload = {"extension": "system", "status": status, "message": text}
+            self._outbox.append(
+                phoenix.encode(
+                    self.vsn,
+                    channel.join_ref,
+                    None,
+                    channel.topic,
+                    "system",
+                    {**payload, "channel": channel.name},
+                )
+            )
         return None
 
     def forget_all(self) -> list[Subscription]:

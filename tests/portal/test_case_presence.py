@@ -10,6 +10,7 @@ from typing import Any
 from playwright.sync_api import expect
 
 from tests.portal.test_browser import CASE, Person, alice, bob, grace, no_csp_violations
+from tests.support import WAIT
 
 TOPIC = "case:CASE-AB000001"
 
@@ -49,7 +50,8 @@ def test_alice_and_bob_see_each_other_and_bob_typing_shows_on_alices_page(
     expect(typing).to_be_hidden()
     b.page.locator("#message-body").press_sequentially("On my way")
     expect(typing).to_have_text("Bob Baker is typing…")
-    expect(typing).to_be_hidden()  # a few seconds without more: it expires
+    # It expires 5 s (case-presence.js, TYPING_SHOWN_MS) after the last keystroke's event.
+    expect(typing).to_be_hidden(timeout=3 * WAIT * 1000)
     expect(b.page.locator("#case-typing")).to_be_hidden()  # not one's own
 
     b.page.close()

@@ -3,6 +3,7 @@ against a real relay and PostgreSQL. The official clients are driven in
 tests/relay/test_supabase_clients.py."""
 
 import json
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -314,9 +315,35 @@ async def test_past_the_frame_rate_messages_get_error_replies_and_a_flood_closes
             assert (await client.reply(ref))["status"] == "ok"
             for _ in range(50):
                 await ws.send(client.encode(None, None, "realtime:nowhere", "phx_leave", {}))
+            # The close comes behind the flood's unread frames: within the close timeout.
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
-                    await client.next()
+                    await client.next(3 * WAIT)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4029
     finally:
         slow.stop()
+
+
+async def test_a_relay_stopping_tells_each_channel_then_closes_the_socket(
+    relay_database: str,
+) -> None:
+    stopping = RelayProcess(relay_database).start()
+    try:
+        async with connect(url(stopping, "2.0.0"), open_timeout=WAIT) as ws:
+            client = Phoenix(ws, "2.0.0")
+            binding = {"event": "*", "schema": "public", "table": "nexus_payments"}
+            _, reply = await client.join("leaving", [binding], mint(*ALICE))
+            assert reply["status"] == "ok"
+            assert stopping.process is not None
+            stopping.process.popen.send_signal(signal.SIGTERM)
+            system = await client.until("system", "realtime:leaving")
+            while system["payload"]["message"] != "Server requested disconnect":
+                system = await client.until("system", "realtime:leaving")
+            assert system["payload"]["status"] == "ok"
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await client.next()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+            assert stopping.process.popen.wait(WAIT) == 0
+    finally:
+        stopping.kill()
