@@ -7,6 +7,8 @@
 FROM node:20-bookworm-slim AS assets
 WORKDIR /assets
 COPY package.json package-lock.json ./
+# The relay's JavaScript client, which package.json links (file:clients/js).
+COPY clients/js/package.json ./clients/js/
 RUN npm ci --omit=dev --no-audit --no-fund
 
 FROM python:3.11-slim-bookworm AS build
@@ -25,11 +27,13 @@ WORKDIR /app
 COPY alembic.ini ./
 COPY alembic ./alembic
 COPY --from=assets /assets/node_modules/htmx.org/dist/htmx.min.js ./node_modules/htmx.org/dist/htmx.min.js
+COPY clients/js/src/index.js ./node_modules/@nexus-relay/client/src/index.js
 ENV PATH=/opt/nexus/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     RELAY_POLICY_FILE=/opt/nexus/lib/python3.11/site-packages/portal/relay-policy.toml \
-    NEXUS_HTMX_PATH=/app/node_modules/htmx.org/dist/htmx.min.js
+    NEXUS_HTMX_PATH=/app/node_modules/htmx.org/dist/htmx.min.js \
+    NEXUS_RELAY_CLIENT_PATH=/app/node_modules/@nexus-relay/client/src/index.js
 USER 10001:10001
 EXPOSE 8000 8765 8766
 CMD ["alembic", "upgrade", "head"]

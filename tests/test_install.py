@@ -108,11 +108,13 @@ def test_installed_entry_points_migrate_and_serve(
             relay.url,
             bin_dir=installed,
             NEXUS_HTMX_PATH=str(ROOT / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"),
+            NEXUS_RELAY_CLIENT_PATH=str(ROOT / "clients" / "js" / "src" / "index.js"),
         ).start()
         try:
             with httpx.Client(base_url=portal.url, timeout=WAIT) as http:
                 assert http.get("/healthz").status_code == 200
                 assert http.get("/static/vendor/htmx.min.js").status_code == 200
+                assert http.get("/static/vendor/nexus-relay-client.js").status_code == 200
             # Sign-in and a page: argon2, the database driver, SQLAlchemy's async engine, Jinja2.
             alice = signed_in(portal, "alice@alpha.com", "alpha-demo-pass")
             try:
