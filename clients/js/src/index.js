@@ -42,6 +42,9 @@ const UNANSWERED_REFS_KEPT = 256;
 // A refresh whose token provider failed is tried again after this long (the
 // relay closes with 4003 at expiry otherwise, and the client reconnects).
 const REFRESH_RETRY_MS = 5000;
+// setTimeout fires at once for longer delays (they overflow 32 bits): a token
+// that lasts longer is looked at again after this long.
+const LONGEST_TIMER_MS = 2 ** 31 - 1;
 
 /** The relay refused a request: `code` is the protocol's error code (docs/protocol.md, "Error codes"). */
 export class RelayRequestError extends Error {
@@ -882,6 +885,10 @@ export class RelayClient extends Emitter {
     clearTimeout(this.#timers.refresh);
     if (this.#expiresAt === null || this.#timing.refreshBeforeS <= 0) return; // only on token_expiring
     const inMs = (this.#expiresAt - this.#timing.refreshBeforeS) * 1000 - Date.now();
+    if (inMs > LONGEST_TIMER_MS) {
+      this.#timers.refresh = setTimeout(() => this.#scheduleRefresh(), LONGEST_TIMER_MS);
+      return;
+    }
     this.#timers.refresh = setTimeout(() => this.#refresh(), Math.max(inMs, 1000));
   }
 
