@@ -28,7 +28,9 @@ from tests.support import JWT_SECRET, WAIT, RelayProcess, free_port, mint
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "clients" / "js"
-NODE_TESTS = sorted((PACKAGE / "test").glob("*.test.js"))
+# The Node tests: *.relay.test.js against the relay started here, the others on a fake socket.
+ON_THE_RELAY = sorted((PACKAGE / "test").glob("*.relay.test.js"))
+ON_A_FAKE_SOCKET = sorted(set((PACKAGE / "test").glob("*.test.js")) - set(ON_THE_RELAY))
 USERS = {
     "alice": ("USR-ALIC0001", "TNT-ALPHA001"),
     "bob": ("USR-BOB00001", "TNT-BETA0001"),
@@ -159,17 +161,23 @@ def run_node(argv: list[str], env: dict[str, str], timeout: float) -> str:
     return output
 
 
-@pytest.mark.parametrize("path", NODE_TESTS, ids=[p.name for p in NODE_TESTS])
-def test_node(path: Path, request: pytest.FixtureRequest) -> None:
-    """A file of Node tests: *.relay.test.js against the relay, the others on a fake socket."""
-    env = {"TEST_TIMEOUT_SCALE": os.environ.get("TEST_TIMEOUT_SCALE", "1")}
-    if path.name.endswith(".relay.test.js"):
-        control: Control = request.getfixturevalue("control")
-        assert control.relay is not None
-        env |= {"NEXUS_TEST_CONTROL": control.url, "NEXUS_TEST_RELAY": control.relay.url}
+def node_tests(path: Path, env: dict[str, str]) -> None:
+    """Run one file of Node tests; fail with its report unless every test passed."""
+    env = {"TEST_TIMEOUT_SCALE": os.environ.get("TEST_TIMEOUT_SCALE", "1"), **env}
     argv = [node(), "--test", "--test-reporter=spec", f"--test-timeout={int(12 * WAIT * 1000)}"]
     output = run_node([*argv, str(path)], env, 60 * WAIT)
     assert "\u2139 fail 0" in output and "\u2139 pass 0" not in output, output
+
+
+@pytest.mark.parametrize("path", ON_THE_RELAY, ids=[p.name for p in ON_THE_RELAY])
+def test_node_against_the_relay(path: Path, control: Control) -> None:
+    assert control.relay is not None
+    node_tests(path, {"NEXUS_TEST_CONTROL": control.url, "NEXUS_TEST_RELAY": control.relay.url})
+
+
+@pytest.mark.parametrize("path", ON_A_FAKE_SOCKET, ids=[p.name for p in ON_A_FAKE_SOCKET])
+def test_node_on_a_fake_socket(path: Path) -> None:
+    node_tests(path, {})
 
 
 def test_the_declarations_describe_a_typed_use() -> None:

@@ -571,7 +571,8 @@ export class RelayClient extends Emitter {
     if (id === null || this.ready === null) return;
     this.#byId.delete(id);
     await this.request({ type: "unsubscribe", id }).catch((error) => {
-      if (!(error instanceof RelayClosedError)) throw error;
+      // Closed, or already ended by the relay: gone all the same.
+      if (!(error instanceof RelayClosedError) && error.code !== "unknown_subscription") throw error;
     });
   }
 
