@@ -13,6 +13,9 @@ SUPABASE_INSTALLED := $(SUPABASE_VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 HAPROXY ?= /usr/sbin/haproxy
 REDIS_SERVER ?= /usr/bin/redis-server
+PROMTOOL ?= /usr/bin/promtool
+CADDY ?= /usr/bin/caddy
+SHELLCHECK ?= /usr/bin/shellcheck
 
 .PHONY: demo test test-db lint bench bench-full clean
 
@@ -46,15 +49,23 @@ $(CHROMIUM) $(HAPROXY) $(REDIS_SERVER):
 		{ echo "$@ is missing: install Debian's chromium, haproxy and redis-server (apt-get install chromium haproxy redis-server)"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium haproxy redis-server >/dev/null
 
+# The deployment's checks (tests/deploy/): promtool checks and unit-tests the alert
+# rules, caddy adapts and validates the Caddyfile, shellcheck checks the workflow's
+# scripts for actionlint.
+$(PROMTOOL) $(CADDY) $(SHELLCHECK):
+	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || \
+		{ echo "$@ is missing: install Debian's prometheus, caddy and shellcheck (apt-get install prometheus caddy shellcheck)"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus caddy shellcheck >/dev/null
+
 demo: $(INSTALLED) $(NODE_INSTALLED)
 	$(BIN)/python -m portal.demo
 
-test: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY) $(REDIS_SERVER)
+test: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY) $(REDIS_SERVER) $(PROMTOOL) $(CADDY) $(SHELLCHECK)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The database tests only: .ci/run runs them a second time against another
 # PostgreSQL major version, named by TEST_DATABASE_URL.
-test-db: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY) $(REDIS_SERVER)
+test-db: $(INSTALLED) $(NODE_INSTALLED) $(SUPABASE_INSTALLED) $(CHROMIUM) $(HAPROXY) $(REDIS_SERVER) $(PROMTOOL) $(CADDY) $(SHELLCHECK)
 	$(BIN)/python -m pytest -m db $(PYTEST_ARGS)
 
 # Benchmarks: `make bench` is quick (small sizes, a few minutes), `make

@@ -64,6 +64,39 @@ def mint_service(expires_in: float = 4 * 3600) -> str:
     return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
 
 
+def mint_anon(expires_in: float = 4 * 3600) -> str:
+    """A project key as Supabase's anon key (role anon, no user): the ``apikey`` that
+    opens a socket on the relay's Supabase endpoint."""
+    import jwt
+
+    now = int(time.time())
+    payload = {"role": "anon", "iat": now, "exp": now + int(expires_in)}
+    return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
+
+
+# Broadcast and presence need a topic rule (docs/policies.md, "Topics"): the bench's
+# relays for them run with the portal's policy and these rooms.
+ROOM_RULES = """
+# Added by the benchmark (bench/common.py): its broadcast and presence rooms.
+[[topics.rules]]
+pattern = "room:{name}"
+broadcast = ["read", "write"]
+presence = ["read", "write"]
+
+[[topics.rules]]
+pattern = "lobby:{name}"
+broadcast = ["read", "write"]
+presence = ["read", "write"]
+"""
+
+
+def rooms_policy_file(directory: Path) -> Path:
+    """The portal's policy file with the bench's room rules appended, in ``directory``."""
+    path = directory / "relay-policy-rooms.toml"
+    path.write_text(POLICY_FILE.read_text(encoding="utf-8") + ROOM_RULES, encoding="utf-8")
+    return path
+
+
 def mint(user: str, tenant: str, expires_in: float = 4 * 3600) -> str:
     """A token like the portal's (tests/support.py ``mint``)."""
     import jwt

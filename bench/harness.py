@@ -66,6 +66,17 @@ class Config:
     baseline_scale: float = (
         25_000.0  # the baseline's first rate: baseline_scale / C msgs/s (at least 10)
     )
+    # Supabase's protocol (bench/rooms.py): broadcast and presence
+    broadcast_sizes: list[int] = field(default_factory=list)
+    presence_sizes: list[int] = field(default_factory=list)
+    room_size: int = 10  # members per broadcast or presence room
+    senders_per_room: int = 2  # broadcast: members of each room that send, at least
+    # broadcast: each sender sends at most this many messages/s (more senders per room
+    # as the rate grows), under the relay's per-member limit (25/s, burst 50) and its
+    # default RELAY_MAX_MESSAGES_PER_SECOND (20 frames/s per connection)
+    max_sends_per_member: float = 10.0
+    broadcast_ladder_start: float = 10_000.0  # delivered messages/s
+    broadcast_ladder_max: float = 640_000.0
     relay_env: dict[str, str] = field(default_factory=dict)
     # Spent so far in this run
     waited: float = 0.0
@@ -270,11 +281,26 @@ class BareServer(Server):
 
 
 class Fleet:
-    """``size`` connected users, one per connection, over a few client processes."""
+    """``size`` connected users, one per connection, over a few client processes.
 
-    def __init__(self, cfg: Config, url: str, size: int, raw: Path, label: str) -> None:
+    ``protocol``: ``nexus`` (ours), or Supabase's through the relay's compatible
+    endpoint: ``changes`` (postgres_changes), ``broadcast`` or ``presence``, in rooms
+    of ``room_size`` users (bench/loadclient.py)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        url: str,
+        size: int,
+        raw: Path,
+        label: str,
+        protocol: str = "nexus",
+        room_size: int = 10,
+    ) -> None:
         self.cfg = cfg
         self.url = url
+        self.protocol = protocol
+        self.room_size = room_size
         self.size = size
         self.raw = raw
         self.label = label
@@ -290,7 +316,10 @@ class Fleet:
         for i, shard in enumerate(self.shards):
             path = self.raw / f"{self.label}.users{i}.json"
             tokens = [mint(user_id(g), common.tenant_id(g // per)) for g in shard]
-            path.write_text(json.dumps({"users": shard, "tokens": tokens}))
+            described: dict[str, Any] = {"users": shard, "tokens": tokens}
+            if self.protocol != "nexus":
+                described["apikey"] = common.mint_anon()
+            path.write_text(json.dumps(described))
             child = CHILDREN.start(
                 f"client{i}",
                 [
@@ -303,6 +332,10 @@ class Fleet:
                     str(path),
                     "--local-host",
                     f"127.0.0.{11 + i}",
+                    "--protocol",
+                    self.protocol,
+                    "--room-size",
+                    str(self.room_size),
                 ],
                 log=self.raw / f"{self.label}.client{i}.log",
                 talk=True,
@@ -316,14 +349,18 @@ class Fleet:
     def pids(self) -> list[int]:
         return [c.pid for c in self.children]
 
-    def join(self, timeout: float = 60.0, concurrency: int | None = None) -> dict[str, Any]:
+    def join(
+        self, timeout: float = 60.0, concurrency: int | None = None, only_lost: bool = False
+    ) -> dict[str, Any]:
         """Connect, authenticate and subscribe every user, all processes at once,
-        ``concurrency`` connections being set up at a time per process."""
+        ``concurrency`` connections being set up at a time per process; ``only_lost``:
+        the users whose connection was lost (or never joined), again."""
         concurrency = concurrency or self.cfg.join_concurrency
         at = time.time() + 0.5
         listen0 = common.tcp_listen_counters()
+        cmd = "rejoin" if only_lost else "join"
         for child in self.children:
-            child.send({"cmd": "join", "at": at, "concurrency": concurrency, "timeout": timeout})
+            child.send({"cmd": cmd, "at": at, "concurrency": concurrency, "timeout": timeout})
         replies = [child.read(timeout=timeout * 6 + 60) for child in self.children]
         starts: list[float] = []
         ends: list[float] = []

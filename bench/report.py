@@ -36,7 +36,18 @@ KEYS = (
     "idle_queries_per_s_per_relay",
     "resume_after_restart_gaps",
     "joins_per_s",
+    "supabase_authorized_msgs_per_s_max",
+    "supabase_authorized_ratio_vs_nexus",
+    "supabase_p95_ms_at_10k_msgs_per_s",
+    "supabase_cpu_per_msg_ratio_vs_nexus",
+    "broadcast_msgs_per_s_max",
+    "broadcast_p95_ms_at_max",
+    "presence_tracks_per_s",
+    "presence_p95_ms_track_to_own_diff",
 )
+
+# Supabase's own figure for broadcast, beside ours (bench/README.md).
+SUPABASE_BROADCAST_MSGS_PER_S = 224_000
 
 
 def _r(value: float | None, digits: int = 1) -> float | None:
@@ -74,7 +85,227 @@ def headline(results: dict[str, Any]) -> dict[str, FigureAndNote]:
         out[key] = _write_ratio(write, errors, writers)
         out[f"{key}_production_layout"] = _write_ratio_production(write, errors, writers)
     out.update(change_log_keys(results.get("change_log") or {}, errors))
+    out.update(supabase_keys(results))
     return {k: out[k] for k in KEYS}
+
+
+# --- Supabase's protocol: postgres_changes, broadcast, presence ---------------------------
+
+
+def supabase_by_size(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per size: the highest sustained rate and p95 at the reference rate through each
+    protocol, and their ratio (Supabase's ÷ ours), for the sizes measured."""
+    ref = results["config"]["reference_rate"]
+    ours = results.get("authorized") or {}
+    theirs = results.get("supabase") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for size in sorted(set(ours) | set(theirs), key=int):
+        row: dict[str, Any] = {}
+        for name, data in (("nexus", ours.get(size)), ("supabase", theirs.get(size))):
+            top = (data or {}).get("max_sustained")
+            at_ref = (data or {}).get("at_reference_rate") or (
+                _step_at(data["steps"], ref) if data else None
+            )
+            row[f"{name}_msgs_per_s_max"] = _r(top["delivered_msgs_per_s"], 0) if top else None
+            row[f"{name}_p95_ms_at_max"] = _r(top["latency_ms"]["p95"]) if top else None
+            row[f"{name}_p95_ms_at_10k"] = _r(at_ref["latency_ms"]["p95"]) if at_ref else None
+            row[f"{name}_cpu_ms_per_1k_at_10k"] = (
+                _r(at_ref["server_cpu_s_per_1k_msgs"] * 1000, 2)
+                if at_ref and at_ref.get("server_cpu_s_per_1k_msgs")
+                else None
+            )
+            row[f"{name}_capped"] = bool(
+                data and data["steps"] and all(x["sustained"] for x in data["steps"])
+            )
+        a, b = row["nexus_msgs_per_s_max"], row["supabase_msgs_per_s_max"]
+        row["ratio"] = _r(b / a, 3) if a and b else None
+        out[size] = row
+    return out
+
+
+def supabase_keys(results: dict[str, Any]) -> dict[str, FigureAndNote]:
+    """The headline figures of Supabase's protocol through the relay (issue 11)."""
+    errors = results.get("errors", {})
+    cfg = results["config"]
+    limit = cfg["latency_limit_ms"]
+    out: dict[str, FigureAndNote] = {}
+    theirs = {int(k): v for k, v in (results.get("supabase") or {}).items()}
+    rows = supabase_by_size(results)
+    why = next((v for k, v in errors.items() if k.startswith("supabase")), None)
+    per_size = "; ".join(
+        f"C={int(s)}: Supabase's {_fmt(r['supabase_msgs_per_s_max'], 0)}, "
+        f"ours {_fmt(r['nexus_msgs_per_s_max'], 0)}"
+        + (f", ratio {r['ratio']:.3f}" if r["ratio"] is not None else "")
+        for s, r in rows.items()
+    )
+    tops = [(s, a["max_sustained"]) for s, a in theirs.items() if a.get("max_sustained")]
+    if tops:
+        size, top = max(tops, key=lambda t: t[1]["delivered_msgs_per_s"])
+        out["supabase_authorized_msgs_per_s_max"] = (
+            _r(top["delivered_msgs_per_s"], 0),
+            f"the authorized scenario's workload and ladder, the clients speaking Supabase "
+            f"Realtime's protocol (Phoenix vsn 2.0.0, one channel with a postgres_changes "
+            f"binding per table, the user's token as access_token) on /realtime/v1/websocket; "
+            f"C={size}: offered {top['offered_msgs_per_s']:,.0f} msgs/s, delivered "
+            f"{top['delivered_msgs_per_s']:,.0f}/s with p95 {top['latency_ms']['p95']:.1f} ms "
+            f"(p95 <= {limit:g} ms, no drops); per size: {per_size}",
+        )
+    else:
+        out["supabase_authorized_msgs_per_s_max"] = (
+            None,
+            why or ("no rate was sustained" if theirs else NOT_RUN),
+        )
+    ratios = [(int(s), r["ratio"]) for s, r in rows.items() if r["ratio"] is not None]
+    if ratios:
+        size, ratio = min(ratios, key=lambda t: t[1])
+        capped = [int(s) for s, r in rows.items() if r["nexus_capped"] or r["supabase_capped"]]
+        note = (
+            f"Supabase's protocol ÷ ours, highest sustained delivered msgs/s at the same C, "
+            f"measured in the same run; the lowest over the sizes, at C={size} ({per_size}); "
+            "each highest rate is a point of a ladder of offered rates (x2, then bisections), "
+            "so each side is within 10-20% of its true maximum"
+        )
+        if capped:
+            note += f"; at C={capped} a ladder never missed: a lower bound there"
+        lone = [
+            int(s)
+            for s, r in rows.items()
+            if (r["nexus_msgs_per_s_max"] is None) != (r["supabase_msgs_per_s_max"] is None)
+        ]
+        if lone:
+            note += f"; at C={lone} only one of the two sustained a rate: no ratio there"
+        out["supabase_authorized_ratio_vs_nexus"] = (ratio, note)
+    else:
+        out["supabase_authorized_ratio_vs_nexus"] = (
+            None,
+            why
+            or (
+                "not measured: needs both the authorized and the supabase scenarios, at a "
+                "common size, each with a sustained rate"
+                if theirs or results.get("authorized")
+                else NOT_RUN
+            ),
+        )
+    largest = max(theirs) if theirs else None
+    at_ref = theirs[largest].get("at_reference_rate") if largest else None
+    ref = cfg["reference_rate"]
+    out["supabase_p95_ms_at_10k_msgs_per_s"] = (
+        (
+            _r(at_ref["latency_ms"]["p95"]),
+            f"C={largest}, offered {ref:,.0f} msgs/s, delivered "
+            f"{at_ref['delivered_msgs_per_s']:,.0f}/s, p50 {_fmt(at_ref['latency_ms']['p50'])}, "
+            f"p99 {_fmt(at_ref['latency_ms']['p99'])} ms; commit_timestamp → client, "
+            "as for our protocol",
+        )
+        if at_ref and at_ref["latency_ms"]["p95"] is not None
+        else (None, why or (NOT_RUN if not theirs else f"no step at {ref:,.0f} msgs/s"))
+    )
+    cpu = [
+        (int(k), r)
+        for k, r in rows.items()
+        if r["nexus_cpu_ms_per_1k_at_10k"] and r["supabase_cpu_ms_per_1k_at_10k"]
+    ]
+    if cpu:
+        size, r = max(cpu, key=lambda t: t[0])
+        out["supabase_cpu_per_msg_ratio_vs_nexus"] = (
+            _r(r["supabase_cpu_ms_per_1k_at_10k"] / r["nexus_cpu_ms_per_1k_at_10k"], 2),
+            f"C={size} at {ref:,.0f} msgs/s: the relay's CPU per 1,000 delivered messages, "
+            f"Supabase's protocol {r['supabase_cpu_ms_per_1k_at_10k']:.1f} ms, ours "
+            f"{r['nexus_cpu_ms_per_1k_at_10k']:.1f} ms (per size: "
+            + ", ".join(
+                f"C={k}: {x['supabase_cpu_ms_per_1k_at_10k'] / x['nexus_cpu_ms_per_1k_at_10k']:.2f}"
+                for k, x in cpu
+            )
+            + "); below saturation this says what the highest rates will: above 1.25, "
+            "Supabase's protocol cannot stay within 20% of ours where the relay's CPU is "
+            "the limit",
+        )
+    else:
+        out["supabase_cpu_per_msg_ratio_vs_nexus"] = (
+            None,
+            why or f"not measured: needs both protocols' steps at {ref:,.0f} msgs/s",
+        )
+    out.update(_broadcast_keys(results, errors, limit))
+    out.update(_presence_keys(results, errors))
+    return out
+
+
+def _broadcast_keys(
+    results: dict[str, Any], errors: dict[str, str], limit: float
+) -> dict[str, FigureAndNote]:
+    data = {int(k): v for k, v in (results.get("broadcast") or {}).items()}
+    why = next((v for k, v in errors.items() if k.startswith("broadcast")), None)
+    tops = [(s, b) for s, b in data.items() if b.get("max_sustained")]
+    if not tops:
+        reason = why or ("no rate was sustained" if data else NOT_RUN)
+        return {
+            "broadcast_msgs_per_s_max": (None, reason),
+            "broadcast_p95_ms_at_max": (None, reason),
+        }
+    size, b = max(tops, key=lambda t: t[1]["max_sustained"]["delivered_msgs_per_s"])
+    top = b["max_sustained"]
+    per_size = ", ".join(
+        f"C={s}: "
+        + (_fmt(x["max_sustained"]["delivered_msgs_per_s"], 0) if x["max_sustained"] else "none")
+        for s, x in sorted(data.items())
+    )
+    note = (
+        f"one relay process, its default limits, C={size} members of Supabase's protocol in "
+        f"rooms of {b['room_size']} (realtime:room:<n>, self false), "
+        f"{top['senders_per_room']} of each room sending ({top['senders']} senders, "
+        f"{top['sends_per_sender_per_s']:g} sends/s each; a member may send 25/s): offered "
+        f"{top['offered_msgs_per_s']:,.0f} deliveries/s ({top['offered_sends_per_s']:,.0f} "
+        f"sends/s x {b['room_size'] - 1}), delivered {top['delivered_msgs_per_s']:,.0f}/s "
+        f"with p95 {top['latency_ms']['p95']:.1f} ms send → receive, nothing lost (highest "
+        f"rate with p95 <= {limit:g} ms on the ladder; per size: {per_size}); relay CPU "
+        f"{top['cpu_utilization']['server']:.0%}, clients' "
+        f"{top['cpu_utilization']['clients']:.0%}. Supabase publishes "
+        f"{SUPABASE_BROADCAST_MSGS_PER_S:,} msgs/s on a multi-node cluster"
+    )
+    if b.get("capped"):
+        note += (
+            "; every rate of the ladder was sustained, up to what the members could offer at "
+            f"{b['max_sends_per_member']:g} sends/s each ({b['fleet_max_msgs_per_s']:,.0f} "
+            "deliveries/s): a lower bound"
+        )
+    load = [s["name"] for s in b["steps"] if s.get("load_limited")]
+    if load:
+        note += f"; the senders could not keep the rate at {', '.join(load)}"
+    return {
+        "broadcast_msgs_per_s_max": (_r(top["delivered_msgs_per_s"], 0), note),
+        "broadcast_p95_ms_at_max": (_r(top["latency_ms"]["p95"]), note),
+    }
+
+
+def _presence_keys(results: dict[str, Any], errors: dict[str, str]) -> dict[str, FigureAndNote]:
+    data = {int(k): v for k, v in (results.get("presence") or {}).items()}
+    why = next((v for k, v in errors.items() if k.startswith("presence")), None)
+    if not data:
+        reason = why or NOT_RUN
+        return {
+            "presence_tracks_per_s": (None, reason),
+            "presence_p95_ms_track_to_own_diff": (None, reason),
+        }
+    size = max(data)
+    p = data[size]
+    storm = p["storm"]
+    lat = p["track_to_own_diff_ms"]
+    per_size = ", ".join(f"C={s}: {_fmt(x['tracks_per_s'], 0)}/s" for s, x in sorted(data.items()))
+    note = (
+        f"C={size} members of Supabase's protocol join realtime:lobby:<n> (rooms of "
+        f"{p['room_size']}) with presence enabled and track at once, "
+        f"{storm['client_processes']} client processes x {storm['concurrency_per_process']} "
+        f"at a time: {storm['joined']} tracks acknowledged (and the member's own "
+        f"presence_diff received) in {storm['last_subscribed_s'] or 0:.2f} s, connect and "
+        f"join included; failed {storm['failed']}; {p['presence_diffs_received']:,} "
+        f"presence_diff pushes; relay CPU {p['relay_cpu_s']:.2f} s; track → own "
+        f"presence_diff p50 {_fmt(lat['p50'])} ms, p99 {_fmt(lat['p99'])} ms "
+        f"(per size: {per_size})"
+    )
+    return {
+        "presence_tracks_per_s": (_r(p["tracks_per_s"], 0), note),
+        "presence_p95_ms_track_to_own_diff": (_r(lat["p95"]), note),
+    }
 
 
 def _step_at(steps: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
@@ -383,6 +614,12 @@ TARGETS = (
         "published inserts at least 70% of unpublished (16 writers, relay off the database's CPU)",
     ),
     ("resume_after_restart_gaps", "==", 0, "no gap for clients resuming after a relay restart"),
+    (
+        "supabase_authorized_ratio_vs_nexus",
+        ">=",
+        0.8,
+        "Supabase's protocol within 20% of ours (authorized msgs/s, the lowest ratio over sizes)",
+    ),
 )
 
 
@@ -460,8 +697,19 @@ def write_all(
     document["duration_s"] = results.get("duration_s")
     document["merged"] = results.get("merged", [])
     document["errors"] = results.get("errors", {})
+    document["supabase_by_size"] = supabase_by_size(results)
     document["scenarios"] = {
-        k: results.get(k) for k in ("authorized", "ceiling", "baseline", "write_path", "change_log")
+        k: results.get(k)
+        for k in (
+            "authorized",
+            "supabase",
+            "broadcast",
+            "presence",
+            "ceiling",
+            "baseline",
+            "write_path",
+            "change_log",
+        )
     }
     mode = results["mode"]
     files: dict[str, Path] = {}
@@ -560,6 +808,23 @@ def headline_table(document: dict[str, Any], keys: dict[str, FigureAndNote]) -> 
         "idle_queries_per_s_per_relay": "An idle relay's transactions/s in its database",
         "resume_after_restart_gaps": "Gaps for clients resuming after a relay restart",
         "joins_per_s": "Connection storm: joins/s",
+        "supabase_authorized_msgs_per_s_max": (
+            "Supabase's protocol: authorized messages/s delivered (max, p95 ≤ 100 ms)"
+        ),
+        "supabase_authorized_ratio_vs_nexus": "Supabase's protocol ÷ ours, authorized msgs/s",
+        "supabase_p95_ms_at_10k_msgs_per_s": (
+            "Supabase's protocol: p95 commit→client at 10,000 msgs/s (ms)"
+        ),
+        "supabase_cpu_per_msg_ratio_vs_nexus": (
+            "Supabase's protocol ÷ ours, relay CPU per message at 10,000 msgs/s"
+        ),
+        "broadcast_msgs_per_s_max": (
+            f"Broadcast messages/s delivered, one process (Supabase: "
+            f"{SUPABASE_BROADCAST_MSGS_PER_S:,} on a cluster)"
+        ),
+        "broadcast_p95_ms_at_max": "Broadcast p95 send→receive there (ms)",
+        "presence_tracks_per_s": "Presence: joins with a track acknowledged per second",
+        "presence_p95_ms_track_to_own_diff": "Presence: p95 track → own presence_diff (ms)",
     }
     for key, (value, _) in keys.items():
         goal = goals.get(key)
@@ -574,7 +839,15 @@ def headline_table(document: dict[str, Any], keys: dict[str, FigureAndNote]) -> 
         )
         if goal is not None and goal.get("measured_at"):
             met += f" (at {goal['measured_at']})"
-        digits = 3 if key.startswith("write_") else 2 if "ratio" in key or "rss" in key else 1
+        digits = (
+            3
+            if key.startswith("write_") or key == "supabase_authorized_ratio_vs_nexus"
+            else 2
+            if "ratio" in key or "rss" in key
+            else 0
+            if key.endswith("_per_s") and "_ms_" not in key
+            else 1
+        )
         lines.append(
             f"| {names[key]} | {_fmt(value, digits)} | {goal['goal'] if goal else ''} | {met} |"
         )
@@ -642,7 +915,7 @@ def steps_table(document: dict[str, Any]) -> list[str]:
         "Relay full GCs in window (longest)",
         "Sustained",
     )
-    for scenario in ("authorized", "ceiling", "baseline"):
+    for scenario in ("authorized", "supabase", "ceiling", "baseline"):
         for size, data in sorted(
             (document["scenarios"].get(scenario) or {}).items(), key=lambda kv: int(kv[0])
         ):
@@ -652,7 +925,7 @@ def steps_table(document: dict[str, Any]) -> list[str]:
                 per = s["server_cpu_s_per_1k_msgs"]
                 lines.append(
                     _row(
-                        s["server"],
+                        s["server"] + (", Supabase's protocol" if scenario == "supabase" else ""),
                         f"{int(size):,}",
                         f"{s['offered_msgs_per_s']:,.0f}",
                         f"{s['delivered_msgs_per_s']:,.0f}",
@@ -746,6 +1019,126 @@ def baseline_table(auth: dict[str, Any], base: dict[str, Any]) -> list[str]:
             f"| {_fmt(rt['delivered_msgs_per_s'] if rt else None)} | {speed or '—'} "
             f"| {_fmt(bc * 1000 if bc else None, 1)} | {_fmt(rc * 1000 if rc else None, 2)} |"
         )
+    return lines
+
+
+def supabase_sizes_table(document: dict[str, Any]) -> list[str]:
+    """The authorized fan-out through each protocol, per size (same run)."""
+    rows = document.get("supabase_by_size") or {}
+    if not any(r["supabase_msgs_per_s_max"] or r["supabase_p95_ms_at_10k"] for r in rows.values()):
+        return []
+    lines = _header(
+        "Connections",
+        "Ours: max sustained msgs/s",
+        "Supabase's protocol: max sustained msgs/s",
+        "Ratio (target ≥ 0.8)",
+        "p95 at 10k msgs/s, ours / Supabase's (ms)",
+        "Relay CPU per 1,000 msgs at 10k, ours / Supabase's (ms)",
+    )
+    for size, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
+        lines.append(
+            _row(
+                f"{int(size):,}",
+                _fmt(r["nexus_msgs_per_s_max"], 0),
+                _fmt(r["supabase_msgs_per_s_max"], 0),
+                _fmt(r["ratio"], 3),
+                f"{_fmt(r['nexus_p95_ms_at_10k'])} / {_fmt(r['supabase_p95_ms_at_10k'])}",
+                f"{_fmt(r['nexus_cpu_ms_per_1k_at_10k'], 2)} / "
+                f"{_fmt(r['supabase_cpu_ms_per_1k_at_10k'], 2)}",
+            )
+        )
+    return lines
+
+
+def supabase_tables(document: dict[str, Any]) -> list[str]:
+    """The section of the three scenarios through Supabase's protocol."""
+    scen = document["scenarios"]
+    lines: list[str] = []
+    sizes = supabase_sizes_table(document)
+    lines += (
+        ["postgres_changes, the authorized workload (steps: in the table above):", "", *sizes, ""]
+        if sizes
+        else ["postgres_changes: not measured.", ""]
+    )
+    broadcast = scen.get("broadcast") or {}
+    if broadcast:
+        lines += [
+            f"Broadcast (Supabase publishes {SUPABASE_BROADCAST_MSGS_PER_S:,} msgs/s on a "
+            "multi-node cluster; this is one relay process on one CPU):",
+            "",
+            *_header(
+                "C",
+                "Room size",
+                "Senders",
+                "Offered deliveries/s",
+                "Sends/s",
+                "Delivered msgs/s",
+                "p50",
+                "p95",
+                "p99",
+                "Relay CPU",
+                "Clients CPU",
+                "Other processes CPU",
+                "Drops",
+                "Sustained",
+            ),
+        ]
+        for size, b in sorted(broadcast.items(), key=lambda kv: int(kv[0])):
+            for s in b["steps"]:
+                lat = s["latency_ms"]
+                u = s["cpu_utilization"]
+                lines.append(
+                    _row(
+                        f"{int(size):,}",
+                        b["room_size"],
+                        s["senders"],
+                        f"{s['offered_msgs_per_s']:,.0f}",
+                        f"{s['senders_achieved_sends_per_s']:,.0f}",
+                        f"{s['delivered_msgs_per_s']:,.0f}",
+                        _fmt(lat["p50"]),
+                        _fmt(lat["p95"]),
+                        _fmt(lat["p99"]),
+                        f"{u['server']:.0%}",
+                        f"{u['clients']:.0%}",
+                        f"{s['other_processes_cpu_utilization']:.0%}",
+                        s["drops"],
+                        "yes" if s["sustained"] else "no: " + "; ".join(s["missed"]),
+                    )
+                )
+        lines.append("")
+    presence = scen.get("presence") or {}
+    if presence:
+        lines += [
+            "Presence (join with presence enabled, then track; the storm as a whole):",
+            "",
+            *_header(
+                "C",
+                "Room size",
+                "Tracks acknowledged",
+                "Failed",
+                "In (s)",
+                "Tracks/s",
+                "Track → own diff p50 / p95 / p99 (ms)",
+                "presence_diff pushes",
+                "Relay CPU (s)",
+            ),
+        ]
+        for size, p in sorted(presence.items(), key=lambda kv: int(kv[0])):
+            storm, lat = p["storm"], p["track_to_own_diff_ms"]
+            lines.append(
+                _row(
+                    f"{int(size):,}",
+                    p["room_size"],
+                    storm["joined"],
+                    storm["failed"],
+                    _fmt(storm["last_subscribed_s"], 2),
+                    _fmt(p["tracks_per_s"], 0),
+                    " / ".join(_fmt(lat[q]) for q in ("p50", "p95", "p99")),
+                    f"{p['presence_diffs_received']:,}",
+                    _fmt(p["relay_cpu_s"], 2),
+                )
+            )
+        lines.append("")
     return lines
 
 
@@ -887,6 +1280,9 @@ def markdown(
         "",
         *steps_table(document),
         "",
+        "## Supabase's protocol: postgres_changes, broadcast, presence",
+        "",
+        *supabase_tables(document),
         "## 2. Ceiling and 3. Supabase-style baseline",
         "",
         *comparison_tables(document),
@@ -926,6 +1322,8 @@ def readme_block(document: dict[str, Any], keys: dict[str, FigureAndNote], mode:
         "",
         *sizes_table(document),
         "",
+        *supabase_sizes_table(document),
+        "",
         f"![Throughput and latency against connections](results/{mode}-vs-connections.png)",
         f"![Latency CDF](results/{mode}-latency-cdf.png)",
         "",
@@ -961,15 +1359,27 @@ def curves_from_raw(raw: Path, results: dict[str, Any]) -> dict[str, np.ndarray]
         inside = (commit >= w0) & (commit < w1)
         return np.asarray((recv[inside] - commit[inside]) * 1000.0)
 
-    for kind, label in (("authorized", "relay"), ("ceiling", "ceiling"), ("baseline", "baseline")):
+    kinds = (
+        ("authorized", "relay"),
+        ("supabase", "supabase"),
+        ("broadcast", "broadcast"),
+        ("ceiling", "ceiling"),
+        ("baseline", "baseline"),
+    )
+    for kind, label in kinds:
         for size, data in sorted((results.get(kind) or {}).items(), key=lambda kv: int(kv[0])):
-            at_ref = _step_at(data["steps"], ref)
+            at_ref = None if kind == "broadcast" else _step_at(data["steps"], ref)
             if at_ref is not None and kind != "baseline":
                 curves[f"{label} C={size} @ {ref:,.0f} msgs/s"] = latencies(at_ref)
             top = data.get("max_sustained")
             if top is not None and top is not at_ref and kind != "ceiling":
                 name = f"{label} C={size} @ {top['offered_msgs_per_s']:,.0f} msgs/s (max)"
                 curves[name] = latencies(top)
+    for size in sorted(results.get("presence") or {}, key=int):
+        path = raw / f"presence-{size}.npy"
+        if path.exists():
+            tracked, diffed = np.load(path)
+            curves[f"presence C={size}: track → own diff"] = np.asarray((diffed - tracked) * 1000.0)
     return curves
 
 
@@ -1039,8 +1449,9 @@ def plot_vs_connections(results: dict[str, Any], title: str, path: Path) -> Path
     auth = {int(k): v for k, v in (results.get("authorized") or {}).items()}
     base = {int(k): v for k, v in (results.get("baseline") or {}).items()}
     ceil = {int(k): v for k, v in (results.get("ceiling") or {}).items()}
+    supa = {int(k): v for k, v in (results.get("supabase") or {}).items()}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    _throughput_panel(left, auth, base)
+    _throughput_panel(left, auth, base, supa)
     _latency_panel(right, auth, ceil, results["config"]["reference_rate"])
     fig.suptitle(f"Throughput and latency against connections — {title}")
     return _save(fig, path)
@@ -1056,10 +1467,16 @@ def _max_sustained(by_size: dict[int, dict[str, Any]], sizes: list[int]) -> list
 
 
 def _throughput_panel(
-    ax: "Axes", auth: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]]
+    ax: "Axes",
+    auth: dict[int, dict[str, Any]],
+    base: dict[int, dict[str, Any]],
+    supa: dict[int, dict[str, Any]] | None = None,
 ) -> None:
     sizes = sorted(auth)
     ax.plot(sizes, _max_sustained(auth, sizes), "o-", label="relay (authorized)")
+    if supa:
+        ss = sorted(supa)
+        ax.plot(ss, _max_sustained(supa, ss), "d-", label="relay, Supabase's protocol")
     if base:
         bs = sorted(base)
         ax.plot(
@@ -1108,9 +1525,19 @@ def plot_rate_ladder(results: dict[str, Any], title: str, path: Path) -> Path:
     """p95 against delivered rate, every step."""
     import matplotlib.pyplot as plt
 
-    names = {"authorized": "relay", "ceiling": "bare broadcast", "baseline": "baseline"}
+    names = {
+        "authorized": "relay",
+        "supabase": "relay, Supabase's protocol",
+        "ceiling": "bare broadcast",
+        "baseline": "baseline",
+    }
     fig, ax = plt.subplots(figsize=(8, 5))
-    for scenario, marker in (("authorized", "o-"), ("ceiling", "x--"), ("baseline", "s:")):
+    for scenario, marker in (
+        ("authorized", "o-"),
+        ("supabase", "d-"),
+        ("ceiling", "x--"),
+        ("baseline", "s:"),
+    ):
         for size, data in sorted((results.get(scenario) or {}).items(), key=lambda kv: int(kv[0])):
             steps = sorted(data["steps"], key=lambda s: s["offered_msgs_per_s"])
             xs = [s["delivered_msgs_per_s"] for s in steps]

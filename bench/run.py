@@ -24,13 +24,31 @@ from typing import Any
 
 import numpy as np
 
-from bench import common, machine, profiling, report, scenarios
+from bench import common, machine, profiling, report, rooms, scenarios
 from bench import log as change_log
 from bench.common import CHILDREN, RAW, log
 from bench.database import Database
 from bench.harness import Config
 
-SCENARIOS = ("authorized", "ceiling", "baseline", "write", "log")
+SCENARIOS = (
+    "authorized",
+    "supabase",
+    "broadcast",
+    "presence",
+    "ceiling",
+    "baseline",
+    "write",
+    "log",
+)
+# Scenarios measured by size: the key of their results.
+BY_SIZE = {
+    "authorized": "authorized",
+    "supabase": "supabase",
+    "broadcast": "broadcast",
+    "presence": "presence",
+    "ceiling": "ceiling",
+    "baseline": "baseline",
+}
 
 
 def config(mode: str, args: argparse.Namespace) -> Config:
@@ -57,6 +75,9 @@ def config(mode: str, args: argparse.Namespace) -> Config:
             write_duration=3.0,
             write_repeats=1,
             profile_duration=5.0,
+            broadcast_sizes=[500],
+            presence_sizes=[500],
+            broadcast_ladder_start=10_000.0,
         )
     else:
         cfg = Config(
@@ -78,11 +99,16 @@ def config(mode: str, args: argparse.Namespace) -> Config:
             write_duration=10.0,
             write_repeats=2,
             profile_duration=20.0,
+            broadcast_sizes=[2000, 10_000],
+            presence_sizes=[2000, 10_000],
+            broadcast_ladder_start=10_000.0,
         )
     if args.sizes:
         cfg.sizes = [int(x) for x in args.sizes.split(",")]
         cfg.ceiling_sizes = [s for s in cfg.ceiling_sizes if s in cfg.sizes] or cfg.sizes[-1:]
         cfg.baseline_sizes = [s for s in cfg.baseline_sizes if s in cfg.sizes] or cfg.sizes[-1:]
+        cfg.broadcast_sizes = cfg.sizes[-1:]
+        cfg.presence_sizes = cfg.sizes[-1:]
     if args.window:
         cfg.window = args.window
     if args.warmup is not None:
@@ -136,17 +162,32 @@ def how(cfg: Config) -> dict[str, Any]:
             "RELAY_MAX_CONNECTIONS=20000, RELAY_MAX_CONNECTIONS_PER_USER=100, others default "
             "(RELAY_MAX_SEND_BUFFER_BYTES 1 MiB, ping 20 s, log level INFO)"
         ),
+        "supabase": (
+            "Supabase Realtime's protocol on the relay's /realtime/v1/websocket (?apikey=<an "
+            "anon key>&vsn=2.0.0), the same load-client structure. postgres_changes: the "
+            "authorized scenario's users, workload, ladder and measurement, each connection "
+            "joining realtime:changes with a postgres_changes binding per table and its user's "
+            "token as access_token. Broadcast: members in rooms of "
+            f"{cfg.room_size} (realtime:room:<n>, self false), at least "
+            f'{cfg.senders_per_room} of each room sending {{"t": time.time()}}, each at '
+            f"most {cfg.max_sends_per_member:g}/s (a member may broadcast 25/s), more of them "
+            "as the rate grows; offered and delivered rates are deliveries/s (sends x "
+            f"{cfg.room_size - 1}); latency send → receive. Presence: members "
+            f"join realtime:lobby:<n> (rooms of {cfg.room_size}) with presence enabled and "
+            "track; tracks acknowledged per second over the storm, and track → own "
+            "presence_diff. Broadcast and presence run on a relay with two topic rules added "
+            "to the portal's policy (room:{name}, lobby:{name}), its limits the defaults."
+        ),
     }
 
 
 def merge(previous: dict[str, Any], new: dict[str, Any], only: set[str]) -> dict[str, Any]:
     """The previous run's results with the scenarios of this one in their place."""
     merged = dict(previous)
-    keys = {"authorized": "authorized", "ceiling": "ceiling", "baseline": "baseline"}
     for scenario in only:
-        key = keys.get(scenario, "write_path")
+        key = BY_SIZE.get(scenario, "change_log" if scenario == "log" else "write_path")
         if key in new:
-            if key == "write_path":
+            if key not in BY_SIZE:
                 merged[key] = new[key]
             else:  # by size: the sizes measured again replace theirs, the others stay
                 merged[key] = {**(previous.get(key) or {}), **new[key]}
@@ -304,7 +345,15 @@ def measure(
     db: Database | None = None
     try:
         db = Database(database_url)
-        sizes_needed = max([*cfg.sizes, *cfg.ceiling_sizes, *cfg.baseline_sizes])
+        sizes_needed = max(
+            [
+                *cfg.sizes,
+                *cfg.ceiling_sizes,
+                *cfg.baseline_sizes,
+                *cfg.broadcast_sizes,
+                *cfg.presence_sizes,
+            ]
+        )
         db.create(sizes_needed // cfg.users_per_tenant, cfg.users_per_tenant)
         if cfg.pin:
             for process in db.processes():
@@ -326,15 +375,24 @@ def run_scenarios(ctx: scenarios.Context, only: set[str], results: dict[str, Any
     """Each scenario of ``only``, each size from the smallest; one that fails is an error in
     ``results``, and the others still run."""
     cfg = ctx.cfg
-    if "authorized" in only:
-        largest = max(cfg.sizes)
-        measure_sizes(
-            ctx,
-            results,
-            "authorized",
-            cfg.sizes,
-            lambda size: scenarios.authorized(ctx, size, size == largest),
-        )
+    largest = max(cfg.sizes)
+    fanouts = [
+        (name, partial(_fanout, ctx, largest, name == "supabase"))
+        for name in ("authorized", "supabase")
+        if name in only
+    ]
+    if fanouts:
+        # The same fan-out through our protocol and Supabase's, size by size, one after
+        # the other: side by side, under the same conditions as far as a run allows.
+        for name, _ in fanouts:
+            results[name] = {}
+        for size in sorted(cfg.sizes):
+            for name, measure in fanouts:
+                measure_sizes(ctx, results, name, [size], measure, keep=True)
+    if "broadcast" in only:
+        measure_sizes(ctx, results, "broadcast", cfg.broadcast_sizes, partial(rooms.broadcast, ctx))
+    if "presence" in only:
+        measure_sizes(ctx, results, "presence", cfg.presence_sizes, partial(rooms.presence, ctx))
     if "ceiling" in only:
         measure_sizes(
             ctx,
@@ -361,16 +419,23 @@ def run_scenarios(ctx: scenarios.Context, only: set[str], results: dict[str, Any
             results["change_log"] = out
 
 
+def _fanout(ctx: scenarios.Context, largest: int, supabase: bool, size: int) -> dict[str, Any]:
+    """The authorized fan-out at ``size``, through our protocol or Supabase's."""
+    return scenarios.authorized(ctx, size, size == largest, supabase=supabase)
+
+
 def measure_sizes(
     ctx: scenarios.Context,
     results: dict[str, Any],
     scenario: str,
     sizes: list[int],
     measure: Callable[[int], dict[str, Any]],
+    keep: bool = False,
 ) -> None:
     """``measure(size)`` into ``results[scenario][size]``, each size from the smallest, the
-    tables the writers fill emptied before each."""
-    results[scenario] = {}
+    tables the writers fill emptied before each; ``keep``: the sizes already there stay."""
+    if not keep:
+        results[scenario] = {}
     for size in sorted(sizes):
         ctx.db.reset_changes()
         out = attempt(

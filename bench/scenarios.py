@@ -156,12 +156,21 @@ def at_rate(steps: list[StepResult], rate: float) -> StepResult | None:
 # --- 1 (and 5): authorized fan-out ------------------------------------------------------
 
 
-def authorized(ctx: Context, size: int, largest: bool) -> dict[str, Any]:
+def authorized(ctx: Context, size: int, largest: bool, supabase: bool = False) -> dict[str, Any]:
+    """The relay with ``size`` users: the storm, RSS, the ladder, the profile.
+
+    ``supabase``: the same workload and measurement, the clients speaking Supabase
+    Realtime's protocol on the relay's compatible endpoint (Phoenix vsn 2.0.0, one
+    ``realtime:changes`` channel with a ``postgres_changes`` binding per table, the
+    user's token as ``access_token``); no profile and no second storm."""
     cfg = ctx.cfg
-    label = f"relay-{size}"
-    log(f"authorized fan-out: relay, {size} connections")
+    label = f"supabase-{size}" if supabase else f"relay-{size}"
+    log(
+        f"authorized fan-out: relay, {size} connections"
+        + (", Supabase's protocol (postgres_changes)" if supabase else "")
+    )
     relay = RelayServer(ctx.db, cfg, ctx.raw, label, cpus=cfg.server_cpus()).start()
-    fleet = Fleet(cfg, relay.url, size, ctx.raw, label)
+    fleet = Fleet(cfg, relay.url, size, ctx.raw, label, protocol="changes" if supabase else "nexus")
     try:
         time.sleep(1.0)
         rss0 = relay.rss()
@@ -179,12 +188,17 @@ def authorized(ctx: Context, size: int, largest: bool) -> dict[str, Any]:
         rss2 = relay.rss()
         top = best(steps)
         ref = at_rate(steps, cfg.reference_rate)
-        _keep_relay_curves(ctx, size, top, ref)
-        profile = _profile(ctx, relay, fleet, label, top) if cfg.profile and largest else None
+        _keep_relay_curves(ctx, size, top, ref, "supabase" if supabase else "relay")
+        profile = (
+            _profile(ctx, relay, fleet, label, top)
+            if cfg.profile and largest and not supabase
+            else None
+        )
         end_stats = fleet.stats()
         held = storm["failed"] == 0 and end_stats["open"] == size and end_stats["disconnects"] == 0
-        gentler = _gentler_storm(ctx, relay, fleet, label) if largest else None
+        gentler = _gentler_storm(ctx, relay, fleet, label) if largest and not supabase else None
         return {
+            "protocol": "supabase (phoenix vsn 2.0.0)" if supabase else "nexus-relay.v1",
             "connections": size,
             "tenants": size // cfg.users_per_tenant,
             "storm": storm,
@@ -205,14 +219,14 @@ def authorized(ctx: Context, size: int, largest: bool) -> dict[str, Any]:
 
 
 def _keep_relay_curves(
-    ctx: Context, size: int, top: StepResult | None, ref: StepResult | None
+    ctx: Context, size: int, top: StepResult | None, ref: StepResult | None, name: str = "relay"
 ) -> None:
     """The latencies at the reference rate and at the highest sustained one, for the CDF."""
     rate = ctx.cfg.reference_rate
     if ref is not None:
-        ctx.curves[f"relay C={size} @ {rate:,.0f} msgs/s"] = ref.latencies_ms
+        ctx.curves[f"{name} C={size} @ {rate:,.0f} msgs/s"] = ref.latencies_ms
     if top is not None and top is not ref:
-        ctx.curves[f"relay C={size} @ {top.summary['offered_msgs_per_s']:,.0f} msgs/s (max)"] = (
+        ctx.curves[f"{name} C={size} @ {top.summary['offered_msgs_per_s']:,.0f} msgs/s (max)"] = (
             top.latencies_ms
         )
 

@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 import uvicorn
 
@@ -12,6 +13,7 @@ from portal.settings import SettingsError, from_env
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nexus-portal", description="The Nexus portal.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the portal (settings: NEXUS_* and DATABASE_URL)")
     serve.add_argument("--host", default=os.environ.get("NEXUS_HOST", "127.0.0.1"))
@@ -33,6 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_header=False,
     )
     return 0
+
+
+def version() -> str:
+    """The installed package's version (its metadata, from pyproject.toml)."""
+    try:
+        return metadata.version("nexus-relay")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout, not installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""``nexus-relay``: serve, check a policy file, diagnose a deployment, explain a decision."""
+"""``nexus-relay``: serve, install the trigger layer, check a policy file, diagnose a
+deployment, explain a decision."""
 
 import argparse
 import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from relay import logs
@@ -17,9 +19,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="nexus-relay",
         description="Nexus Relay: PostgreSQL changes over WebSocket, authorized like RLS.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "serve", help="run the relay; settings come from RELAY_* environment variables"
+    )
+    install = commands.add_parser(
+        "install",
+        help="install the trigger layer (schema relay) on a database, or upgrade it; idempotent",
+    )
+    install.add_argument("--database-url", help="default: RELAY_DATABASE_URL or DATABASE_URL")
+    uninstall = commands.add_parser(
+        "uninstall",
+        help="remove the trigger layer: its triggers, its change log, schema relay",
+    )
+    uninstall.add_argument("--database-url", help="default: RELAY_DATABASE_URL or DATABASE_URL")
+    uninstall.add_argument(
+        "--yes", action="store_true", help="confirm: the change log and what is published are lost"
     )
     check = commands.add_parser(
         "check-policy",
@@ -48,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve()
+        if args.command in ("install", "uninstall"):
+            return _layer(args.command, args.database_url, getattr(args, "yes", False))
         if args.command == "check-policy":
             return _check_policy(args.file, args.database_url)
         if args.command == "explain":
@@ -58,6 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"nexus-relay: {exc}", file=sys.stderr)
         return 2
+
+
+def version() -> str:
+    """The installed package's version (its metadata, from pyproject.toml)."""
+    try:
+        return metadata.version("nexus-relay")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout, not installed
+        return "unknown (not installed)"
 
 
 def _serve() -> int:
@@ -77,6 +103,47 @@ def _serve() -> int:
         print(f"nexus-relay: stopped: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _layer(command: str, database_url: str | None, confirmed: bool) -> int:
+    """``install`` or ``uninstall`` the trigger layer; print what was done."""
+    import psycopg
+
+    from relay import trigger_layer
+
+    url = database_url or os.environ.get("RELAY_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if not url:
+        raise ConfigError("no database: pass --database-url or set RELAY_DATABASE_URL")
+    try:
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            if command == "install":
+                print(f"nexus-relay: {trigger_layer.install(conn)}")
+                return 0
+            layer = trigger_layer.found(conn)
+            if layer.version is not None and not confirmed:
+                print(
+                    f"nexus-relay: this removes schema relay with its change log, and stops"
+                    f" publishing {layer.published} table(s); run again with --yes to do it",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"nexus-relay: {trigger_layer.uninstall(conn)}")
+            return 0
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigError(
+            f"cannot {command} the trigger layer: {first_line(exc)}: {_WHO[command]}"
+        ) from exc
+    except psycopg.Error as exc:
+        raise ConfigError(f"cannot {command} the trigger layer: {first_line(exc)}") from exc
+
+
+# Who may run them (README, "The relay in your own application").
+_WHO = {
+    "install": "run it as the relay's role, with CREATE on the database"
+    " (it becomes the owner of schema relay)",
+    "uninstall": "run it as a role that owns the published tables and is a member"
+    " of the owner of schema relay",
+}
 
 
 def _check_policy(path: Path, database_url: str | None) -> int:

@@ -156,7 +156,7 @@ def _check_layer(conn: Connection, report: _Report) -> bool:
     if not has_layer or has_layer["v"] is None:
         report.problem(
             "the trigger layer (schema relay) is not installed",
-            "run the migrations: alembic upgrade head",
+            "nexus-relay install --database-url URL (or the Nexus migrations)",
         )
         return False
     return True

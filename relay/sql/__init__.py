@@ -1,9 +1,11 @@
-"""SQL of the relay's trigger layer, applied by the application's migrations.
+"""SQL of the relay's trigger layer, applied by ``nexus-relay install``
+(relay/trigger_layer.py) or by an application's migrations (the Nexus ones).
 
 Version 2 (the change log) is current; version 1 (changes as NOTIFY payloads)
-is kept for migrations that installed it and upgrade from it. ``relay.broadcast``
-(``v2_broadcast.sql``) came later within version 2: ``install`` has it, and
-``add_broadcast`` adds it to a version 2 installed without it (migration 0009).
+is kept for migrations that installed it and upgrade from it. A layer of
+version 2 answers ``relay.version()``. ``relay.broadcast`` (``v2_broadcast.sql``)
+came later within version 2: ``install`` has it, and ``add_broadcast`` adds it to
+a version 2 installed without it (migration 0009).
 """
 
 from importlib.resources import files

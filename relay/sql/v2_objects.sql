@@ -573,3 +573,11 @@ SELECT
 FROM relay.publications p
 JOIN pg_class c ON c.oid = p.rel
 JOIN pg_namespace n ON n.oid = c.relnamespace;
+
+-- Which version of the trigger layer this is, for `nexus-relay install`
+-- (relay/trigger_layer.py): a later layer answers its own number, and a
+-- nexus-relay that knows only older ones refuses to touch it.
+CREATE FUNCTION relay.version() RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 2 $$;
+REVOKE ALL ON FUNCTION relay.version() FROM PUBLIC;

@@ -195,6 +195,7 @@ def test_npm_pack_holds_exactly_the_module_and_its_declarations() -> None:
     (packed,) = json.loads(output[output.index("[") :])
     assert packed["name"] == "@nexus-relay/client"
     assert sorted(f["path"] for f in packed["files"]) == [
+        "LICENSE",
         "README.md",
         "index.d.ts",
         "package.json",
@@ -202,7 +203,8 @@ def test_npm_pack_holds_exactly_the_module_and_its_declarations() -> None:
     ]
     manifest = json.loads((PACKAGE / "package.json").read_text())
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert f'version = "{manifest["version"]}"' in pyproject  # the project's version
+    assert f'\nversion = "{manifest["version"]}"\n' in pyproject  # the project's version
+    assert (PACKAGE / "LICENSE").read_text() == (ROOT / "LICENSE").read_text()
     assert "dependencies" not in manifest  # none at run time; ws is an optional peer
     assert manifest["peerDependenciesMeta"]["ws"]["optional"] is True
 

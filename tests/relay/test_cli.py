@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,12 @@ def diagnose(url: str, relay: RelayProcess) -> subprocess.CompletedProcess[str]:
     return run(
         "diagnose", "--database-url", url, "--policy-file", POLICY_FILE, "--ops-url", relay.ops_url
     )
+
+
+def test_version_is_the_installed_packages() -> None:
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"nexus-relay {metadata.version('nexus-relay')}\n"
 
 
 def test_check_policy_lists_the_policies() -> None:
