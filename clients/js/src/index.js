@@ -150,6 +150,10 @@ function expiryOf(token) {
 export class Subscription extends Emitter {
   #client;
   #ack = deferred();
+  // Positions of the changes a replay delivered: a replay cut short by a lost
+  // connection starts again from the same since (docs/protocol.md, "Resuming"),
+  // and those are not delivered twice. Positions are compared for equality only.
+  #replayedPositions = new Set();
 
   constructor(client, table, options, logger) {
     super(logger);
@@ -208,7 +212,10 @@ export class Subscription extends Emitter {
     this.resumeToken = frame.resume_token;
     // Resumed: the resume point stays where it was until "replayed". Not resumed: from here.
     this.replaying = frame.resumed === true;
-    if (!this.replaying) this.position = frame.position;
+    if (!this.replaying) {
+      this.position = frame.position;
+      this.#replayedPositions.clear();
+    }
     settle(this.#ack, "resolve", frame);
     this.emit("subscribed", frame);
     if (this.lostResume !== null) {
@@ -227,20 +234,29 @@ export class Subscription extends Emitter {
     this.emit("error", error);
   }
 
+  // False: a change this subscription was given already, by a replay cut short.
   _change(frame) {
-    if (!this.replaying) this.position = frame.position;
+    if (this.replaying) {
+      if (this.#replayedPositions.has(frame.position)) return false;
+      this.#replayedPositions.add(frame.position);
+    } else {
+      this.position = frame.position;
+    }
     this.emit("change", frame);
+    return true;
   }
 
   _gap(frame) {
     // A re-fetch now shows at least what was committed up to the gap.
     this.replaying = false;
+    this.#replayedPositions.clear();
     this.position = frame.position;
     this.emit("gap", frame);
   }
 
   _replayed(frame) {
     this.replaying = false;
+    this.#replayedPositions.clear();
     this.position = frame.position;
     this.emit("replayed", frame);
   }
@@ -853,8 +869,15 @@ export class RelayClient extends Emitter {
   }
 
   #change(frame) {
-    for (const id of frame.subscriptions ?? []) this.#byId.get(id)?._change(frame);
-    this.emit("change", frame);
+    let fresh = false;
+    let known = false;
+    for (const id of frame.subscriptions ?? []) {
+      const subscription = this.#byId.get(id);
+      if (subscription === undefined) continue;
+      known = true;
+      if (subscription._change(frame)) fresh = true;
+    }
+    if (fresh || !known) this.emit("change", frame);
   }
 
   #gap(frame) {

@@ -241,3 +241,29 @@ test("presence diffs: leaves by phx_ref first, then joins", async (t) => {
   assert.deepEqual(await lefts.take(), { reason: "topic_not_allowed" });
   assert.equal(client.rooms.size, 0);
 });
+
+test("a replay cut short starts again from the same since, and delivers nothing twice", async (t) => {
+  const { client } = fakeClient(t);
+  const messages = client.subscribe("nexus_payments", { since: "L:1.0", resumeToken: "R" });
+  const changes = record(messages, "change");
+  const all = record(client, "change");
+  client.connect();
+  const first = await nextSocket(1);
+  first.ready();
+  let resume = first.lastSent("subscribe");
+  first.receive({ type: "subscribed", id: "s1", position: "L:9.0", resumed: true, resume_token: "R2", ref: resume.ref });
+  first.receive({ type: "change", subscriptions: ["s1"], op: "INSERT", position: "L:2.1", new: { n: 1 } });
+  first.close(1006); // before "replayed"
+  const second = await nextSocket(2);
+  second.ready();
+  resume = second.lastSent("subscribe");
+  assert.equal(resume.since, "L:1.0"); // the same since: the replay was not whole
+  second.receive({ type: "subscribed", id: "s1", position: "L:9.0", resumed: true, resume_token: "R3", ref: resume.ref });
+  second.receive({ type: "change", subscriptions: ["s1"], op: "INSERT", position: "L:2.1", new: { n: 1 } });
+  second.receive({ type: "change", subscriptions: ["s1"], op: "INSERT", position: "L:3.1", new: { n: 2 } });
+  second.receive({ type: "replayed", id: "s1", position: "L:9.0" });
+  second.receive({ type: "change", subscriptions: ["s1"], op: "INSERT", position: "L:10.1", new: { n: 3 } });
+  assert.deepEqual(changes.values.map((change) => change.new.n), [1, 2, 3]);
+  assert.deepEqual(all.values.map((change) => change.new.n), [1, 2, 3]);
+  assert.equal(messages.position, "L:10.1");
+});
