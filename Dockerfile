@@ -20,6 +20,8 @@
 FROM node:20-bookworm-slim@sha256:25070a03f077f5860e4f2db8d147380678ed40ead415a21eaffd5a6208f61948 AS assets
 WORKDIR /assets
 COPY package.json package-lock.json ./
+# The relay's JavaScript client, which package.json links (file:clients/js).
+COPY clients/js/package.json ./clients/js/
 RUN npm ci --omit=dev --no-audit --no-fund
 
 FROM python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b AS runtime
@@ -45,9 +47,11 @@ WORKDIR /app
 COPY alembic.ini ./
 COPY alembic ./alembic
 COPY --from=assets /assets/node_modules/htmx.org/dist/htmx.min.js ./node_modules/htmx.org/dist/htmx.min.js
+COPY clients/js/src/index.js ./node_modules/@nexus-relay/client/src/index.js
 ENV NEXUS_HOST=0.0.0.0 \
     NEXUS_PORT=8000 \
-    NEXUS_HTMX_PATH=/app/node_modules/htmx.org/dist/htmx.min.js
+    NEXUS_HTMX_PATH=/app/node_modules/htmx.org/dist/htmx.min.js \
+    NEXUS_RELAY_CLIENT_PATH=/app/node_modules/@nexus-relay/client/src/index.js
 USER 10001:10001
 EXPOSE 8000
 # No curl in slim images: Python's urllib, which fails on anything but a 2xx.

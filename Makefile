@@ -27,9 +27,10 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-# htmx, from the npm registry (package-lock.json), served by the portal itself; and,
-# for the tests only, the Supabase JavaScript clients (devDependencies).
-$(NODE_INSTALLED): package.json package-lock.json
+# htmx, from the npm registry (package-lock.json), and the relay's JavaScript client
+# (clients/js, linked), served by the portal itself; and, for the tests only, the
+# Supabase JavaScript clients and TypeScript (devDependencies).
+$(NODE_INSTALLED): package.json package-lock.json clients/js/package.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 

@@ -34,13 +34,13 @@ POST = ["POST"]
 
 
 def create_app(settings: PortalSettings) -> Starlette:
-    """The portal; SystemExit if htmx is not installed. Its database pool closes at shutdown."""
-    if not settings.htmx_path.exists():
-        raise SystemExit(
-            f"{settings.htmx_path} is missing: install the front-end packages with `npm ci`."
-        )
+    """The portal; SystemExit if htmx or the relay's JavaScript client is not installed.
+    Its database pool closes at shutdown."""
+    for asset in (settings.htmx_path, settings.relay_client_path):
+        if not asset.exists():
+            raise SystemExit(f"{asset} is missing: install the front-end packages with `npm ci`.")
     db = Database(settings.database_url)
-    templates = page_templates()
+    templates = page_templates(settings.relay_url)
     errors = ErrorViews(settings, db, templates)
 
     @asynccontextmanager
@@ -56,10 +56,11 @@ def create_app(settings: PortalSettings) -> Starlette:
     )
 
 
-def page_templates() -> Jinja2Templates:
+def page_templates(relay_url: str) -> Jinja2Templates:
     """The templates, with the globals that every page may read."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(
+        relay_url=relay_url,
         relay_config_url="/nexus/api/realtime-config",
         message_limit=MESSAGE_LIMIT,
         payment_actions=PAYMENT_ACTIONS,
@@ -122,6 +123,7 @@ def routes(settings: PortalSettings, db: Database, templates: Jinja2Templates) -
         Route("/nexus/api/notifications/unread", notifications.badge, name="unread_badge"),
         Route("/nexus/api/realtime-config", realtime.config, name="realtime_config"),
         Route("/static/vendor/htmx.min.js", site.htmx, name="htmx"),
+        Route("/static/vendor/nexus-relay-client.js", site.relay_client, name="relay_client"),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 

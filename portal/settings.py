@@ -7,9 +7,11 @@ from pathlib import Path
 
 from portal import relay_token
 
-# htmx, as `npm ci` installs it next to the checkout.
+# htmx and the relay's JavaScript client (clients/js, linked by package.json), as
+# `npm ci` installs them next to the checkout.
 CHECKOUT = Path(__file__).resolve().parent.parent
 DEFAULT_HTMX = CHECKOUT / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
+DEFAULT_RELAY_CLIENT = CHECKOUT / "node_modules" / "@nexus-relay" / "client" / "src" / "index.js"
 
 
 class SettingsError(Exception):
@@ -30,6 +32,7 @@ class PortalSettings:
     login_free_failures: int = 5
     login_window: int = 15 * 60
     htmx_path: Path = DEFAULT_HTMX
+    relay_client_path: Path = DEFAULT_RELAY_CLIENT
 
 
 def from_env(env: Mapping[str, str] | None = None) -> PortalSettings:
@@ -74,4 +77,7 @@ def from_env(env: Mapping[str, str] | None = None) -> PortalSettings:
         session_max_age=integer("NEXUS_SESSION_MAX_AGE_S", 8 * 3600, 60),
         login_free_failures=integer("NEXUS_LOGIN_FREE_FAILURES", 5),
         htmx_path=Path(env.get("NEXUS_HTMX_PATH", "").strip() or DEFAULT_HTMX),
+        relay_client_path=Path(
+            env.get("NEXUS_RELAY_CLIENT_PATH", "").strip() or DEFAULT_RELAY_CLIENT
+        ),
     )

@@ -310,6 +310,7 @@ def test_installed_entry_points_migrate_and_serve(
             bin_dir=installed,
             **image_env(stages["portal"]),
             NEXUS_HTMX_PATH=str(ROOT / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"),
+            NEXUS_RELAY_CLIENT_PATH=str(ROOT / "clients" / "js" / "src" / "index.js"),
         )
         assert portal.command[:2] == stages["portal"].exec_form("CMD")
         portal.start()
@@ -318,6 +319,7 @@ def test_installed_entry_points_migrate_and_serve(
             assert healthy(portal_check, installed, {"NEXUS_PORT": str(portal.port)})
             with httpx.Client(base_url=portal.url, timeout=WAIT) as http:
                 assert http.get("/static/vendor/htmx.min.js").status_code == 200
+                assert http.get("/static/vendor/nexus-relay-client.js").status_code == 200
             # Sign-in and a page: argon2, the database driver, SQLAlchemy's async engine, Jinja2.
             alice = signed_in(portal, "alice@alpha.com", "alpha-demo-pass")
             try:

@@ -1,7 +1,8 @@
 /*
  * A case's page, live: who else is viewing it now, and who is typing.
  *
- * Through the relay's own protocol (realtime-client.js's rooms): presence on
+ * Through the relay's own protocol (a Room of @nexus-relay/client, from
+ * realtime-client.js): presence on
  * the room case:<id>, keyed by user id (several tabs of one person are one
  * person) with their display name, never their email; and broadcast "typing"
  * events from the message form, at most one every TYPING_EVERY_MS, which
@@ -12,9 +13,9 @@
  * Names are the senders' own words: they are rendered with textContent, never
  * as HTML.
  */
-(function () {
-  "use strict";
+import { realtime } from "/static/realtime-client.js";
 
+{
   const TYPING_EVERY_MS = 2000;
   const TYPING_SHOWN_MS = 5000;
 
@@ -29,7 +30,6 @@
 
   function boot() {
     const box = document.getElementById("case-presence");
-    const realtime = window.NexusRealtime;
     const me = meta("nexus-user-id");
     if (!box || !realtime || !me) return;
     const name = box.dataset.name || "";
@@ -62,18 +62,17 @@
       box.dataset.viewers = String(names.length);
     });
 
-    room.on("broadcast", (event, payload) => {
+    room.on("broadcast", ({ event, payload }) => {
       if (event !== "typing" || !payload || typeof payload.key !== "string" || payload.key === me) return;
       if (payload.typing === false) typing.delete(payload.key);
       else typing.set(payload.key, { name: nameOf(payload.name) || "Someone", until: Date.now() + TYPING_SHOWN_MS });
       showTyping();
     });
 
-    room.on("status", (joined) => {
-      if (!joined) {
-        typing.clear();
-        showTyping();
-      }
+    // Out of the room (disconnected, or ended by the relay): nobody is known to type.
+    room.on("left", () => {
+      typing.clear();
+      showTyping();
     });
 
     function showTyping() {
@@ -98,20 +97,16 @@
         const now = Date.now();
         if (!textarea.value || now - lastSent < TYPING_EVERY_MS) return;
         lastSent = now;
-        room.send("typing", { key: me, name });
+        room.broadcast("typing", { key: me, name });
       });
     }
     if (form) {
       form.addEventListener("submit", () => {
         lastSent = 0;
-        room.send("typing", { key: me, name, typing: false });
+        room.broadcast("typing", { key: me, name, typing: false });
       });
     }
   }
 
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", boot);
-  } else {
-    boot();
-  }
-})();
+  boot(); // a module runs once the document is parsed
+}

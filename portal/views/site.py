@@ -1,4 +1,5 @@
-"""What is outside the Nexus pages: the root, the health check, htmx served locally."""
+"""What is outside the Nexus pages: the root, the health check, the scripts of
+npm packages served locally (htmx, the relay's JavaScript client)."""
 
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
@@ -25,4 +26,13 @@ class SiteViews(Views):
             self.settings.htmx_path,
             media_type="text/javascript",
             headers={"Cache-Control": "public, max-age=3600"},
+        )
+
+    async def relay_client(self, request: Request) -> Response:
+        """@nexus-relay/client (clients/js, linked by ``npm ci``): an ES module served
+        as it is, which realtime-client.js imports."""
+        return FileResponse(
+            self.settings.relay_client_path,
+            media_type="text/javascript",
+            headers={"Cache-Control": "no-cache"},
         )

@@ -68,7 +68,7 @@ def test_names_from_other_pages_render_as_text(people: Person) -> None:
     hostile = '<img src="x" onerror="alert(1)">'
     b.page.evaluate(
         "([topic, name]) => window.NexusRealtime.room(topic)"
-        ".send('typing', {key: 'someone', name})",
+        ".broadcast('typing', {key: 'someone', name})",
         [TOPIC, hostile],
     )
     expect(a.page.locator("#case-typing")).to_have_text(f"{hostile} is typing…")

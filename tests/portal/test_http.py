@@ -335,6 +335,16 @@ def test_htmx_is_served_locally(alice: httpx.Client) -> None:
     assert "htmx" in response.text[:2000]
 
 
+def test_the_relay_client_is_served_locally_as_a_module(alice: httpx.Client) -> None:
+    """@nexus-relay/client (clients/js), which realtime-client.js imports."""
+    response = alice.get("/static/vendor/nexus-relay-client.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/javascript")
+    assert "export class RelayClient" in response.text
+    page = alice.get("/nexus/").text
+    assert '<script type="module" src="/static/realtime-client.js"></script>' in page
+
+
 def test_logout_ends_the_session(alice: httpx.Client) -> None:
     token = csrf_of(alice, "/nexus/")
     assert alice.get("/nexus/logout").status_code == 405
