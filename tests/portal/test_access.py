@@ -14,7 +14,13 @@ from starlette.routing import Route
 from portal.app import create_app
 from portal.settings import from_env
 
-PUBLIC = {"/", "/healthz", "/nexus/login", "/static/vendor/htmx.min.js"}
+PUBLIC = {
+    "/",
+    "/healthz",
+    "/nexus/login",
+    "/static/vendor/htmx.min.js",
+    "/static/vendor/nexus-relay-client.js",
+}
 
 
 def app() -> Starlette:
