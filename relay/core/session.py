@@ -19,6 +19,7 @@ run it (``take_checks``, then ``checked``).
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -128,7 +129,7 @@ class PendingCheck(Protocol):
     def admitted(self) -> Admitted: ...
 
 
-class BaseSession:
+class BaseSession(ABC):
     """What every session has, whatever its wire protocol: an identity, its
     subscriptions, its outbox and its end. The fan-out speaks to sessions
     through this class only; each protocol says how its frames look
@@ -177,28 +178,34 @@ class BaseSession:
     def has_data(self) -> bool:
         return bool(self._outbox)
 
+    @abstractmethod
     def send_gap(self, ids: list[SubscriptionId], reason: str, position: str) -> None:
         """Tell the client that changes of these subscriptions may be missing."""
         raise NotImplementedError
 
+    @abstractmethod
     def send_ended(self, subscription_id: SubscriptionId, reason: str) -> None:
         """Tell the client that the relay ended this subscription (already forgotten)."""
         raise NotImplementedError
 
+    @abstractmethod
     def closing_frame(self, code: CloseCode, reason: ErrorCode, message: str) -> bytes | None:
         """The last frame before the relay closes the connection, if any."""
         raise NotImplementedError
 
     # --- Input -----------------------------------------------------------------
 
+    @abstractmethod
     def receive(self, data: str | bytes, now: float) -> None:
         """Handle one frame from the client."""
         raise NotImplementedError
 
+    @abstractmethod
     def tick(self, now: float) -> None:
         """Apply the time (timeouts, token expiry)."""
         raise NotImplementedError
 
+    @abstractmethod
     def deadline(self) -> float | None:
         """When ``tick`` next has something to do; None: never (closing)."""
         raise NotImplementedError
@@ -254,6 +261,7 @@ class BaseSession:
         ``checked`` with the result."""
         return []
 
+    @abstractmethod
     def checked(self, pending: PendingCheck, result: Admitted | Refused, now: float) -> None:
         """The shell ran ``pending``'s check: finish the join, or refuse it."""
         raise NotImplementedError

@@ -51,6 +51,7 @@ import contextlib
 import json
 import os
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -119,7 +120,7 @@ class DriverError(AssertionError):
     """A command the driver answered with ``ok: false``."""
 
 
-class DriverClient:
+class DriverClient(ABC):
     """A driver process; use ``NodeClient`` or ``PyClient``."""
 
     name: ClassVar[str]
@@ -140,8 +141,9 @@ class DriverClient:
         ]
 
     @classmethod
+    @abstractmethod
     def argv(cls) -> list[str]:
-        raise NotImplementedError
+        """The command that starts this driver."""
 
     @classmethod
     async def start(cls, timeout: float = 4 * WAIT) -> Self:
